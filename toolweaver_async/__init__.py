@@ -1,0 +1,65 @@
+"""toolweaver-async: an async-first cache for asyncio AI agents.
+
+Memory, Redis and file layers behind one fallback chain, each remote layer guarded by its own
+circuit breaker, msgspec on the hot path::
+
+    async with AsyncToolCache.from_env() as cache:
+        await cache.set("user:123", {"name": "Alice"}, ttl=60)
+        user = await cache.get("user:123")
+"""
+
+from .breaker import BreakerListener, BreakerState, CircuitBreaker
+from .cache import AsyncToolCache
+from .config import DEFAULT_NAMESPACES, BreakerSettings, CacheConfig, NamespacePolicy, redact_url
+from .errors import (
+    BreakerOpenError,
+    CacheError,
+    ConfigError,
+    CorruptEntryError,
+    InvalidKeyError,
+    InvalidTTLError,
+    LoaderTimeoutError,
+    SerializationError,
+    StoreError,
+    UnhashableArgumentsError,
+    ValueTooLargeError,
+)
+from .keys import stable_hash
+from .stats import CacheStats, NamespaceStats
+from .stores.base import Store
+from .stores.file import FileStore
+from .stores.memory import MemoryStore
+from .stores.redis import RedisStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_NAMESPACES",
+    "AsyncToolCache",
+    "BreakerListener",
+    "BreakerOpenError",
+    "BreakerSettings",
+    "BreakerState",
+    "CacheConfig",
+    "CacheError",
+    "CacheStats",
+    "CircuitBreaker",
+    "ConfigError",
+    "CorruptEntryError",
+    "FileStore",
+    "InvalidKeyError",
+    "InvalidTTLError",
+    "LoaderTimeoutError",
+    "MemoryStore",
+    "NamespacePolicy",
+    "NamespaceStats",
+    "RedisStore",
+    "SerializationError",
+    "Store",
+    "StoreError",
+    "UnhashableArgumentsError",
+    "ValueTooLargeError",
+    "__version__",
+    "redact_url",
+    "stable_hash",
+]

@@ -1,0 +1,381 @@
+"""A circuit breaker for one fallible store: :class:`CircuitBreaker`, :class:`BreakerState`.
+
+The breaker is a pure transition table (:func:`_next_state`) plus a thin synchronous driver that
+counts outcomes, reads the injected clock and tells listeners. It starts no tasks and holds no
+locks: in asyncio every method runs to completion without yielding, so "check a slot, then take it"
+cannot race. It is not thread-safe; use one breaker per event loop.
+
+Pairing rule for callers that do not use :meth:`CircuitBreaker.call`: every ``allow()`` that
+returned True is followed by exactly one of ``record_success``, ``record_failure`` or ``release``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import random as _random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, assert_never
+
+from .errors import BreakerOpenError, ConfigError
+
+if TYPE_CHECKING:
+    from .config import BreakerSettings
+
+__all__ = ["BreakerListener", "BreakerState", "CircuitBreaker"]
+
+logger = logging.getLogger("toolweaver_async.breaker")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class BreakerState(enum.Enum):
+    """CLOSED lets every call through, OPEN refuses them all, HALF_OPEN admits a few probes."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class BreakerListener(Protocol):
+    """Called after every state change as ``listener(breaker_name, old, new)``."""
+
+    def __call__(self, breaker_name: str, old: BreakerState, new: BreakerState, /) -> None: ...
+
+
+class _Event(enum.Enum):
+    SUCCESS = "success"  # a call succeeded within slow_call_timeout
+    FAILURE = "failure"  # a call failed (or was slow), below every threshold
+    TRIP = "trip"  # a failure that crossed the consecutive or the failure-rate threshold
+    RECOVERY_DUE = "recovery_due"  # the clock passed the end of the open period
+
+
+def _next_state(state: BreakerState, event: _Event) -> BreakerState:
+    """The whole transition table; the driver turns counters and the clock into events."""
+    match state:
+        case BreakerState.CLOSED:
+            return BreakerState.OPEN if event is _Event.TRIP else state
+        case BreakerState.OPEN:
+            # Outcomes of calls admitted before the trip arrive late; they change nothing.
+            return BreakerState.HALF_OPEN if event is _Event.RECOVERY_DUE else state
+        case BreakerState.HALF_OPEN:
+            match event:
+                case _Event.SUCCESS:
+                    return BreakerState.CLOSED
+                case _Event.FAILURE | _Event.TRIP:
+                    return BreakerState.OPEN
+                case _Event.RECOVERY_DUE:
+                    return state
+                case _:
+                    assert_never(event)
+        case _:
+            assert_never(state)
+
+
+def _open_period(base: float, cap: float, failed_probes: int, jitter: float, r: float) -> float:
+    """Seconds to stay open: ``base`` doubled per failed probe, spread by +/- ``jitter``, capped."""
+    grown = min(base * 2.0 ** min(failed_probes, 64), cap)
+    return min(grown * (1.0 + jitter * (2.0 * r - 1.0)), cap)
+
+
+class CircuitBreaker:
+    """Refuses calls to a store that keeps failing, then lets a few probes test its recovery.
+
+    Opens after ``failure_threshold`` consecutive failures, or when the share of failures among the
+    last ``window_size`` outcomes reaches ``failure_rate_threshold`` (once ``minimum_calls`` are
+    known). A success slower than ``slow_call_timeout`` is a failure. After the open period,
+    ``allow()`` admits up to ``half_open_max_calls`` concurrent probes: one success closes, one
+    failure reopens for twice as long (jittered, at most ``max_recovery_timeout``).
+    """
+
+    def __init__(
+        self,
+        *,
+        failure_threshold: int = 5,
+        recovery_timeout: float = 2.0,
+        max_recovery_timeout: float = 30.0,
+        half_open_max_calls: int = 1,
+        failure_rate_threshold: float = 0.5,
+        window_size: int = 50,
+        minimum_calls: int = 20,
+        slow_call_timeout: float | None = None,
+        jitter: float = 0.1,
+        clock: Callable[[], float] | None = None,
+        random: Callable[[], float] | None = None,
+        name: str = "breaker",
+        listeners: Iterable[BreakerListener] = (),
+    ) -> None:
+        ints = (failure_threshold, half_open_max_calls, window_size, minimum_calls)
+        for ok, needed in (
+            (all(isinstance(v, int) for v in ints), "integer thresholds, window and probe counts"),
+            (
+                failure_threshold >= 1 and half_open_max_calls >= 1,
+                "failure_threshold and half_open_max_calls >= 1",
+            ),
+            (1 <= minimum_calls <= window_size, "1 <= minimum_calls <= window_size"),
+            (
+                0 < recovery_timeout <= max_recovery_timeout < math.inf,
+                "0 < recovery_timeout <= max_recovery_timeout < inf",
+            ),
+            (0 < failure_rate_threshold <= 1, "0 < failure_rate_threshold <= 1"),
+            (
+                slow_call_timeout is None or 0 < slow_call_timeout < math.inf,
+                "slow_call_timeout None or > 0",
+            ),
+            (0 <= jitter < 1, "0 <= jitter < 1"),
+            (bool(name), "a non-empty name"),
+        ):
+            if not ok:
+                raise ConfigError(f"CircuitBreaker needs {needed}")
+
+        self.name = name
+        self._failure_threshold = failure_threshold
+        self._base_timeout = float(recovery_timeout)
+        self._max_timeout = float(max_recovery_timeout)
+        self._half_open_max_calls = half_open_max_calls
+        self._rate_threshold = float(failure_rate_threshold)
+        self._window_size = window_size
+        self._minimum_calls = minimum_calls
+        self._slow_call_timeout = slow_call_timeout
+        self._jitter = float(jitter)
+        self._clock = clock if clock is not None else time.monotonic
+        self._random = random if random is not None else _random.random
+        self._listeners = list(listeners)
+
+        self._state = BreakerState.CLOSED
+        # Bumped on every state change and reset: call() drops outcomes from an older epoch.
+        self._epoch = 0
+        self._consecutive_failures = 0
+        self._window = [False] * window_size  # ring buffer of outcomes, True = failure
+        self._window_next = 0
+        self._window_count = 0
+        self._window_failures = 0
+        self._failed_probes = 0
+        self._probes_in_flight = 0
+        self._opened_at: float | None = None
+        self._open_period = self._base_timeout
+        self._probe_at = math.inf
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: BreakerSettings,
+        *,
+        name: str,
+        clock: Callable[[], float] | None = None,
+        slow_call_timeout: float | None = None,
+    ) -> CircuitBreaker:
+        """A breaker for one store, built from the shared ``CacheConfig.breaker`` settings."""
+        return cls(
+            failure_threshold=settings.failure_threshold,
+            recovery_timeout=settings.recovery_timeout,
+            max_recovery_timeout=settings.max_recovery_timeout,
+            half_open_max_calls=settings.half_open_max_calls,
+            failure_rate_threshold=settings.failure_rate_threshold,
+            window_size=settings.window_size,
+            minimum_calls=settings.minimum_calls,
+            slow_call_timeout=slow_call_timeout,
+            clock=clock,
+            name=name,
+        )
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state; an OPEN breaker whose open period has passed reads as HALF_OPEN."""
+        if self._state is BreakerState.OPEN:
+            self._poll_recovery()
+        return self._state
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._consecutive_failures
+
+    @property
+    def opened_at(self) -> float | None:
+        """Clock time of the last trip, until the breaker closes again."""
+        return self._opened_at
+
+    @property
+    def current_recovery_timeout(self) -> float:
+        """Length of the current (or, when closed, the next base) open period in seconds."""
+        return self._open_period
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data for ``health_check``."""
+        state = self.state
+        count = self._window_count
+        wait = self._probe_at - self._clock() if state is BreakerState.OPEN else 0.0
+        return {
+            "name": self.name,
+            "state": state.value,
+            "consecutive_failures": self._consecutive_failures,
+            "failure_rate": self._window_failures / count if count else 0.0,
+            "window_calls": count,
+            "probes_in_flight": self._probes_in_flight,
+            "recovery_timeout": self._open_period,
+            "seconds_until_probe": max(0.0, wait),
+        }
+
+    # -- the driver ----------------------------------------------------------------------------
+
+    def allow(self) -> bool:
+        """May a call go out now? In HALF_OPEN a True reserves a probe slot (see module doc)."""
+        if self._state is BreakerState.CLOSED:
+            return True
+        if self._state is BreakerState.OPEN and not self._poll_recovery():
+            return False
+        if self._probes_in_flight >= self._half_open_max_calls:
+            return False
+        self._probes_in_flight += 1
+        return True
+
+    def record_success(self, duration: float | None = None) -> None:
+        """A call succeeded; a ``duration`` over ``slow_call_timeout`` makes it a failure."""
+        slow = self._slow_call_timeout
+        if slow is not None and duration is not None and duration > slow:
+            self.record_failure()
+            return
+        if self._state is BreakerState.OPEN:
+            return  # a late answer to a call admitted before the trip
+        self._consecutive_failures = 0
+        if self._state is BreakerState.CLOSED:
+            self._push(False)
+        self._apply(_Event.SUCCESS, "probe succeeded")
+
+    def record_failure(self) -> None:
+        """A call failed or timed out."""
+        if self._state is BreakerState.OPEN:
+            return  # a late answer to a call admitted before the trip
+        self._consecutive_failures += 1
+        if self._state is BreakerState.HALF_OPEN:
+            self._apply(_Event.FAILURE, "probe failed")
+            return
+        self._push(True)
+        count, failures = self._window_count, self._window_failures
+        if self._consecutive_failures >= self._failure_threshold:
+            self._apply(_Event.TRIP, f"{self._consecutive_failures} consecutive failures")
+        elif count >= self._minimum_calls and failures / count >= self._rate_threshold:
+            self._apply(_Event.TRIP, f"{failures} of the last {count} calls failed")
+        else:
+            self._apply(_Event.FAILURE, "")
+
+    def release(self) -> None:
+        """Give back a probe slot without an outcome (the probe was cancelled)."""
+        if self._state is BreakerState.HALF_OPEN and self._probes_in_flight > 0:
+            self._probes_in_flight -= 1
+
+    def reset(self) -> None:
+        """Force CLOSED with empty counters, e.g. after an operator fixed the store."""
+        if self._state is not BreakerState.CLOSED:
+            self._enter(BreakerState.CLOSED, "reset")
+        else:
+            self._clear()
+            self._epoch += 1
+
+    def trip(self) -> None:
+        """Force OPEN now, e.g. for a store that did not answer at start-up."""
+        if self._state is not BreakerState.OPEN:
+            self._enter(BreakerState.OPEN, "forced")
+
+    def add_listener(self, listener: BreakerListener) -> None:
+        self._listeners.append(listener)
+
+    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await ``fn(*args, **kwargs)`` through the breaker.
+
+        Raises :class:`BreakerOpenError` without calling ``fn`` when refused. An exception from
+        ``fn`` is recorded as a failure and re-raised; cancellation only frees a probe slot.
+        """
+        if not self.allow():
+            raise BreakerOpenError(self._refusal())
+        epoch = self._epoch
+        timed = self._slow_call_timeout is not None
+        started = self._clock() if timed else 0.0
+        try:
+            result = await fn(*args, **kwargs)
+        except Exception:
+            if self._epoch == epoch:
+                self.record_failure()
+            raise
+        except BaseException:
+            if self._epoch == epoch:
+                self.release()
+            raise
+        # An outcome from before the latest state change describes a store we no longer trust
+        # (or no longer distrust); it must not trip, close or reopen the breaker.
+        if self._epoch == epoch:
+            self.record_success(self._clock() - started if timed else None)
+        return result
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _poll_recovery(self) -> bool:
+        """Apply the lazy OPEN -> HALF_OPEN move; True when the breaker is no longer OPEN."""
+        if self._clock() >= self._probe_at:
+            self._apply(_Event.RECOVERY_DUE, "recovery timeout passed")
+        return self._state is not BreakerState.OPEN
+
+    def _push(self, failed: bool) -> None:
+        i = self._window_next
+        if self._window_count == self._window_size:
+            self._window_failures -= self._window[i]
+        else:
+            self._window_count += 1
+        self._window[i] = failed
+        self._window_failures += failed
+        self._window_next = (i + 1) % self._window_size
+
+    def _clear(self) -> None:
+        self._consecutive_failures = 0
+        self._window = [False] * self._window_size
+        self._window_next = self._window_count = self._window_failures = 0
+        self._failed_probes = 0
+        self._probes_in_flight = 0
+        self._opened_at = None
+        self._open_period = self._base_timeout
+        self._probe_at = math.inf
+
+    def _apply(self, event: _Event, reason: str) -> None:
+        new = _next_state(self._state, event)
+        if new is not self._state:
+            self._enter(new, reason)
+
+    def _enter(self, new: BreakerState, reason: str) -> None:
+        old, self._state = self._state, new
+        self._epoch += 1
+        self._probes_in_flight = 0
+        level = logging.INFO
+        if new is BreakerState.OPEN:
+            if old is BreakerState.HALF_OPEN:
+                self._failed_probes += 1
+            now = self._clock()
+            self._opened_at = now
+            self._open_period = _open_period(
+                self._base_timeout,
+                self._max_timeout,
+                self._failed_probes,
+                self._jitter,
+                self._random(),
+            )
+            self._probe_at = now + self._open_period
+            level = logging.WARNING
+            reason = f"{reason}; next probe in {self._open_period:.2f}s"
+        elif new is BreakerState.CLOSED:
+            self._clear()
+        logger.log(level, "circuit breaker %r %s: %s", self.name, new.value, reason)
+        for listener in list(self._listeners):
+            try:
+                listener(self.name, old, new)
+            except Exception:
+                logger.exception("circuit breaker %r: listener %r raised", self.name, listener)
+
+    def _refusal(self) -> str:
+        if self._state is BreakerState.OPEN:
+            wait = max(0.0, self._probe_at - self._clock())
+            return f"circuit breaker {self.name!r} is open; next probe in {wait:.2f}s"
+        return f"circuit breaker {self.name!r} is half-open and all probe slots are taken"

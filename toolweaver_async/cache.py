@@ -1,0 +1,541 @@
+"""``AsyncToolCache``: reads and writes through the chain memory → Redis → file.
+
+The coordinator decides order, promotion, fallback and coalescing. Stores move bytes, breakers
+decide whether a call may go out (:mod:`.guard`), the codec turns values into bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+import anyio
+
+from .breaker import CircuitBreaker
+from .config import CacheConfig, check_name, redact_url
+from .errors import InvalidTTLError
+from .guard import FAILED, GuardedStore, Unreachable
+from .keys import check_key, function_key
+from .serialization import EntryCodec, Envelope, TypeMismatchError
+from .stats import CacheStats, NamespaceCounters, StatsRecorder
+from .stores.base import Store, StoreItem
+from .stores.file import FileStore
+from .stores.memory import MemoryStore
+from .stores.redis import RedisStore
+from .tools import ToolShapedHelpers
+
+__all__ = ["AsyncToolCache"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+logger = logging.getLogger("toolweaver_async.cache")
+
+_MISSING: Any = object()
+# A file operation slower than this counts as a failure for the file store's breaker.
+_FILE_SLOW_CALL_SECONDS = 1.0
+
+
+def build_stores(config: CacheConfig, clock: Callable[[], float]) -> list[Store]:
+    """The stores of ``config.enabled_stores``, in chain order."""
+    built: list[Store] = []
+    for name in config.enabled_stores:
+        if name == "memory":
+            built.append(MemoryStore(max_entries=config.memory_max_entries,
+                                     max_bytes=config.memory_max_bytes, clock=clock))
+        elif name == "redis":
+            built.append(RedisStore.from_config(config))
+        else:
+            built.append(FileStore.from_config(config, clock=clock))
+    return built
+
+
+class _ReadTracker:
+    """Knows which keys are being read from a slower store right now, and whether they were
+    written meanwhile, so a read never promotes a value older than a concurrent write."""
+
+    __slots__ = ("_epoch", "_inflight")
+
+    def __init__(self) -> None:
+        self._inflight: dict[tuple[str, str], list[int]] = {}  # key -> [readers, writes]
+        self._epoch = 0  # bumped by invalidate() and clear()
+
+    def begin(self, namespace: str, key: str) -> tuple[list[int], int, int]:
+        slot = self._inflight.get((namespace, key))
+        if slot is None:
+            slot = self._inflight[(namespace, key)] = [0, 0]
+        slot[0] += 1
+        return slot, slot[1], self._epoch
+
+    def still_current(self, token: tuple[list[int], int, int]) -> bool:
+        slot, writes, epoch = token
+        return slot[1] == writes and self._epoch == epoch
+
+    def end(self, namespace: str, key: str, token: tuple[list[int], int, int]) -> None:
+        slot = token[0]
+        slot[0] -= 1
+        if slot[0] == 0:
+            self._inflight.pop((namespace, key), None)
+
+    def wrote(self, namespace: str, key: str) -> None:
+        slot = self._inflight.get((namespace, key))
+        if slot is not None:
+            slot[1] += 1
+
+    def wrote_everything(self) -> None:
+        self._epoch += 1
+
+
+class AsyncToolCache(ToolShapedHelpers):
+    """An async cache for agent loops: memory, Redis and file layers behind one fallback chain.
+
+    Store failures never reach callers of ``get``/``set``: a failing store counts as a miss and
+    a failure for its circuit breaker. Use ``async with`` or call :meth:`aclose` when done.
+    """
+
+    def __init__(
+        self,
+        config: CacheConfig | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+        stores: Sequence[Store] | None = None,
+    ) -> None:
+        self.config = config if config is not None else CacheConfig()
+        self._clock = clock if clock is not None else time.time
+        self._codec = EntryCodec(max_value_bytes=self.config.max_value_bytes)
+        chain = list(stores) if stores is not None else build_stores(self.config, self._clock)
+        self._memory: MemoryStore | None = None
+        if chain and isinstance(chain[0], MemoryStore):
+            self._memory = chain.pop(0)
+        self._layers = [GuardedStore(s, self._breaker_for(s)) for s in chain]
+        names = ([self._memory.name] if self._memory else []) + [g.name for g in self._layers]
+        self._stats = StatsRecorder(names)
+        self._reads = _ReadTracker()
+        self._known_namespaces: set[str] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    def _breaker_for(self, store: Store) -> CircuitBreaker:
+        slow = {"redis": self.config.redis_command_timeout, "file": _FILE_SLOW_CALL_SECONDS}
+        return CircuitBreaker.from_settings(
+            self.config.breaker, name=store.name, slow_call_timeout=slow.get(store.name)
+        )
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> AsyncToolCache:
+        """A cache configured from ``USE_REDIS``, ``REDIS_URL``, ``REDIS_PASSWORD``,
+        ``TOOLWEAVER_CACHE_DIR`` and ``TOOLWEAVER_CACHE_PREFIX``; keyword overrides win."""
+        clock = overrides.pop("clock", None)
+        return cls(CacheConfig.from_env(**overrides), clock=clock)
+
+    # -- lifetime -------------------------------------------------------------------------
+    async def __aenter__(self) -> AsyncToolCache:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def connect(self) -> None:
+        """Ping every remote store once; one that does not answer starts with its breaker
+        open, so the first agent steps do not each wait on a dead server."""
+        async def probe(layer: GuardedStore) -> None:
+            outcome = await layer.attempt(layer.store.ping)
+            if outcome is FAILED:
+                layer.breaker.trip()
+                logger.warning("%s store unavailable at start (%s); continuing without it",
+                               layer.name, layer.last_error)
+
+        async with anyio.create_task_group() as tg:
+            for layer in self._layers:
+                tg.start_soon(probe, layer)
+
+    async def aclose(self) -> None:
+        """Stop background work and release every store. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            for task in list(self._background):
+                task.cancel()
+            if self._background:
+                await asyncio.gather(*self._background, return_exceptions=True)
+            for store in self._all_stores():
+                try:
+                    await store.aclose()
+                except Exception as exc:
+                    logger.warning("closing %s store failed: %s", store.name, exc)
+
+    def _all_stores(self) -> list[Store]:
+        return ([self._memory] if self._memory else []) + [g.store for g in self._layers]
+
+    # -- reads ----------------------------------------------------------------------------
+    async def get(
+        self, key: str, *, namespace: str = "default", default: Any = None, type: Any = None
+    ) -> Any:
+        """The cached value of ``key``, or ``default`` on a miss. ``type=`` decodes into a
+        typed value (a msgspec Struct, a dataclass, ``list[float]`` ...)."""
+        key = check_key(key)
+        if namespace not in self._known_namespaces:
+            self._check_namespace(namespace)
+        counters = self._stats.counters(namespace)
+        memory = self._memory
+        if memory is not None:
+            data = memory.lookup(namespace, key)
+            if data is not None:
+                envelope = self._fresh(data, namespace, key, type, counters, None)
+                if envelope is not None:
+                    counters.hits["memory"] += 1
+                    return envelope.payload
+        if self._layers:
+            envelope = await self._read_through(namespace, key, type, counters)
+            if envelope is not None:
+                return envelope.payload
+        counters.misses += 1
+        return default
+
+    async def _read_through(
+        self, namespace: str, key: str, type_: Any, counters: NamespaceCounters
+    ) -> Envelope[Any] | None:
+        token = self._reads.begin(namespace, key)
+        try:
+            for index, layer in enumerate(self._layers):
+                data = await layer.get(namespace, key)
+                if isinstance(data, Unreachable):
+                    if data is FAILED:
+                        counters.errors[layer.name] += 1
+                    continue
+                if data is None:
+                    continue
+                envelope = self._fresh(data, namespace, key, type_, counters, layer)
+                if envelope is None:
+                    continue
+                counters.hits[layer.name] += 1
+                if self._reads.still_current(token):
+                    self._promote(index, namespace, key, data, envelope)
+                return envelope
+            return None
+        finally:
+            self._reads.end(namespace, key, token)
+
+    def _fresh(
+        self,
+        data: bytes,
+        namespace: str,
+        key: str,
+        type_: Any,
+        counters: NamespaceCounters,
+        layer: GuardedStore | None,
+    ) -> Envelope[Any] | None:
+        """The decoded entry when it is ours, for this key, and fresh; else ``None`` (and a
+        corrupt entry is removed from the store it came from)."""
+        try:
+            envelope = self._codec.decode(data, type_)
+        except TypeMismatchError:
+            counters.type_mismatches += 1
+            return None
+        except Exception:
+            envelope = None
+        if envelope is None or envelope.key != key or envelope.namespace != namespace:
+            counters.corrupt += 1
+            self._remove_corrupt(namespace, key, layer)
+            return None
+        expires_at = envelope.expires_at
+        if expires_at is not None and expires_at <= self._clock():
+            return None
+        return envelope
+
+    def _remove_corrupt(self, namespace: str, key: str, layer: GuardedStore | None) -> None:
+        if layer is None:
+            if self._memory is not None:
+                self._memory.discard(namespace, key)
+        else:
+            self._spawn(layer.delete(namespace, key))
+
+    def _promote(
+        self, found_at: int, namespace: str, key: str, data: bytes, envelope: Envelope[Any]
+    ) -> None:
+        """Copy a hit into the faster stores with its remaining lifetime; never overwrite."""
+        hard = envelope.hard_expires_at
+        remaining = None if hard is None else hard - self._clock()
+        if remaining is not None and remaining <= 0:
+            return
+        if self._memory is not None:
+            self._memory.put_if_absent(namespace, key, data, remaining)
+        for layer in self._layers[:found_at]:
+            self._spawn(layer.add(namespace, key, data, remaining))
+
+    async def get_many(
+        self, keys: Iterable[str], *, namespace: str = "default", type: Any = None
+    ) -> dict[str, Any]:
+        """The hits among ``keys`` (misses are left out), one round trip per store."""
+        self._check_namespace(namespace)
+        counters = self._stats.counters(namespace)
+        found: dict[str, Any] = {}
+        missing: list[str] = []
+        memory = self._memory
+        for key in dict.fromkeys(check_key(k) for k in keys):
+            data = memory.lookup(namespace, key) if memory is not None else None
+            envelope = (
+                None if data is None else self._fresh(data, namespace, key, type, counters, None)
+            )
+            if envelope is None:
+                missing.append(key)
+            else:
+                counters.hits["memory"] += 1
+                found[key] = envelope.payload
+        for index, layer in enumerate(self._layers):
+            if not missing:
+                break
+            answers = await layer.get_many(namespace, missing)
+            if isinstance(answers, Unreachable):
+                if answers is FAILED:
+                    counters.errors[layer.name] += 1
+                continue
+            still_missing = []
+            for key, data in zip(missing, answers, strict=True):
+                envelope = (
+                    None if data is None
+                    else self._fresh(data, namespace, key, type, counters, layer)
+                )
+                if envelope is None or data is None:
+                    still_missing.append(key)
+                    continue
+                counters.hits[layer.name] += 1
+                found[key] = envelope.payload
+                self._promote(index, namespace, key, data, envelope)
+            missing = still_missing
+        counters.misses += len(missing)
+        return found
+
+    # -- writes ---------------------------------------------------------------------------
+    async def set(
+        self, key: str, value: Any, *, namespace: str = "default", ttl: float | None = None
+    ) -> None:
+        """Cache ``value`` under ``key`` in every store. ``ttl`` in seconds; ``None`` takes
+        the namespace policy. Raises ``SerializationError``/``ValueTooLargeError`` (nothing is
+        written anywhere) and ``InvalidTTLError`` for ``ttl <= 0``."""
+        key = check_key(key)
+        self._check_namespace(namespace)
+        data, store_ttl = self._encode(namespace, key, value, ttl)
+        self._reads.wrote(namespace, key)
+        self._stats.counters(namespace).sets += 1
+        if self._memory is not None:
+            self._memory.put(namespace, key, data, store_ttl)
+        await self._on_every_layer(lambda g: g.set(namespace, key, data, store_ttl), namespace)
+
+    async def set_many(
+        self,
+        mapping: Mapping[str, Any],
+        *,
+        namespace: str = "default",
+        ttl: float | None = None,
+    ) -> None:
+        """Cache every item; all values are encoded first, so one bad value writes nothing."""
+        self._check_namespace(namespace)
+        items: list[StoreItem] = []
+        for key, value in mapping.items():
+            key = check_key(key)
+            data, store_ttl = self._encode(namespace, key, value, ttl)
+            items.append((key, data, store_ttl))
+        if not items:
+            return
+        self._stats.counters(namespace).sets += len(items)
+        for key, data, store_ttl in items:
+            self._reads.wrote(namespace, key)
+            if self._memory is not None:
+                self._memory.put(namespace, key, data, store_ttl)
+        await self._on_every_layer(lambda g: g.set_many(namespace, items), namespace)
+
+    def _encode(
+        self, namespace: str, key: str, value: Any, ttl: float | None
+    ) -> tuple[bytes, float | None]:
+        """Entry bytes and how long stores may keep them."""
+        policy = self.config.policy(namespace)
+        if ttl is None:
+            fresh_for = policy.ttl
+        else:
+            if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
+                raise InvalidTTLError(f"ttl must be a number of seconds > 0, got {ttl!r}")
+            fresh_for = float(ttl)
+        now = self._clock()
+        expires_at = None if fresh_for is None else now + fresh_for
+        stale_until = None
+        if expires_at is not None and policy.stale_ttl > 0:
+            stale_until = expires_at + policy.stale_ttl
+        data = self._codec.encode(
+            namespace, key, value, created_at=now, expires_at=expires_at, stale_until=stale_until
+        )
+        hard = stale_until if stale_until is not None else expires_at
+        return data, None if hard is None else hard - now
+
+    async def delete(self, key: str, *, namespace: str = "default") -> bool:
+        """Remove ``key`` from every store; ``True`` when any store held it."""
+        key = check_key(key)
+        self._check_namespace(namespace)
+        self._reads.wrote(namespace, key)
+        self._stats.counters(namespace).deletes += 1
+        removed = self._memory.discard(namespace, key) if self._memory is not None else False
+        answers = await self._on_every_layer(lambda g: g.delete(namespace, key), namespace)
+        return removed or any(a is True for a in answers)
+
+    async def invalidate(self, namespace: str) -> None:
+        """Make every entry of ``namespace`` unreadable, in every store, at once."""
+        self._check_namespace(namespace)
+        self._reads.wrote_everything()
+        if self._memory is not None:
+            self._memory.discard_namespace(namespace)
+        await self._on_every_layer(lambda g: g.invalidate(namespace), namespace)
+
+    async def clear(self) -> None:
+        """Remove every entry of this cache (its key prefix) from every store; nothing else."""
+        self._reads.wrote_everything()
+        if self._memory is not None:
+            self._memory.discard_all()
+        await self._on_every_layer(lambda g: g.clear(), None)
+
+    async def _on_every_layer(
+        self, op: Callable[[GuardedStore], Awaitable[Any]], namespace: str | None
+    ) -> list[Any]:
+        """Run ``op`` on every remote layer concurrently; failures are counted, not raised."""
+        layers = self._layers
+        if not layers:
+            return []
+        if len(layers) == 1:
+            answers = [await op(layers[0])]
+        else:
+            answers = list(await asyncio.gather(*(op(g) for g in layers)))
+        if namespace is not None and FAILED in answers:
+            counters = self._stats.counters(namespace)
+            for layer, answer in zip(layers, answers, strict=True):
+                if answer is FAILED:
+                    counters.errors[layer.name] += 1
+        return answers
+
+    # -- loaders --------------------------------------------------------------------------
+    async def get_or_set(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[Any]],
+        *,
+        namespace: str = "default",
+        ttl: float | None = None,
+        type: Any = None,
+    ) -> Any:
+        """The cached value of ``key``, or what ``await loader()`` returns (then cached)."""
+        value = await self.get(key, namespace=namespace, default=_MISSING, type=type)
+        if value is not _MISSING:
+            return value
+        counters = self._stats.counters(namespace)
+        counters.loader_calls += 1
+        started = time.monotonic()
+        try:
+            value = await loader()
+        except BaseException:
+            counters.loader_errors += 1
+            raise
+        finally:
+            counters.loader_seconds += time.monotonic() - started
+        await self.set(key, value, namespace=namespace, ttl=ttl)
+        return value
+
+    def cached(
+        self,
+        *,
+        namespace: str = "results",
+        ttl: float | None = None,
+        key: Callable[..., str] | None = None,
+    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+        """Decorate an async function so equal calls share one cached result. The key is the
+        function's qualified name and a stable hash of its arguments unless ``key=`` builds it."""
+        self._check_namespace(namespace)
+
+        def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+            @functools.wraps(fn)
+            async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                cache_key = key(*args, **kwargs) if key is not None else function_key(
+                    fn, args, kwargs
+                )
+                result: R = await self.get_or_set(
+                    cache_key, lambda: fn(*args, **kwargs), namespace=namespace, ttl=ttl
+                )
+                return result
+
+            return wrapper
+
+        return decorate
+
+    # -- introspection --------------------------------------------------------------------
+    def stats(self) -> CacheStats:
+        """Counters per namespace and overall: hits per store, misses, errors, loaders ..."""
+        return self._stats.snapshot()
+
+    async def health_check(self) -> dict[str, Any]:
+        """Which stores answer now, their breaker states, and why Redis is not in use."""
+        config = self.config
+        stores: dict[str, dict[str, Any]] = {}
+        if self._memory is not None:
+            stores["memory"] = {"state": "closed", "ok": True, "error": None,
+                                "entries": len(self._memory), "bytes": self._memory.size_bytes}
+
+        async def ping(layer: GuardedStore) -> None:
+            error: str | None = None
+            try:
+                with anyio.fail_after(max(config.redis_command_timeout * 4, 1.0)):
+                    await layer.store.ping()
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            stores[layer.name] = {
+                "state": layer.breaker.state.value,
+                "ok": error is None,
+                "error": error,
+                "last_error": layer.last_error,
+                "breaker": layer.breaker.snapshot(),
+            }
+
+        async with anyio.create_task_group() as tg:
+            for layer in self._layers:
+                tg.start_soon(ping, layer)
+        redis = stores.get("redis")
+        report: dict[str, Any] = {
+            "redis_enabled": config.use_redis,
+            "redis_available": bool(redis and redis["ok"]),
+            "redis_url": redact_url(config.redis_url) if config.use_redis else None,
+            "circuit_breaker_state": redis["state"] if redis else None,
+            "fallback_enabled": any(name != "redis" for name in stores),
+            "cache_dir": str(config.cache_dir) if "file" in stores else None,
+            "redis_ping": (
+                "disabled (USE_REDIS=false)" if redis is None
+                else "OK" if redis["ok"] else f"FAILED: {redis['error']}"
+            ),
+            "stores": {name: stores[name] for name in self._store_order() if name in stores},
+        }
+        return report
+
+    def _store_order(self) -> list[str]:
+        return [s.name for s in self._all_stores()]
+
+    # -- small helpers --------------------------------------------------------------------
+    def _check_namespace(self, namespace: str) -> None:
+        if namespace not in self._known_namespaces:
+            check_name(namespace, what="namespace")
+            self._known_namespaces.add(namespace)
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        """Run ``work`` in the background; kept referenced until done, cancelled by aclose."""
+        if self._closed:
+            if asyncio.iscoroutine(work):
+                work.close()
+            return
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -1,0 +1,270 @@
+"""Plain, frozen configuration: :class:`CacheConfig`, :class:`NamespacePolicy`, and ``from_env``.
+
+The environment is read here and nowhere else, once, when a config is built.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ConfigError
+
+__all__ = [
+    "DEFAULT_NAMESPACES",
+    "STORE_NAMES",
+    "BreakerSettings",
+    "CacheConfig",
+    "NamespacePolicy",
+    "redact_url",
+]
+
+STORE_NAMES = ("memory", "redis", "file")
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+
+
+def _is_number(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NamespacePolicy:
+    """How entries of one namespace live.
+
+    ``ttl`` is the freshness in seconds (``None``: never expires). ``stale_ttl`` is a grace period
+    after ``ttl`` during which ``get_or_set`` may serve the old value while one refresh runs.
+    ``ttl_jitter`` spreads expiries of keys written together (a fraction of ``ttl``, 0..1).
+    ``early_refresh_beta`` > 0 enables probabilistic early refresh (XFetch) of hot keys.
+    ``negative_ttl`` > 0 caches loader exceptions for that long (off by default).
+    ``share_objects`` returns the stored object itself from memory instead of a private copy:
+    faster, but callers must never mutate what they get.
+    """
+
+    ttl: float | None = HOUR
+    stale_ttl: float = 0.0
+    ttl_jitter: float = 0.0
+    early_refresh_beta: float = 0.0
+    negative_ttl: float | None = None
+    share_objects: bool = False
+
+    def __post_init__(self) -> None:
+        if self.ttl is not None and not (_is_number(self.ttl) and self.ttl > 0):
+            raise ConfigError(f"NamespacePolicy.ttl must be > 0 seconds or None, got {self.ttl!r}")
+        if not (_is_number(self.stale_ttl) and self.stale_ttl >= 0):
+            raise ConfigError(f"NamespacePolicy.stale_ttl must be >= 0, got {self.stale_ttl!r}")
+        if not (_is_number(self.ttl_jitter) and 0 <= self.ttl_jitter <= 1):
+            raise ConfigError(f"NamespacePolicy.ttl_jitter must be in [0, 1], got {self.ttl_jitter!r}")
+        if not (_is_number(self.early_refresh_beta) and self.early_refresh_beta >= 0):
+            raise ConfigError(
+                f"NamespacePolicy.early_refresh_beta must be >= 0, got {self.early_refresh_beta!r}"
+            )
+        if self.negative_ttl is not None and not (
+            _is_number(self.negative_ttl) and self.negative_ttl > 0
+        ):
+            raise ConfigError(f"NamespacePolicy.negative_ttl must be > 0, got {self.negative_ttl!r}")
+
+
+DEFAULT_NAMESPACES: Mapping[str, NamespacePolicy] = {
+    "default": NamespacePolicy(ttl=HOUR),
+    "catalog": NamespacePolicy(ttl=DAY),
+    "search": NamespacePolicy(ttl=HOUR),
+    "embeddings": NamespacePolicy(ttl=7 * DAY),
+    "tools": NamespacePolicy(ttl=DAY),
+    "results": NamespacePolicy(ttl=300.0),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerSettings:
+    """Circuit-breaker settings shared by every fallible store (see :class:`CircuitBreaker`)."""
+
+    failure_threshold: int = 5
+    recovery_timeout: float = 2.0
+    max_recovery_timeout: float = 30.0
+    half_open_max_calls: int = 1
+    failure_rate_threshold: float = 0.5
+    window_size: int = 50
+    minimum_calls: int = 20
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1 or self.half_open_max_calls < 1:
+            raise ConfigError("failure_threshold and half_open_max_calls must be >= 1")
+        if not (self.recovery_timeout > 0 and self.max_recovery_timeout >= self.recovery_timeout):
+            raise ConfigError("need 0 < recovery_timeout <= max_recovery_timeout")
+        if not 0 < self.failure_rate_threshold <= 1:
+            raise ConfigError("failure_rate_threshold must be in (0, 1]")
+        if self.window_size < 1 or not 1 <= self.minimum_calls <= self.window_size:
+            raise ConfigError("need window_size >= 1 and 1 <= minimum_calls <= window_size")
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "toolweaver-async"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheConfig:
+    """Everything an :class:`AsyncToolCache` needs, with defaults right for most agents.
+
+    ``namespaces`` given here are merged over :data:`DEFAULT_NAMESPACES`; an unknown namespace
+    takes the ``default`` policy. ``stores`` is the chain in read order; ``"redis"`` is dropped
+    while ``use_redis`` is false.
+    """
+
+    use_redis: bool = False
+    redis_url: str = "redis://localhost:6379/0"
+    redis_password: str | None = None
+    cache_dir: Path = field(default_factory=_default_cache_dir)
+    key_prefix: str = "tw"
+    namespaces: Mapping[str, NamespacePolicy] = field(default_factory=dict)
+    stores: tuple[str, ...] = STORE_NAMES
+    # memory layer
+    memory_max_entries: int = 10_000
+    memory_max_bytes: int = 64 * 1024 * 1024
+    # file layer
+    file_max_bytes: int = 1024 * 1024 * 1024
+    # any value
+    max_value_bytes: int = 16 * 1024 * 1024
+    # Redis: a dead or black-holed server must cost milliseconds, not seconds
+    redis_connect_timeout: float = 0.25
+    redis_command_timeout: float = 0.25
+    redis_pool_size: int = 64
+    redis_tls_verify: bool = True
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    # outage journal: writes that could not reach Redis, replayed when it is back
+    journal_max_entries: int = 10_000
+
+    def __post_init__(self) -> None:
+        merged = dict(DEFAULT_NAMESPACES)
+        for name, policy in self.namespaces.items():
+            check_name(name, what="namespace")
+            if not isinstance(policy, NamespacePolicy):
+                raise ConfigError(f"namespace {name!r}: expected NamespacePolicy, got {policy!r}")
+            merged[name] = policy
+        object.__setattr__(self, "namespaces", merged)
+        object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
+        object.__setattr__(self, "stores", tuple(self.stores))
+        check_name(self.key_prefix, what="key_prefix")
+        unknown = [s for s in self.stores if s not in STORE_NAMES]
+        if unknown or len(set(self.stores)) != len(self.stores):
+            raise ConfigError(f"stores must be distinct names from {STORE_NAMES}, got {self.stores}")
+        if not self.enabled_stores:
+            raise ConfigError(
+                f"no store left in the chain: stores={self.stores}, use_redis={self.use_redis}"
+            )
+        if self.use_redis:
+            _check_redis_url(self.redis_url)
+        for name in ("memory_max_entries", "memory_max_bytes", "file_max_bytes",
+                     "max_value_bytes", "redis_pool_size", "journal_max_entries"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("redis_connect_timeout", "redis_command_timeout"):
+            value = getattr(self, name)
+            if not (_is_number(value) and value > 0):
+                raise ConfigError(f"{name} must be > 0 seconds, got {value!r}")
+
+    @property
+    def enabled_stores(self) -> tuple[str, ...]:
+        """The chain as it runs: ``stores`` without ``"redis"`` unless ``use_redis``."""
+        return tuple(s for s in self.stores if s != "redis" or self.use_redis)
+
+    def policy(self, namespace: str) -> NamespacePolicy:
+        """The policy of ``namespace``; an unknown namespace takes the ``default`` policy."""
+        found = self.namespaces.get(namespace)
+        return found if found is not None else self.namespaces["default"]
+
+    def with_changes(self, **changes: Any) -> CacheConfig:
+        """A copy with some fields replaced (validated again)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> CacheConfig:
+        """Build a config from ``USE_REDIS``, ``REDIS_URL``, ``REDIS_PASSWORD``,
+        ``TOOLWEAVER_CACHE_DIR`` and ``TOOLWEAVER_CACHE_PREFIX``; ``overrides`` win over them."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if "USE_REDIS" in env:
+            values["use_redis"] = _parse_bool("USE_REDIS", env["USE_REDIS"])
+        if env.get("REDIS_URL"):
+            values["redis_url"] = env["REDIS_URL"]
+        if env.get("REDIS_PASSWORD"):
+            values["redis_password"] = env["REDIS_PASSWORD"]
+        if env.get("TOOLWEAVER_CACHE_DIR"):
+            values["cache_dir"] = Path(env["TOOLWEAVER_CACHE_DIR"])
+        if env.get("TOOLWEAVER_CACHE_PREFIX"):
+            values["key_prefix"] = env["TOOLWEAVER_CACHE_PREFIX"]
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise ConfigError(f"unknown CacheConfig fields: {', '.join(bad)}")
+        values.update(overrides)
+        return cls(**values)
+
+
+def check_name(name: object, *, what: str) -> str:
+    """Namespaces and prefixes appear in Redis keys and folder names: keep them plain."""
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name) or name in {".", ".."}:
+        raise ConfigError(
+            f"{what} must be 1-64 characters of letters, digits, '_', '.', '-'; got {name!r}"
+        )
+    return name
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, safe for logs and health reports."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _check_redis_url(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"REDIS_URL is not a valid URL: {redact_url(url)}") from exc
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(
+            f"REDIS_URL must start with redis://, rediss:// or unix://, got {redact_url(url)}"
+        )
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError(f"REDIS_URL has no host: {redact_url(url)}")
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")

@@ -1,0 +1,96 @@
+"""The one exception hierarchy of toolweaver-async.
+
+Callers catch :class:`CacheError`; nothing raised by the library escapes it except ``ValueError``
+and ``TypeError`` subclasses that are *also* ``CacheError``\\ s, so both styles of ``except`` work::
+
+    CacheError
+    ├── ConfigError                 a configuration or URL that cannot work (also ValueError)
+    ├── InvalidTTLError             ttl <= 0 or not a number (also ValueError)
+    ├── InvalidKeyError             a key that is not a string (also TypeError)
+    ├── SerializationError          a value msgspec cannot encode (also TypeError)
+    │   └── UnhashableArgumentsError  decorator arguments with no stable hash
+    ├── ValueTooLargeError          an encoded value over ``max_value_bytes`` (also ValueError)
+    ├── BreakerOpenError            a guarded call refused while its breaker is open
+    ├── LoaderTimeoutError          waited too long for another process's loader
+    └── StoreError                  a store failed; absorbed by the chain, never raised by get/set
+        └── CorruptEntryError       bytes in a store that are not one of our entries
+
+Store failures are translated into :class:`StoreError` at one seam per store (``raise ... from exc``)
+and absorbed by :class:`~toolweaver_async.AsyncToolCache`; they reach users only through the stores'
+own API, ``health_check()`` and ``stats()``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BreakerOpenError",
+    "CacheError",
+    "ConfigError",
+    "CorruptEntryError",
+    "InvalidKeyError",
+    "InvalidTTLError",
+    "LoaderTimeoutError",
+    "SerializationError",
+    "StoreError",
+    "UnhashableArgumentsError",
+    "ValueTooLargeError",
+]
+
+
+class CacheError(Exception):
+    """Base class of every error this library raises."""
+
+
+class ConfigError(CacheError, ValueError):
+    """A configuration value, environment variable or URL that cannot work."""
+
+
+class InvalidTTLError(CacheError, ValueError):
+    """A ``ttl`` that is not a positive number of seconds."""
+
+
+class InvalidKeyError(CacheError, TypeError):
+    """A cache key that is not a ``str``."""
+
+
+class SerializationError(CacheError, TypeError):
+    """A value that msgspec cannot encode; nothing was written anywhere."""
+
+    def __init__(self, message: str, *, key: str | None = None, value_type: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.value_type = value_type
+
+
+class UnhashableArgumentsError(SerializationError):
+    """Arguments of a ``@cached`` function that cannot be hashed into a stable key."""
+
+
+class ValueTooLargeError(CacheError, ValueError):
+    """An encoded value larger than the configured ``max_value_bytes``; nothing was written."""
+
+    def __init__(self, message: str, *, key: str, size: int, limit: int):
+        super().__init__(message)
+        self.key = key
+        self.size = size
+        self.limit = limit
+
+
+class BreakerOpenError(CacheError):
+    """A call refused by an open (or saturated half-open) circuit breaker."""
+
+
+class LoaderTimeoutError(CacheError):
+    """Waited longer than allowed for a value another process was loading."""
+
+
+class StoreError(CacheError):
+    """A store could not do what was asked (I/O, network, timeout); the chain absorbs it."""
+
+    def __init__(self, message: str, *, store: str = ""):
+        super().__init__(message)
+        self.store = store
+
+
+class CorruptEntryError(StoreError):
+    """Bytes under one of our keys that do not decode as an entry."""

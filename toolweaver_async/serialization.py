@@ -1,0 +1,135 @@
+"""Entries as bytes: a msgspec envelope (format version, key, timestamps) around a msgpack payload.
+
+One encode per write, one decode per read: the envelope is a generic ``msgspec.Struct`` so the
+payload is encoded and decoded in the same pass. Encoders and per-type decoders are built once.
+No pickle: bytes from a store can never run code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from .errors import CorruptEntryError, SerializationError, ValueTooLargeError
+
+__all__ = ["FORMAT_VERSION", "EntryCodec", "Envelope"]
+
+T = TypeVar("T")
+
+# Bumped whenever the envelope's layout changes; entries of another version read as corrupt.
+FORMAT_VERSION = 0x7701
+
+
+class Envelope(msgspec.Struct, Generic[T], array_like=True, frozen=True):
+    """One cache entry. Times are wall-clock seconds (they are persisted and shared between
+    processes); ``expires_at`` ends freshness, ``stale_until`` (>= expires_at) ends the grace
+    period in which a stale value may still be served while it is refreshed."""
+
+    version: int
+    namespace: str
+    key: str
+    created_at: float
+    expires_at: float | None
+    stale_until: float | None
+    payload: T
+
+    @property
+    def hard_expires_at(self) -> float | None:
+        """When no reader may use this entry any more."""
+        return self.stale_until if self.stale_until is not None else self.expires_at
+
+
+class TypeMismatchError(Exception):
+    """The entry is ours but its payload does not fit the requested type (internal)."""
+
+
+class EntryCodec:
+    """Encodes values into entry bytes and decodes them back, with a size bound."""
+
+    def __init__(self, *, max_value_bytes: int) -> None:
+        self.max_value_bytes = max_value_bytes
+        self._encoder = msgspec.msgpack.Encoder()
+        self._any_decoder: msgspec.msgpack.Decoder[Envelope[Any]] = msgspec.msgpack.Decoder(
+            Envelope[Any]
+        )
+        self._raw_decoder: msgspec.msgpack.Decoder[Envelope[msgspec.Raw]] = (
+            msgspec.msgpack.Decoder(Envelope[msgspec.Raw])
+        )
+        self._typed_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+    def encode(
+        self,
+        namespace: str,
+        key: str,
+        value: Any,
+        *,
+        created_at: float,
+        expires_at: float | None,
+        stale_until: float | None = None,
+    ) -> bytes:
+        """Entry bytes for ``value``; raises ``SerializationError`` or ``ValueTooLargeError``."""
+        envelope = Envelope(FORMAT_VERSION, namespace, key, created_at, expires_at, stale_until, value)
+        try:
+            data = self._encoder.encode(envelope)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            type_name = type(value).__qualname__
+            raise SerializationError(
+                f"cannot cache key {key!r} in namespace {namespace!r}: value of type "
+                f"{type_name} is not encodable with msgspec ({exc})",
+                key=key,
+                value_type=type_name,
+            ) from exc
+        if len(data) > self.max_value_bytes:
+            raise ValueTooLargeError(
+                f"cannot cache key {key!r} in namespace {namespace!r}: encoded size "
+                f"{len(data)} bytes is over max_value_bytes={self.max_value_bytes}",
+                key=key,
+                size=len(data),
+                limit=self.max_value_bytes,
+            )
+        return data
+
+    def encode_payload(self, value: Any) -> bytes:
+        """The msgpack bytes of ``value`` alone (used for stable hashing and size checks)."""
+        return self._encoder.encode(value)
+
+    def decode(self, data: bytes, type_: Any = None) -> Envelope[Any]:
+        """The envelope in ``data`` with its payload decoded as ``type_`` (builtins when None).
+
+        Raises ``CorruptEntryError`` for bytes that are not one of our entries and
+        ``TypeMismatchError`` for our entry whose payload does not fit ``type_``.
+        """
+        decoder = self._any_decoder if type_ is None else self._decoder_for(type_)
+        try:
+            envelope: Envelope[Any] = decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            if type_ is not None:
+                self.decode_header(data)  # raises CorruptEntryError when the envelope is bad
+                raise TypeMismatchError(str(exc)) from exc
+            raise CorruptEntryError(f"not a cache entry: {exc}") from exc
+        except msgspec.DecodeError as exc:
+            raise CorruptEntryError(f"not a cache entry: {exc}") from exc
+        if envelope.version != FORMAT_VERSION:
+            raise CorruptEntryError(f"unknown entry format version {envelope.version!r}")
+        return envelope
+
+    def decode_header(self, data: bytes) -> Envelope[msgspec.Raw]:
+        """The envelope with its payload left undecoded: cheap checks of key and expiry."""
+        try:
+            envelope = self._raw_decoder.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise CorruptEntryError(f"not a cache entry: {exc}") from exc
+        if envelope.version != FORMAT_VERSION:
+            raise CorruptEntryError(f"unknown entry format version {envelope.version!r}")
+        return envelope
+
+    def _decoder_for(self, type_: Any) -> msgspec.msgpack.Decoder[Any]:
+        try:
+            decoder = self._typed_decoders.get(type_)
+        except TypeError:  # an unhashable type expression: build it each time
+            return msgspec.msgpack.Decoder(Envelope[type_])  # type: ignore[valid-type]
+        if decoder is None:
+            decoder = msgspec.msgpack.Decoder(Envelope[type_])  # type: ignore[valid-type]
+            self._typed_decoders[type_] = decoder
+        return decoder

@@ -1,0 +1,65 @@
+"""The :class:`Store` protocol: what every layer of the chain does, and nothing more.
+
+Stores move opaque entry bytes (see :mod:`toolweaver_async.serialization`); they never encode
+values, decide order or fall back. A store reports any failure as
+:class:`~toolweaver_async.errors.StoreError`, translated at one seam inside the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Store", "StoreItem"]
+
+# (key, entry bytes, seconds until the store may drop it or None for never)
+StoreItem = tuple[str, bytes, float | None]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A layer of the cache. ``namespace`` and ``key`` are plain strings; each store builds its
+    own physical key or path from them (and from the cache's key prefix it was given)."""
+
+    name: str
+
+    async def get(self, namespace: str, key: str) -> bytes | None:
+        """The entry bytes under ``key``, or ``None``."""
+        ...
+
+    async def get_many(self, namespace: str, keys: Sequence[str]) -> list[bytes | None]:
+        """Entry bytes for each of ``keys``, in order, ``None`` where absent; one round trip."""
+        ...
+
+    async def set(self, namespace: str, key: str, data: bytes, ttl: float | None) -> None:
+        """Store ``data``; the store may drop it after ``ttl`` seconds (``None``: keep)."""
+        ...
+
+    async def add(self, namespace: str, key: str, data: bytes, ttl: float | None) -> bool:
+        """Store ``data`` only where no entry is present (promotion never overwrites a newer
+        write); ``True`` when it was stored."""
+        ...
+
+    async def set_many(self, namespace: str, items: Sequence[StoreItem]) -> None:
+        """Store several entries in one round trip."""
+        ...
+
+    async def delete(self, namespace: str, key: str) -> bool:
+        """Remove ``key``; ``True`` when something was removed."""
+        ...
+
+    async def invalidate(self, namespace: str) -> None:
+        """Make every entry of ``namespace`` unreadable at once."""
+        ...
+
+    async def clear(self) -> None:
+        """Remove every entry under this cache's key prefix, and nothing else."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the store answers; raise ``StoreError`` when it does not."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections, threads and files. Idempotent."""
+        ...

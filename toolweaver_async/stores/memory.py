@@ -1,0 +1,157 @@
+"""The in-process layer: a bounded LRU of entry bytes with per-entry expiry.
+
+Every hit decodes the bytes again, so each caller gets its own copy and a caller that mutates a
+result cannot corrupt the cache. The synchronous ``lookup``/``put`` are the hot path the
+coordinator uses directly: no locks, tasks or awaits (the event loop is the only writer).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .base import StoreItem
+
+__all__ = ["MemoryStore"]
+
+# Rough bookkeeping cost of one entry (dict slot, tuple key, entry object), so that a flood of
+# tiny values is bounded by max_bytes too.
+_ENTRY_OVERHEAD = 160
+
+
+class _Entry:
+    __slots__ = ("data", "expires_at", "shared", "size")
+
+    def __init__(self, data: bytes, expires_at: float | None, size: int) -> None:
+        self.data = data
+        self.expires_at = expires_at
+        self.size = size
+        # (type, decoded object) handed to every caller of a share_objects namespace
+        self.shared: tuple[Any, Any] | None = None
+
+
+class MemoryStore:
+    """Bounded by entry count and bytes; least recently used entries are evicted first."""
+
+    name = "memory"
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 10_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._bytes = 0
+        self.evictions = 0
+
+    # -- synchronous hot path -------------------------------------------------------------
+    def lookup_entry(self, namespace: str, key: str) -> _Entry | None:
+        """The live entry under ``key`` (refreshing its LRU position), or ``None``."""
+        k = (namespace, key)
+        entry = self._entries.get(k)
+        if entry is None:
+            return None
+        if entry.expires_at is not None and entry.expires_at <= self._clock():
+            self._remove(k)
+            return None
+        self._entries.move_to_end(k)
+        return entry
+
+    def lookup(self, namespace: str, key: str) -> bytes | None:
+        entry = self.lookup_entry(namespace, key)
+        return None if entry is None else entry.data
+
+    def put(self, namespace: str, key: str, data: bytes, ttl: float | None) -> bool:
+        """Store ``data``; ``False`` when it is larger than the whole store may hold."""
+        size = len(data) + len(key) + _ENTRY_OVERHEAD
+        k = (namespace, key)
+        if size > self.max_bytes:
+            self._remove(k)
+            return False
+        expires_at = None if ttl is None else self._clock() + ttl
+        old = self._entries.pop(k, None)
+        if old is not None:
+            self._bytes -= old.size
+        self._entries[k] = _Entry(data, expires_at, size)
+        self._bytes += size
+        self._evict()
+        return True
+
+    def put_if_absent(self, namespace: str, key: str, data: bytes, ttl: float | None) -> bool:
+        if self.lookup_entry(namespace, key) is not None:
+            return False
+        return self.put(namespace, key, data, ttl)
+
+    def discard(self, namespace: str, key: str) -> bool:
+        return self._remove((namespace, key))
+
+    def discard_namespace(self, namespace: str) -> int:
+        doomed = [k for k in self._entries if k[0] == namespace]
+        for k in doomed:
+            self._remove(k)
+        return len(doomed)
+
+    def discard_all(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    # -- Store protocol -----------------------------------------------------------------
+    async def get(self, namespace: str, key: str) -> bytes | None:
+        return self.lookup(namespace, key)
+
+    async def get_many(self, namespace: str, keys: Sequence[str]) -> list[bytes | None]:
+        return [self.lookup(namespace, k) for k in keys]
+
+    async def set(self, namespace: str, key: str, data: bytes, ttl: float | None) -> None:
+        self.put(namespace, key, data, ttl)
+
+    async def add(self, namespace: str, key: str, data: bytes, ttl: float | None) -> bool:
+        return self.put_if_absent(namespace, key, data, ttl)
+
+    async def set_many(self, namespace: str, items: Sequence[StoreItem]) -> None:
+        for key, data, ttl in items:
+            self.put(namespace, key, data, ttl)
+
+    async def delete(self, namespace: str, key: str) -> bool:
+        return self.discard(namespace, key)
+
+    async def invalidate(self, namespace: str) -> None:
+        self.discard_namespace(namespace)
+
+    async def clear(self) -> None:
+        self.discard_all()
+
+    async def ping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        self.discard_all()
+
+    # -- internals ------------------------------------------------------------------------
+    def _remove(self, k: tuple[str, str]) -> bool:
+        entry = self._entries.pop(k, None)
+        if entry is None:
+            return False
+        self._bytes -= entry.size
+        return True
+
+    def _evict(self) -> None:
+        entries = self._entries
+        while len(entries) > self.max_entries or self._bytes > self.max_bytes:
+            _, entry = entries.popitem(last=False)
+            self._bytes -= entry.size
+            self.evictions += 1
