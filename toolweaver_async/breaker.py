@@ -367,7 +367,7 @@ class CircuitBreaker:
             reason = f"{reason}; next probe in {self._open_period:.2f}s"
         elif new is BreakerState.CLOSED:
             self._clear()
-        logger.log(level, "circuit breaker %r %s: %s", self.name, new.value, reason)
+        logger.log(level, "circuit breaker %r is %s: %s", self.name, new.value, reason)
         for listener in list(self._listeners):
             try:
                 listener(self.name, old, new)

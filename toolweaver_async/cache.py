@@ -112,7 +112,7 @@ class AsyncToolCache(ToolShapedHelpers):
         if chain and isinstance(chain[0], MemoryStore):
             self._memory = chain.pop(0)
         self._layers = [GuardedStore(s, self._breaker_for(s)) for s in chain]
-        names = ([self._memory.name] if self._memory else []) + [g.name for g in self._layers]
+        names = ([self._memory.name] if self._memory is not None else []) + [g.name for g in self._layers]
         self._stats = StatsRecorder(names)
         self._reads = _ReadTracker()
         self._known_namespaces: set[str] = set()
@@ -176,7 +176,7 @@ class AsyncToolCache(ToolShapedHelpers):
                     logger.warning("closing %s store failed: %s", store.name, exc)
 
     def _all_stores(self) -> list[Store]:
-        return ([self._memory] if self._memory else []) + [g.store for g in self._layers]
+        return ([self._memory] if self._memory is not None else []) + [g.store for g in self._layers]
 
     # -- reads ----------------------------------------------------------------------------
     async def get(

@@ -7,6 +7,7 @@ msgpack-encoded with deterministic ordering (dict keys and sets sorted) and hash
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -55,10 +56,20 @@ def stable_hash(value: Any) -> str:
 def function_key(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
 ) -> str:
-    """``<module>.<qualname>:<hash of args and kwargs>``; keyword order does not matter."""
+    """``<module>.<qualname>:<hash of the bound arguments>``.
+
+    Arguments are bound to the signature with defaults applied, so ``f(1, b=2)``, ``f(a=1, b=2)``
+    and ``f(1)`` (when ``b`` defaults to 2) share one key.
+    """
     name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
     try:
-        digest = stable_hash([list(args), dict(kwargs)])
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments: Any = dict(bound.arguments)
+    except (TypeError, ValueError):  # no signature, or arguments that do not fit it
+        arguments = [list(args), dict(kwargs)]
+    try:
+        digest = stable_hash(arguments)
     except UnhashableArgumentsError as exc:
         raise UnhashableArgumentsError(
             f"cannot build a cache key for {name}: {exc}; pass key= to @cached to build it",

@@ -1,0 +1,447 @@
+"""The Redis layer: entry bytes in Redis, shared by every process that uses the same key prefix.
+
+Physical keys are ``<prefix>:<namespace>:<generation>:<key>``. Each namespace has a generation
+counter at ``<prefix>:<namespace>:gen`` (absent means 0, no TTL). ``invalidate`` increments it,
+which makes every older entry unreadable at once, in every process; the old generation's keys are
+then removed in the background.
+
+Each store caches the generation it last saw per namespace and checks it on every round trip:
+reads are one ``MGET <genkey> <datakey...>``, writes and deletes a pipeline ending in
+``GET <genkey>``. When the reply shows a newer generation, the store adopts it and repeats the
+call once, so an invalidation by another process is honoured on the very next call, without an
+extra round trip while nothing changes. This relies on generations never going backwards, which
+is why :meth:`RedisStore.clear` leaves the counters in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ..config import CacheConfig, _check_redis_url, check_name, redact_url
+from ..errors import ConfigError, StoreError
+from .base import StoreItem
+
+__all__ = ["RedisStore", "build_client"]
+
+logger = logging.getLogger(__name__)
+
+# Everything the driver or the socket can raise for a failed command. CancelledError is a
+# BaseException and is deliberately absent: cancellation always passes through untouched.
+# UnicodeError: a key with lone surrogates cannot be encoded; nothing was sent.
+_DRIVER_ERRORS: Final = (RedisError, OSError, TimeoutError, UnicodeError)
+
+_SCAN_COUNT: Final = 1000
+_UNLINK_BATCH: Final = 500
+
+
+class _Generation:
+    """One generation of a namespace as this process last saw it (immutable, swapped whole)."""
+
+    __slots__ = ("number", "prefix", "raw")
+
+    def __init__(self, base: str, number: int, raw: Any) -> None:
+        self.number = number
+        self.raw = raw  # the counter's reply as seen on the wire: None, b"3" ...
+        self.prefix = f"{base}{number}:"
+
+
+class _Namespace:
+    """Precomputed key parts of one namespace and the generation this process last saw."""
+
+    __slots__ = ("base", "gen_key", "generation")
+
+    def __init__(self, prefix: str, name: str) -> None:
+        self.base = f"{prefix}:{name}:"
+        self.gen_key = f"{self.base}gen"
+        # Never seen: guess 0 (the counter is usually absent); the first reply corrects it.
+        self.generation = _Generation(self.base, 0, None)
+
+    def observe(self, raw: Any) -> _Generation:
+        """Adopt the counter value ``raw`` from a reply and return the generation it names."""
+        current = self.generation
+        if raw == current.raw:
+            return current
+        try:
+            number = 0 if raw is None else int(raw)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(
+                f"generation counter {self.gen_key!r} holds {raw!r}, not an integer",
+                store="redis",
+            ) from exc
+        observed = _Generation(self.base, number, raw)
+        self.generation = observed
+        return observed
+
+
+def _store_error(operation: str, exc: BaseException, secrets: tuple[str, ...]) -> StoreError:
+    """The one translation seam: a driver or socket failure as a :class:`StoreError`."""
+    message = f"redis {operation} failed: {type(exc).__name__}: {exc}"
+    for secret in secrets:
+        message = message.replace(secret, "***")
+    return StoreError(message, store="redis")
+
+
+def _ttl_ms(ttl: float | None) -> int | None:
+    """Seconds as whole milliseconds for ``SET ... PX``, rounded up, at least 1."""
+    if ttl is None or ttl == math.inf:
+        return None
+    return max(1, math.ceil(ttl * 1000))
+
+
+def build_client(
+    url: str,
+    *,
+    password: str | None = None,
+    connect_timeout: float = 0.25,
+    command_timeout: float = 0.25,
+    pool_size: int = 64,
+    tls_verify: bool = True,
+) -> Redis:
+    """A ``redis.asyncio`` client for ``url`` that fails in milliseconds, built without any I/O.
+
+    Our settings win over the URL's query string, so ``?socket_timeout=30`` or
+    ``?ssl_cert_reqs=none`` cannot undo short timeouts or certificate checks.
+    """
+    try:
+        _check_redis_url(url)
+        options: dict[str, Any] = dict(parse_url(url))
+    except ValueError as exc:
+        raise ConfigError(f"cannot use Redis URL {redact_url(url)}: {exc}") from exc
+    if password is not None:
+        options["password"] = password
+    options.update(
+        max_connections=pool_size,
+        # BlockingConnectionPool: a caller finding all connections busy waits this long for
+        # one instead of failing at once with "Too many connections".
+        timeout=command_timeout,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=command_timeout,
+        # No retries: redis-py's client default (10 retries, backoff up to 1 s) costs seconds
+        # per call on a dead server; the circuit breaker decides when to try again.
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=False,
+        health_check_interval=0,
+        # RESP2: redis-py 8 defaults to RESP3 with maintenance notifications in "auto" mode,
+        # which adds handshake round trips and skips the pool's "unread data" check on checkout.
+        protocol=2,
+    )
+    if url.startswith("rediss:"):
+        options["ssl_cert_reqs"] = "required" if tls_verify else "none"
+        options["ssl_check_hostname"] = tls_verify
+    return Redis.from_pool(BlockingConnectionPool(**options))
+
+
+class RedisStore:
+    """Entry bytes in Redis under ``<prefix>:<namespace>:<generation>:<key>``.
+
+    Constructing one does no I/O: the first command connects. Every failure surfaces as
+    :class:`StoreError`; cancellation passes through untouched. Namespaces must be plain names
+    (letters, digits, ``_.-``; see ``check_name``), else :class:`ConfigError`. An injected
+    ``client`` must keep ``decode_responses=False`` and is left open by :meth:`aclose`.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        key_prefix: str,
+        password: str | None = None,
+        connect_timeout: float = 0.25,
+        command_timeout: float = 0.25,
+        pool_size: int = 64,
+        tls_verify: bool = True,
+        client: Redis | None = None,
+    ) -> None:
+        # Validated names contain no ':' (the key layout stays unambiguous) and no glob
+        # metacharacters (SCAN MATCH patterns need no escaping).
+        self._prefix = check_name(key_prefix, what="key_prefix")
+        self._url = redact_url(url)
+        self._secrets = _secrets(url, password)
+        self._owns_client = client is None
+        self._client: Redis = (
+            client
+            if client is not None
+            else build_client(
+                url,
+                password=password,
+                connect_timeout=connect_timeout,
+                command_timeout=command_timeout,
+                pool_size=pool_size,
+                tls_verify=tls_verify,
+            )
+        )
+        # Bound once: the hot path skips two attribute lookups, and redis-py leaves it untyped.
+        self._execute: Callable[..., Awaitable[Any]] = self._client.execute_command
+        self._namespaces: dict[str, _Namespace] = {}
+        self._stale_patterns: list[str] = []
+        self._cleaner: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_config(cls, config: CacheConfig) -> RedisStore:
+        """A store with the Redis settings and key prefix of ``config``."""
+        return cls(
+            url=config.redis_url,
+            key_prefix=config.key_prefix,
+            password=config.redis_password,
+            connect_timeout=config.redis_connect_timeout,
+            command_timeout=config.redis_command_timeout,
+            pool_size=config.redis_pool_size,
+            tls_verify=config.redis_tls_verify,
+        )
+
+    def __repr__(self) -> str:
+        return f"RedisStore(url={self._url!r}, key_prefix={self._prefix!r})"
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def get(self, namespace: str, key: str) -> bytes | None:
+        """The entry bytes under ``key``, or ``None``; one ``MGET`` while the generation holds."""
+        ns = self._namespace(namespace)
+        used = ns.generation
+        value: bytes | None
+        try:
+            raw, value = await self._execute("MGET", ns.gen_key, used.prefix + key)
+            if raw == used.raw:
+                return value
+            seen = ns.observe(raw)
+            if seen.number == used.number:
+                return value
+            raw, value = await self._execute("MGET", ns.gen_key, seen.prefix + key)
+        except _DRIVER_ERRORS as exc:
+            raise _store_error("get", exc, self._secrets) from exc
+        if ns.observe(raw).number != seen.number:
+            return None  # invalidated again between the two reads: a dead generation's value
+        return value
+
+    async def get_many(self, namespace: str, keys: Sequence[str]) -> list[bytes | None]:
+        """Entry bytes for each of ``keys``, in order, ``None`` where absent; one ``MGET``."""
+        if not keys:
+            return []
+        ns = self._namespace(namespace)
+        used = ns.generation
+        reply: list[Any]
+        try:
+            reply = await self._execute("MGET", ns.gen_key, *[used.prefix + key for key in keys])
+            seen = ns.observe(reply[0])
+            if seen.number == used.number:
+                return reply[1:]
+            reply = await self._execute("MGET", ns.gen_key, *[seen.prefix + key for key in keys])
+        except _DRIVER_ERRORS as exc:
+            raise _store_error("get_many", exc, self._secrets) from exc
+        if ns.observe(reply[0]).number != seen.number:
+            return [None] * len(keys)
+        return reply[1:]
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def set(self, namespace: str, key: str, data: bytes, ttl: float | None) -> None:
+        """Store ``data`` under the live generation, expiring after ``ttl`` seconds."""
+        await self._write("set", namespace, ((key, data, _ttl_ms(ttl)),), only_new=False)
+
+    async def add(self, namespace: str, key: str, data: bytes, ttl: float | None) -> bool:
+        """Store ``data`` only where no entry is present (``SET NX``); ``True`` when stored."""
+        stored = await self._write("add", namespace, ((key, data, _ttl_ms(ttl)),), only_new=True)
+        return stored[0]
+
+    async def set_many(self, namespace: str, items: Sequence[StoreItem]) -> None:
+        """Store several entries in one pipelined round trip."""
+        if items:
+            entries = [(key, data, _ttl_ms(ttl)) for key, data, ttl in items]
+            await self._write("set_many", namespace, entries, only_new=False)
+
+    async def _write(
+        self,
+        operation: str,
+        namespace: str,
+        entries: Sequence[tuple[str, bytes, int | None]],
+        *,
+        only_new: bool,
+    ) -> list[bool]:
+        """SET each entry in one pipeline that ends by reading the generation counter."""
+        ns = self._namespace(namespace)
+        used = ns.generation
+        try:
+            stored, raw = await self._pipeline_sets(used.prefix, entries, ns.gen_key, only_new)
+            # Generations only grow, so an unchanged counter read after the SETs proves they
+            # landed in the live generation.
+            seen = ns.observe(raw)
+            if seen.number == used.number:
+                return stored
+            # Our cached generation was stale: move what we wrote into the live one. Should
+            # another invalidation race with this retry, the write counts as made before it.
+            misplaced = [used.prefix + e[0] for e, ok in zip(entries, stored, strict=True) if ok]
+            stored, raw = await self._pipeline_sets(
+                seen.prefix, entries, ns.gen_key, only_new, unlink=misplaced
+            )
+        except _DRIVER_ERRORS as exc:
+            raise _store_error(operation, exc, self._secrets) from exc
+        ns.observe(raw)
+        return stored
+
+    async def _pipeline_sets(
+        self,
+        prefix: str,
+        entries: Sequence[tuple[str, bytes, int | None]],
+        gen_key: str,
+        only_new: bool,
+        unlink: Sequence[str] = (),
+    ) -> tuple[list[bool], Any]:
+        pipe = self._client.pipeline(transaction=False)
+        if unlink:
+            pipe.execute_command("UNLINK", *unlink)
+        for key, data, px in entries:
+            args: tuple[Any, ...] = ("SET", prefix + key, data)
+            if px is not None:
+                args += ("PX", px)
+            if only_new:
+                args += ("NX",)
+            pipe.execute_command(*args)
+        pipe.execute_command("GET", gen_key)
+        replies = await pipe.execute()
+        first = 1 if unlink else 0
+        return [bool(r) for r in replies[first:-1]], replies[-1]
+
+    async def delete(self, namespace: str, key: str) -> bool:
+        """Remove ``key`` from the live generation; ``True`` when it existed."""
+        ns = self._namespace(namespace)
+        used = ns.generation
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.execute_command("UNLINK", used.prefix + key)
+            pipe.execute_command("GET", ns.gen_key)
+            removed, raw = await pipe.execute()
+            seen = ns.observe(raw)
+            if seen.number != used.number:
+                pipe = self._client.pipeline(transaction=False)
+                pipe.execute_command("UNLINK", seen.prefix + key)
+                pipe.execute_command("GET", ns.gen_key)
+                removed, raw = await pipe.execute()
+        except _DRIVER_ERRORS as exc:
+            raise _store_error("delete", exc, self._secrets) from exc
+        ns.observe(raw)
+        return bool(removed)
+
+    async def invalidate(self, namespace: str) -> None:
+        """Make every entry of ``namespace`` unreadable at once (one ``INCR``), in every process.
+
+        The old generation's keys are removed in the background, best effort; anything missed
+        is unreadable anyway and expires with its TTL.
+        """
+        ns = self._namespace(namespace)
+        try:
+            number = await self._execute("INCR", ns.gen_key)
+        except _DRIVER_ERRORS as exc:
+            raise _store_error("invalidate", exc, self._secrets) from exc
+        ns.observe(str(number).encode())
+        self._schedule_cleanup(f"{ns.base}{int(number) - 1}:*")
+
+    async def clear(self) -> None:
+        """Remove every entry under this store's key prefix, and nothing else; never FLUSHDB.
+
+        Generation counters stay: generations must never go backwards (see the module
+        docstring). Entries written while the scan runs may survive it.
+        """
+        try:
+            await self._unlink_matching(f"{self._prefix}:*", keep_counters=True)
+        except _DRIVER_ERRORS as exc:
+            raise _store_error("clear", exc, self._secrets) from exc
+
+    async def ping(self) -> None:
+        """Return when Redis answers ``PING``; raise :class:`StoreError` when it does not."""
+        try:
+            await self._execute("PING")
+        except _DRIVER_ERRORS as exc:
+            raise _store_error("ping", exc, self._secrets) from exc
+
+    async def aclose(self) -> None:
+        """Stop background cleanup and close the connection pool if this store built it.
+
+        Idempotent. The release runs in its own task, shielded, so cancelling the caller
+        cannot leave sockets open.
+        """
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._release())
+        await asyncio.shield(self._closing)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _namespace(self, namespace: str) -> _Namespace:
+        if self._closing is not None:
+            raise StoreError("RedisStore is closed", store="redis")
+        ns = self._namespaces.get(namespace)
+        if ns is None:
+            ns = _Namespace(self._prefix, check_name(namespace, what="namespace"))
+            self._namespaces[namespace] = ns
+        return ns
+
+    def _schedule_cleanup(self, pattern: str) -> None:
+        # One worker drains the queue, so a burst of invalidations costs one SCAN at a time
+        # instead of a SCAN per call competing with callers for pooled connections.
+        self._stale_patterns.append(pattern)
+        if self._closing is None and (self._cleaner is None or self._cleaner.done()):
+            self._cleaner = asyncio.get_running_loop().create_task(self._clean_stale())
+
+    async def _clean_stale(self) -> None:
+        while self._stale_patterns:
+            pattern = self._stale_patterns.pop(0)
+            try:
+                await self._unlink_matching(pattern, keep_counters=False)
+            except _DRIVER_ERRORS as exc:
+                logger.debug(
+                    "redis cleanup of %s at %s skipped: %s",
+                    pattern,
+                    self._url,
+                    _store_error("cleanup", exc, self._secrets),
+                )
+
+    async def _unlink_matching(self, pattern: str, *, keep_counters: bool) -> None:
+        cursor = 0
+        while True:
+            cursor, found = await self._execute(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT
+            )
+            if keep_counters:
+                found = [key for key in found if not _is_counter(key)]
+            for start in range(0, len(found), _UNLINK_BATCH):
+                await self._execute("UNLINK", *found[start : start + _UNLINK_BATCH])
+            if cursor == 0:
+                return
+
+    async def _release(self) -> None:
+        self._stale_patterns.clear()
+        if self._cleaner is not None:
+            self._cleaner.cancel()
+            await asyncio.wait([self._cleaner])
+        if self._owns_client:
+            try:
+                await self._client.aclose()
+            except _DRIVER_ERRORS as exc:
+                logger.debug("closing redis pool for %s: %s", self._url, type(exc).__name__)
+
+
+def _is_counter(key: bytes | str) -> bool:
+    """``<prefix>:<namespace>:gen`` has exactly two colons; entry keys have at least three."""
+    raw = key.encode() if isinstance(key, str) else key
+    return raw.endswith(b":gen") and raw.count(b":") == 2
+
+
+def _secrets(url: str, password: str | None) -> tuple[str, ...]:
+    """Passwords to scrub from error messages: the explicit one and the URL's."""
+    try:
+        in_url = parse_url(url).get("password")
+    except ValueError:
+        in_url = None
+    return tuple(s for s in (password, in_url) if s)
