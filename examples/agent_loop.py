@@ -34,8 +34,12 @@ TOOL_CALL = (0.040, 0.010)
 AGENTS = 4
 STEPS_PER_AGENT = 25
 COMMON_TASKS = [
-    "summarise the latest invoice", "find receipts over $100", "list open support tickets",
-    "translate the release notes", "draft a reply to the customer", "check the build status",
+    "summarise the latest invoice",
+    "find receipts over $100",
+    "list open support tickets",
+    "translate the release notes",
+    "draft a reply to the customer",
+    "check the build status",
 ]
 
 
@@ -117,11 +121,14 @@ def cached_step(services: Services, cache: AsyncToolCache) -> Step:
         catalog = await cache.get_or_set("current", services.discover_catalog, namespace="catalog")
         text_hash = digest(task)
         embedding = await cache.get_or_set(
-            f"embedding:{text_hash}:demo-embed-v1", lambda: services.embed(task),
-            namespace="embeddings", type=list[float],
+            f"embedding:{text_hash}:demo-embed-v1",
+            lambda: services.embed(task),
+            namespace="embeddings",
+            type=list[float],
         )
         hits = await cache.get_or_set(
-            f"search:{text_hash}:{catalog['version']}:3", lambda: services.search(embedding, 3),
+            f"search:{text_hash}:{catalog['version']}:3",
+            lambda: services.search(embedding, 3),
             namespace="search",
         )
         return await call_tool(hits[0]["tool"], {"task": task, "v": catalog["version"]})
@@ -147,13 +154,17 @@ def summary(name: str, latencies: list[float], wall: float, meter: Meter) -> str
     ordered = sorted(latencies)
     p50 = statistics.median(ordered) * 1000
     p95 = ordered[int(len(ordered) * 0.95) - 1] * 1000
-    return (f"{name:<14} {len(ordered):>5} {p50:>9.1f} {p95:>9.1f} {wall:>8.2f} "
-            f"{meter.seconds:>12.2f} {meter.dollars:>9.3f}")
+    return (
+        f"{name:<14} {len(ordered):>5} {p50:>9.1f} {p95:>9.1f} {wall:>8.2f} "
+        f"{meter.seconds:>12.2f} {meter.dollars:>9.3f}"
+    )
 
 
 async def main() -> None:
-    header = (f"{'run':<14} {'steps':>5} {'p50 ms':>9} {'p95 ms':>9} {'wall s':>8} "
-              f"{'service s':>12} {'cost $':>9}")
+    header = (
+        f"{'run':<14} {'steps':>5} {'p50 ms':>9} {'p95 ms':>9} {'wall s':>8} "
+        f"{'service s':>12} {'cost $':>9}"
+    )
     print(f"Simulated agent loop: {AGENTS} agents x {STEPS_PER_AGENT} steps\n")
     print(header)
     print("-" * len(header))
@@ -180,13 +191,17 @@ async def main() -> None:
 
     print()
     print(f"stores in the chain: {', '.join(health['stores'])}  (redis: {health['redis_ping']})")
-    print(f"hit rate: {stats.hit_rate:.0%}   hits per store: {dict(stats.overall.hits)}   "
-          f"loader calls: {stats.overall.loader_calls}")
+    print(
+        f"hit rate: {stats.hit_rate:.0%}   hits per store: {dict(stats.overall.hits)}   "
+        f"loader calls: {stats.overall.loader_calls}"
+    )
     saved = plain_wall - cached_wall
-    print(f"time saved: {saved:.2f} s of {plain_wall:.2f} s ({saved / plain_wall:.0%}), "
-          f"cost ${plain.dollars:.3f} -> ${metered.dollars:.3f}, "
-          f"median step {statistics.median(plain_latencies) * 1000:.0f} ms -> "
-          f"{statistics.median(cached_latencies) * 1000:.2f} ms")
+    print(
+        f"time saved: {saved:.2f} s of {plain_wall:.2f} s ({saved / plain_wall:.0%}), "
+        f"cost ${plain.dollars:.3f} -> ${metered.dollars:.3f}, "
+        f"median step {statistics.median(plain_latencies) * 1000:.0f} ms -> "
+        f"{statistics.median(cached_latencies) * 1000:.2f} ms"
+    )
     print(f"service calls without cache: {plain.calls}")
     print(f"service calls with cache:    {metered.calls}")
 

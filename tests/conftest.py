@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .redis_server import RedisServer, find_free_port
+from toolweaver_async.testing import RedisServer, find_free_port
 
 # -- Redis ---------------------------------------------------------------------------------------
 

@@ -524,13 +524,19 @@ def test_transition_table(state: BreakerState, event: _Event, expected: BreakerS
 
 RECOVERY, MAX_RECOVERY, JITTER, SLOW = 1.0, 5.0, 0.2, 0.5
 THRESHOLD, WINDOW, MINIMUM, RATE, PROBES = 3, 6, 4, 0.5, 2
+OUTCOMES = ("success", "failure", "slow_success", "cancelled")
+outcomes = st.sampled_from(OUTCOMES)
 randoms = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
 # Round steps that often cross a recovery deadline, plus arbitrary ones for the edges.
 steps = st.sampled_from([0.5, 1.0, 2.5, 6.0]) | st.floats(min_value=0.0, max_value=6.0)
 
 
 class BreakerMachine(RuleBasedStateMachine):
-    """Drives a breaker and a few lines of plain bookkeeping side by side; they must agree."""
+    """Drives a breaker and a few lines of plain bookkeeping side by side; they must agree.
+
+    Calls are made the way a store guard makes them: ``allow()``, then exactly one of
+    ``record_success``, ``record_failure`` or ``release`` — at once or after other calls ran.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -549,6 +555,8 @@ class BreakerMachine(RuleBasedStateMachine):
             clock=self.clock,
             random=self.random,
         )
+        self.held = 0  # admitted calls still in flight
+        # the model
         self.state = CLOSED
         self.consecutive = 0
         self.window: deque[bool] = deque(maxlen=WINDOW)
@@ -556,7 +564,6 @@ class BreakerMachine(RuleBasedStateMachine):
         self.in_flight = 0
         self.reopen_at = math.inf
 
-    # the model
     def model_open(self) -> None:
         grown = min(RECOVERY * 2**self.failed_probes, MAX_RECOVERY)
         expected = min(grown * (1 + JITTER * (2 * self.random.value - 1)), MAX_RECOVERY)
@@ -569,8 +576,15 @@ class BreakerMachine(RuleBasedStateMachine):
         self.window.clear()
         self.reopen_at = math.inf
 
+    def model_success(self) -> None:
+        if self.state is HALF_OPEN:
+            self.model_close()
+        elif self.state is CLOSED:
+            self.consecutive = 0
+            self.window.append(False)
+
     def model_failure(self) -> None:
-        if self.state is OPEN:
+        if self.state is OPEN:  # a late answer to a call admitted before the trip
             return
         self.consecutive += 1
         if self.state is HALF_OPEN:
@@ -582,30 +596,43 @@ class BreakerMachine(RuleBasedStateMachine):
         if self.consecutive >= THRESHOLD or (len(self.window) >= MINIMUM and rate >= RATE):
             self.model_open()
 
-    # the rules
-    @rule(r=randoms, times=st.integers(min_value=1, max_value=THRESHOLD))
-    def failures(self, r: float, times: int) -> None:
+    def settle(self, outcome: str, r: float) -> None:
         self.random.value = r
-        for _ in range(times):
+        was = self.state
+        if outcome == "success":
+            self.breaker.record_success(duration=SLOW / 2)
+            self.model_success()
+            if was is HALF_OPEN:
+                assert self.breaker.state is CLOSED
+        elif outcome == "failure":
             self.breaker.record_failure()
             self.model_failure()
+        elif outcome == "slow_success":
+            self.breaker.record_success(duration=SLOW * 2)
+            self.model_failure()
+        else:
+            self.breaker.release()
+            if self.state is HALF_OPEN and self.in_flight > 0:
+                self.in_flight -= 1
 
-    @rule(r=randoms)
-    def slow_success(self, r: float) -> None:
-        self.random.value = r
-        self.breaker.record_success(duration=SLOW * 2)
-        self.model_failure()
+    @rule(outcome=outcomes | st.just("hold"), r=randoms)
+    def call(self, outcome: str, r: float) -> None:
+        admitted = self.state is CLOSED or (self.state is HALF_OPEN and self.in_flight < PROBES)
+        assert self.breaker.allow() is admitted
+        if not admitted:
+            return
+        if self.state is HALF_OPEN:
+            self.in_flight += 1
+        if outcome == "hold":
+            self.held += 1
+        else:
+            self.settle(outcome, r)
 
-    @rule()
-    def success(self) -> None:
-        was = self.state
-        self.breaker.record_success(duration=SLOW / 2)
-        if was is HALF_OPEN:
-            self.model_close()
-            assert self.breaker.state is CLOSED
-        elif was is CLOSED:
-            self.consecutive = 0
-            self.window.append(False)
+    @rule(outcome=outcomes, r=randoms)
+    def finish_held_call(self, outcome: str, r: float) -> None:
+        if self.held:
+            self.held -= 1
+            self.settle(outcome, r)
 
     @rule(seconds=steps)
     def advance(self, seconds: float) -> None:
@@ -614,24 +641,10 @@ class BreakerMachine(RuleBasedStateMachine):
             self.state = HALF_OPEN
 
     @rule()
-    def allow(self) -> None:
-        expected = self.state is CLOSED or (self.state is HALF_OPEN and self.in_flight < PROBES)
-        assert self.breaker.allow() is expected
-        if expected and self.state is HALF_OPEN:
-            self.in_flight += 1
-
-    @rule()
-    def release(self) -> None:
-        self.breaker.release()
-        if self.state is HALF_OPEN and self.in_flight > 0:
-            self.in_flight -= 1
-
-    @rule()
     def reset(self) -> None:
         self.breaker.reset()
         self.model_close()
 
-    # what must always hold
     @invariant()
     def state_agrees_with_model(self) -> None:
         assert self.breaker.state is self.state
@@ -648,6 +661,8 @@ class BreakerMachine(RuleBasedStateMachine):
         assert (self.breaker.opened_at is None) == (self.state is CLOSED)
         if self.state is CLOSED:
             assert snapshot["window_calls"] == len(self.window)
+            rate = sum(self.window) / len(self.window) if self.window else 0.0
+            assert snapshot["failure_rate"] == pytest.approx(rate)
 
     @invariant()
     def recovery_timeout_within_bounds(self) -> None:

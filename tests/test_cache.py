@@ -22,8 +22,7 @@ from toolweaver_async import (
     SerializationError,
     ValueTooLargeError,
 )
-
-from .redis_server import RedisServer
+from toolweaver_async.testing import RedisServer
 
 MakeCache = Callable[..., AsyncToolCache]
 
@@ -55,7 +54,9 @@ async def make_cache(
 
     def make(**changes: Any) -> AsyncToolCache:
         settings: dict[str, Any] = {
-            "cache_dir": cache_dir, "key_prefix": key_prefix, "redis_url": redis_url,
+            "cache_dir": cache_dir,
+            "key_prefix": key_prefix,
+            "redis_url": redis_url,
         }
         settings.update(changes)
         use_clock = settings.pop("clock", clock)
@@ -497,8 +498,9 @@ async def test_from_env_builds_the_embedded_default(
 async def test_killed_redis_is_absorbed_and_values_survive_in_the_other_stores(
     own_redis_server: RedisServer, tmp_path: Path, key_prefix: str
 ) -> None:
-    config = CacheConfig(use_redis=True, redis_url=own_redis_server.url,
-                         cache_dir=tmp_path, key_prefix=key_prefix)
+    config = CacheConfig(
+        use_redis=True, redis_url=own_redis_server.url, cache_dir=tmp_path, key_prefix=key_prefix
+    )
     async with AsyncToolCache(config) as cache:
         await cache.set("before", 1)
         own_redis_server.kill()

@@ -15,14 +15,20 @@ def test_defaults_match_the_design() -> None:
     assert config.enabled_stores == ("memory", "file")
     ttls = {name: config.policy(name).ttl for name in config.namespaces}
     assert ttls == {
-        "default": 3600, "catalog": 86400, "search": 3600,
-        "embeddings": 7 * 86400, "tools": 86400, "results": 300,
+        "default": 3600,
+        "catalog": 86400,
+        "search": 3600,
+        "embeddings": 7 * 86400,
+        "tools": 86400,
+        "results": 300,
     }
     assert config.policy("never-configured").ttl == 3600
 
 
 def test_user_namespaces_merge_over_defaults() -> None:
-    config = CacheConfig(namespaces={"search": NamespacePolicy(ttl=60), "llm": NamespacePolicy(ttl=None)})
+    config = CacheConfig(
+        namespaces={"search": NamespacePolicy(ttl=60), "llm": NamespacePolicy(ttl=None)}
+    )
     assert config.policy("search").ttl == 60
     assert config.policy("llm").ttl is None
     assert config.policy("catalog").ttl == 86400
@@ -60,7 +66,9 @@ def test_from_env_reads_the_documented_variables(tmp_path: Path) -> None:
         ({"namespaces": {"bad/name": NamespacePolicy()}}, "namespace"),
     ],
 )
-def test_bad_configuration_is_a_clear_config_error(changes: dict[str, object], message: str) -> None:
+def test_bad_configuration_is_a_clear_config_error(
+    changes: dict[str, object], message: str
+) -> None:
     with pytest.raises(ConfigError, match=message):
         CacheConfig(**changes)  # type: ignore[arg-type]
 

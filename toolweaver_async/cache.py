@@ -45,8 +45,13 @@ def build_stores(config: CacheConfig, clock: Callable[[], float]) -> list[Store]
     built: list[Store] = []
     for name in config.enabled_stores:
         if name == "memory":
-            built.append(MemoryStore(max_entries=config.memory_max_entries,
-                                     max_bytes=config.memory_max_bytes, clock=clock))
+            built.append(
+                MemoryStore(
+                    max_entries=config.memory_max_entries,
+                    max_bytes=config.memory_max_bytes,
+                    clock=clock,
+                )
+            )
         elif name == "redis":
             built.append(RedisStore.from_config(config))
         else:
@@ -108,11 +113,15 @@ class AsyncToolCache(ToolShapedHelpers):
         self._clock = clock if clock is not None else time.time
         self._codec = EntryCodec(max_value_bytes=self.config.max_value_bytes)
         chain = list(stores) if stores is not None else build_stores(self.config, self._clock)
-        self._memory: MemoryStore | None = None
-        if chain and isinstance(chain[0], MemoryStore):
-            self._memory = chain.pop(0)
+        # The first store, when it is a MemoryStore, is the lock-free synchronous L1.
+        first = chain[0] if chain else None
+        self._memory: MemoryStore | None = first if isinstance(first, MemoryStore) else None
+        if self._memory is not None:
+            chain.pop(0)
         self._layers = [GuardedStore(s, self._breaker_for(s)) for s in chain]
-        names = ([self._memory.name] if self._memory is not None else []) + [g.name for g in self._layers]
+        names = ([self._memory.name] if self._memory is not None else []) + [
+            g.name for g in self._layers
+        ]
         self._stats = StatsRecorder(names)
         self._reads = _ReadTracker()
         self._known_namespaces: set[str] = set()
@@ -148,12 +157,16 @@ class AsyncToolCache(ToolShapedHelpers):
     async def connect(self) -> None:
         """Ping every remote store once; one that does not answer starts with its breaker
         open, so the first agent steps do not each wait on a dead server."""
+
         async def probe(layer: GuardedStore) -> None:
             outcome = await layer.attempt(layer.store.ping)
             if outcome is FAILED:
                 layer.breaker.trip()
-                logger.warning("%s store unavailable at start (%s); continuing without it",
-                               layer.name, layer.last_error)
+                logger.warning(
+                    "%s store unavailable at start (%s); continuing without it",
+                    layer.name,
+                    layer.last_error,
+                )
 
         async with anyio.create_task_group() as tg:
             for layer in self._layers:
@@ -176,7 +189,9 @@ class AsyncToolCache(ToolShapedHelpers):
                     logger.warning("closing %s store failed: %s", store.name, exc)
 
     def _all_stores(self) -> list[Store]:
-        return ([self._memory] if self._memory is not None else []) + [g.store for g in self._layers]
+        return ([self._memory] if self._memory is not None else []) + [
+            g.store for g in self._layers
+        ]
 
     # -- reads ----------------------------------------------------------------------------
     async def get(
@@ -304,7 +319,8 @@ class AsyncToolCache(ToolShapedHelpers):
             still_missing = []
             for key, data in zip(missing, answers, strict=True):
                 envelope = (
-                    None if data is None
+                    None
+                    if data is None
                     else self._fresh(data, namespace, key, type, counters, layer)
                 )
                 if envelope is None or data is None:
@@ -462,8 +478,8 @@ class AsyncToolCache(ToolShapedHelpers):
         def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             @functools.wraps(fn)
             async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-                cache_key = key(*args, **kwargs) if key is not None else function_key(
-                    fn, args, kwargs
+                cache_key = (
+                    key(*args, **kwargs) if key is not None else function_key(fn, args, kwargs)
                 )
                 result: R = await self.get_or_set(
                     cache_key, lambda: fn(*args, **kwargs), namespace=namespace, ttl=ttl
@@ -484,8 +500,13 @@ class AsyncToolCache(ToolShapedHelpers):
         config = self.config
         stores: dict[str, dict[str, Any]] = {}
         if self._memory is not None:
-            stores["memory"] = {"state": "closed", "ok": True, "error": None,
-                                "entries": len(self._memory), "bytes": self._memory.size_bytes}
+            stores["memory"] = {
+                "state": "closed",
+                "ok": True,
+                "error": None,
+                "entries": len(self._memory),
+                "bytes": self._memory.size_bytes,
+            }
 
         async def ping(layer: GuardedStore) -> None:
             error: str | None = None
@@ -514,8 +535,11 @@ class AsyncToolCache(ToolShapedHelpers):
             "fallback_enabled": any(name != "redis" for name in stores),
             "cache_dir": str(config.cache_dir) if "file" in stores else None,
             "redis_ping": (
-                "disabled (USE_REDIS=false)" if redis is None
-                else "OK" if redis["ok"] else f"FAILED: {redis['error']}"
+                "disabled (USE_REDIS=false)"
+                if redis is None
+                else "OK"
+                if redis["ok"]
+                else f"FAILED: {redis['error']}"
             ),
             "stores": {name: stores[name] for name in self._store_order() if name in stores},
         }

@@ -36,11 +36,7 @@ DAY = 24 * HOUR
 
 
 def _is_number(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,7 +65,9 @@ class NamespacePolicy:
         if not (_is_number(self.stale_ttl) and self.stale_ttl >= 0):
             raise ConfigError(f"NamespacePolicy.stale_ttl must be >= 0, got {self.stale_ttl!r}")
         if not (_is_number(self.ttl_jitter) and 0 <= self.ttl_jitter <= 1):
-            raise ConfigError(f"NamespacePolicy.ttl_jitter must be in [0, 1], got {self.ttl_jitter!r}")
+            raise ConfigError(
+                f"NamespacePolicy.ttl_jitter must be in [0, 1], got {self.ttl_jitter!r}"
+            )
         if not (_is_number(self.early_refresh_beta) and self.early_refresh_beta >= 0):
             raise ConfigError(
                 f"NamespacePolicy.early_refresh_beta must be >= 0, got {self.early_refresh_beta!r}"
@@ -77,7 +75,9 @@ class NamespacePolicy:
         if self.negative_ttl is not None and not (
             _is_number(self.negative_ttl) and self.negative_ttl > 0
         ):
-            raise ConfigError(f"NamespacePolicy.negative_ttl must be > 0, got {self.negative_ttl!r}")
+            raise ConfigError(
+                f"NamespacePolicy.negative_ttl must be > 0, got {self.negative_ttl!r}"
+            )
 
 
 DEFAULT_NAMESPACES: Mapping[str, NamespacePolicy] = {
@@ -163,15 +163,23 @@ class CacheConfig:
         check_name(self.key_prefix, what="key_prefix")
         unknown = [s for s in self.stores if s not in STORE_NAMES]
         if unknown or len(set(self.stores)) != len(self.stores):
-            raise ConfigError(f"stores must be distinct names from {STORE_NAMES}, got {self.stores}")
+            raise ConfigError(
+                f"stores must be distinct names from {STORE_NAMES}, got {self.stores}"
+            )
         if not self.enabled_stores:
             raise ConfigError(
                 f"no store left in the chain: stores={self.stores}, use_redis={self.use_redis}"
             )
         if self.use_redis:
             _check_redis_url(self.redis_url)
-        for name in ("memory_max_entries", "memory_max_bytes", "file_max_bytes",
-                     "max_value_bytes", "redis_pool_size", "journal_max_entries"):
+        for name in (
+            "memory_max_entries",
+            "memory_max_bytes",
+            "file_max_bytes",
+            "max_value_bytes",
+            "redis_pool_size",
+            "journal_max_entries",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -195,9 +203,7 @@ class CacheConfig:
         return replace(self, **changes)
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> CacheConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CacheConfig:
         """Build a config from ``USE_REDIS``, ``REDIS_URL``, ``REDIS_PASSWORD``,
         ``TOOLWEAVER_CACHE_DIR`` and ``TOOLWEAVER_CACHE_PREFIX``; ``overrides`` win over them."""
         env = os.environ if environ is None else environ

@@ -63,7 +63,7 @@ class GuardedStore:
         breaker.record_success(time.monotonic() - started)
         return result
 
-    def get(self, namespace: str, key: str) -> Awaitable[bytes | None | Unreachable]:
+    def get(self, namespace: str, key: str) -> Awaitable[bytes | Unreachable | None]:
         return self.attempt(self.store.get, namespace, key)
 
     def get_many(
@@ -73,7 +73,7 @@ class GuardedStore:
 
     def set(
         self, namespace: str, key: str, data: bytes, ttl: float | None
-    ) -> Awaitable[None | Unreachable]:
+    ) -> Awaitable[Unreachable | None]:
         return self.attempt(self.store.set, namespace, key, data, ttl)
 
     def add(
@@ -81,14 +81,14 @@ class GuardedStore:
     ) -> Awaitable[bool | Unreachable]:
         return self.attempt(self.store.add, namespace, key, data, ttl)
 
-    def set_many(self, namespace: str, items: Sequence[StoreItem]) -> Awaitable[None | Unreachable]:
+    def set_many(self, namespace: str, items: Sequence[StoreItem]) -> Awaitable[Unreachable | None]:
         return self.attempt(self.store.set_many, namespace, items)
 
     def delete(self, namespace: str, key: str) -> Awaitable[bool | Unreachable]:
         return self.attempt(self.store.delete, namespace, key)
 
-    def invalidate(self, namespace: str) -> Awaitable[None | Unreachable]:
+    def invalidate(self, namespace: str) -> Awaitable[Unreachable | None]:
         return self.attempt(self.store.invalidate, namespace)
 
-    def clear(self) -> Awaitable[None | Unreachable]:
+    def clear(self) -> Awaitable[Unreachable | None]:
         return self.attempt(self.store.clear)

@@ -53,9 +53,7 @@ def stable_hash(value: Any) -> str:
     return hashlib.blake2b(encoded, digest_size=16).hexdigest()
 
 
-def function_key(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
-) -> str:
+def function_key(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     """``<module>.<qualname>:<hash of the bound arguments>``.
 
     Arguments are bound to the signature with defaults applied, so ``f(1, b=2)``, ``f(a=1, b=2)``

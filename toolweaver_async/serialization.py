@@ -53,8 +53,8 @@ class EntryCodec:
         self._any_decoder: msgspec.msgpack.Decoder[Envelope[Any]] = msgspec.msgpack.Decoder(
             Envelope[Any]
         )
-        self._raw_decoder: msgspec.msgpack.Decoder[Envelope[msgspec.Raw]] = (
-            msgspec.msgpack.Decoder(Envelope[msgspec.Raw])
+        self._raw_decoder: msgspec.msgpack.Decoder[Envelope[msgspec.Raw]] = msgspec.msgpack.Decoder(
+            Envelope[msgspec.Raw]
         )
         self._typed_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
@@ -69,7 +69,9 @@ class EntryCodec:
         stale_until: float | None = None,
     ) -> bytes:
         """Entry bytes for ``value``; raises ``SerializationError`` or ``ValueTooLargeError``."""
-        envelope = Envelope(FORMAT_VERSION, namespace, key, created_at, expires_at, stale_until, value)
+        envelope = Envelope(
+            FORMAT_VERSION, namespace, key, created_at, expires_at, stale_until, value
+        )
         try:
             data = self._encoder.encode(envelope)
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
@@ -128,8 +130,8 @@ class EntryCodec:
         try:
             decoder = self._typed_decoders.get(type_)
         except TypeError:  # an unhashable type expression: build it each time
-            return msgspec.msgpack.Decoder(Envelope[type_])  # type: ignore[valid-type]
+            return msgspec.msgpack.Decoder(Envelope[type_])
         if decoder is None:
-            decoder = msgspec.msgpack.Decoder(Envelope[type_])  # type: ignore[valid-type]
+            decoder = msgspec.msgpack.Decoder(Envelope[type_])
             self._typed_decoders[type_] = decoder
         return decoder

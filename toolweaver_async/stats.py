@@ -113,16 +113,24 @@ class StatsRecorder:
 
     def snapshot(self) -> CacheStats:
         per_namespace = {name: _freeze(c) for name, c in sorted(self._by_namespace.items())}
-        return CacheStats(overall=_sum(per_namespace.values(), self._store_names),
-                          namespaces=per_namespace)
+        return CacheStats(
+            overall=_sum(per_namespace.values(), self._store_names), namespaces=per_namespace
+        )
 
 
 def _freeze(c: NamespaceCounters) -> NamespaceStats:
     return NamespaceStats(
-        hits=dict(c.hits), misses=c.misses, sets=c.sets, deletes=c.deletes,
-        errors=dict(c.errors), corrupt=c.corrupt, type_mismatches=c.type_mismatches,
-        stale_served=c.stale_served, loader_calls=c.loader_calls,
-        loader_errors=c.loader_errors, loader_seconds=c.loader_seconds,
+        hits=dict(c.hits),
+        misses=c.misses,
+        sets=c.sets,
+        deletes=c.deletes,
+        errors=dict(c.errors),
+        corrupt=c.corrupt,
+        type_mismatches=c.type_mismatches,
+        stale_served=c.stale_served,
+        loader_calls=c.loader_calls,
+        loader_errors=c.loader_errors,
+        loader_seconds=c.loader_seconds,
     )
 
 

@@ -48,9 +48,7 @@ class ToolShapedHelpers:
         )
         return value
 
-    async def set_embedding(
-        self: _GetSet, text_hash: str, model_name: str, embedding: Any
-    ) -> None:
+    async def set_embedding(self: _GetSet, text_hash: str, model_name: str, embedding: Any) -> None:
         await self.set(embedding_key(text_hash, model_name), embedding, namespace="embeddings")
 
     async def get_tool(self: _GetSet, tool_name: str, version: str) -> Any:

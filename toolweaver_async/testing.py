@@ -1,5 +1,13 @@
 """A real ``redis-server`` on a free loopback port, for tests that need Redis and its failures.
 
+Public so that users can test their own agents against a real Redis with pytest-asyncio, the
+way this library's own suite does (no fakeredis)::
+
+    from toolweaver_async.testing import RedisServer
+
+    with RedisServer().start() as server:
+        config = CacheConfig(use_redis=True, redis_url=server.url)
+
 Started with no persistence (``--save ''``, no AOF), bound to 127.0.0.1 only. Fault tests kill,
 pause (SIGSTOP) and restart it on the same port; every wait polls against a deadline.
 """
