@@ -128,7 +128,7 @@ def redis_for_benchmark(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    with RedisServer().start() as server:
+    with RedisServer() as server:
         yield server.url
 
 
