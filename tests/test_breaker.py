@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from toolweaver_async import (
     BreakerOpenError,
@@ -614,6 +614,15 @@ class BreakerMachine(RuleBasedStateMachine):
             self.breaker.release()
             if self.state is HALF_OPEN and self.in_flight > 0:
                 self.in_flight -= 1
+
+    @initialize(start=st.sampled_from([CLOSED, OPEN, HALF_OPEN]))
+    def start_in(self, start: BreakerState) -> None:
+        """Half the interesting sequences begin after a trip; start some runs there."""
+        if start is not CLOSED:
+            self.breaker.trip()
+            self.model_open()
+        if start is HALF_OPEN:
+            self.advance(MAX_RECOVERY)
 
     @rule(outcome=outcomes | st.just("hold"), r=randoms)
     def call(self, outcome: str, r: float) -> None:

@@ -16,8 +16,8 @@ and ``TypeError`` subclasses that are *also* ``CacheError``\\ s, so both styles 
         └── CorruptEntryError       bytes in a store that are not one of our entries
 
 Store failures are translated into :class:`StoreError` at one seam per store
-(``raise ... from exc``) and absorbed by :class:`~toolweaver_async.AsyncToolCache`; they reach users only through the stores'
-own API, ``health_check()`` and ``stats()``.
+(``raise ... from exc``) and absorbed by :class:`~toolweaver_async.AsyncToolCache`; they reach
+users only through the stores' own API, ``health_check()`` and ``stats()``.
 """
 
 from __future__ import annotations
