@@ -1,7 +1,9 @@
-"""Shared benchmark plumbing: timing loops, percentiles, tables, JSON/Markdown output.
+"""Shared benchmark plumbing: timing loops, percentiles, tables, targets, JSON/Markdown/PNG output.
 
 Every benchmark measures its baseline in the same process run, so ratios compare like with like.
 Fast operations are timed in batches (one clock read per batch) so the clock does not dominate.
+Operations compared with each other are timed *interleaved* (round robin, one batch each per
+round), so a noisy neighbour on a small machine slows all of them alike instead of one.
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +26,12 @@ from toolweaver_async.testing import RedisServer
 
 RESULTS = Path(__file__).parent / "results"
 
+Op = Callable[[], Awaitable[Any]]
+
 
 @dataclass
 class Result:
-    """Latency of one operation in microseconds."""
+    """Latency of one operation in microseconds (and, for throughput runs, operations/s)."""
 
     name: str
     group: str
@@ -35,16 +40,40 @@ class Result:
     mean_us: float
     ops_per_s: float
     baseline: str | None = None
-    ratio: float | None = None  # p50 / baseline p50 (lower is better)
+    ratio: float | None = None  # p50 / baseline p50 (lower is better), or see ratio_by
+    ratio_by: str = "p50"  # "p50": latency ratio; "ops/s": throughput ratio (higher is better)
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
+@dataclass
+class Target:
+    """One promise of the issue: the measured figure, its baseline, and whether it holds."""
+
+    description: str
+    measured: str
+    baseline: str
+    ratio: float | None
+    met: bool
+    note: str = ""
+
+
+@dataclass
+class Report:
+    """Everything one script produced."""
+
+    stem: str
+    title: str
+    results: list[Result]
+    targets: list[Target] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
     index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
     return sorted_values[index]
 
 
 async def time_op(
-    op: Callable[[], Awaitable[Any]], *, samples: int = 2000, batch: int = 1, warmup: int = 200
+    op: Op, *, samples: int = 2000, batch: int = 1, warmup: int = 200
 ) -> tuple[float, float, float]:
     """(p50, p99, mean) in microseconds per call of ``op``; ``batch`` calls per clock read."""
     for _ in range(warmup):
@@ -60,8 +89,89 @@ async def time_op(
     return percentile(per_call, 0.5), percentile(per_call, 0.99), statistics.fmean(per_call)
 
 
-async def measure(name: str, group: str, op: Callable[[], Awaitable[Any]], **kwargs: Any) -> Result:
+async def measure(name: str, group: str, op: Op, **kwargs: Any) -> Result:
     p50, p99, mean = await time_op(op, **kwargs)
+    return _result(name, group, p50, p99, mean)
+
+
+async def measure_interleaved(
+    group: str,
+    ops: Mapping[str, Op],
+    *,
+    samples: int = 2000,
+    batch: int = 1,
+    warmup: int = 100,
+) -> dict[str, Result]:
+    """Time every op of ``ops`` round robin: each round runs ``batch`` calls of each op.
+    Returns one :class:`Result` per name, in the order given."""
+    for op in ops.values():
+        for _ in range(warmup):
+            await op()
+    per_call: dict[str, list[float]] = {name: [] for name in ops}
+    clock = time.perf_counter_ns
+    items = list(ops.items())
+    for _ in range(samples):
+        for name, op in items:
+            started = clock()
+            for _ in range(batch):
+                await op()
+            per_call[name].append((clock() - started) / batch / 1000)
+    out: dict[str, Result] = {}
+    for name, values in per_call.items():
+        values.sort()
+        out[name] = _result(
+            name, group, percentile(values, 0.5), percentile(values, 0.99), statistics.fmean(values)
+        )
+    return out
+
+
+async def measure_throughput(
+    name: str,
+    group: str,
+    op: Op,
+    *,
+    concurrency: int,
+    seconds: float,
+    warmup_seconds: float = 0.1,
+) -> Result:
+    """``concurrency`` coroutines call ``op`` in a loop for ``seconds``; ops/s overall and the
+    latency each call saw (p50/p99 over a sample of calls)."""
+    if warmup_seconds > 0:
+        await _hammer(op, concurrency, warmup_seconds, None)
+    latencies: list[float] = []
+    done = await _hammer(op, concurrency, seconds, latencies)
+    latencies.sort()
+    result = _result(
+        name,
+        group,
+        percentile(latencies, 0.5),
+        percentile(latencies, 0.99),
+        statistics.fmean(latencies),
+    )
+    result.ops_per_s = round(done / seconds, 1)
+    return result
+
+
+async def _hammer(op: Op, concurrency: int, seconds: float, latencies: list[float] | None) -> int:
+    clock = time.perf_counter_ns
+    stop = time.perf_counter() + seconds
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        record = latencies.append if latencies is not None else None
+        while time.perf_counter() < stop:
+            started = clock()
+            await op()
+            if record is not None:
+                record((clock() - started) / 1000)
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done
+
+
+def _result(name: str, group: str, p50: float, p99: float, mean: float) -> Result:
     return Result(
         name,
         group,
@@ -73,8 +183,18 @@ async def measure(name: str, group: str, op: Callable[[], Awaitable[Any]], **kwa
 
 
 def compare(result: Result, baseline: Result) -> Result:
+    """Latency ratio: ``result`` p50 over ``baseline`` p50 (lower is better)."""
     result.baseline = baseline.name
     result.ratio = round(result.p50_us / baseline.p50_us, 3) if baseline.p50_us else None
+    result.ratio_by = "p50"
+    return result
+
+
+def compare_throughput(result: Result, baseline: Result) -> Result:
+    """Throughput ratio: ``result`` ops/s over ``baseline`` ops/s (higher is better)."""
+    result.baseline = baseline.name
+    result.ratio = round(result.ops_per_s / baseline.ops_per_s, 3) if baseline.ops_per_s else None
+    result.ratio_by = "ops/s"
     return result
 
 
@@ -82,27 +202,133 @@ def render_table(results: list[Result], title: str) -> str:
     lines = [
         f"### {title}",
         "",
-        "| group | operation | p50 µs | p99 µs | ops/s | vs baseline (p50 ratio) |",
+        "| group | operation | p50 µs | p99 µs | ops/s | vs baseline |",
         "|---|---|---:|---:|---:|---|",
     ]
     for r in results:
-        versus = f"{r.ratio:.2f}x {r.baseline}" if r.ratio is not None else "baseline"
+        if r.ratio is None:
+            versus = "baseline"
+        elif r.ratio_by == "ops/s":
+            versus = f"{r.ratio:.2f}x the ops/s of {r.baseline}"
+        else:
+            versus = f"{r.ratio:.2f}x the p50 of {r.baseline}"
         lines.append(
-            f"| {r.group} | {r.name} | {r.p50_us:.2f} | {r.p99_us:.2f} | "
+            f"| {r.group} | {r.name} | {_fmt_us(r.p50_us)} | {_fmt_us(r.p99_us)} | "
             f"{r.ops_per_s:,.0f} | {versus} |"
         )
     return "\n".join(lines)
 
 
+def _fmt_us(value: float) -> str:
+    return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
+
+
+def render_targets(targets: list[Target]) -> str:
+    if not targets:
+        return ""
+    lines = [
+        "| target | measured | baseline (same run) | ratio | met |",
+        "|---|---|---|---:|---|",
+    ]
+    for t in targets:
+        ratio = f"{t.ratio:.2f}x" if t.ratio is not None else "—"
+        verdict = "yes" if t.met else "**no**"
+        if t.note:
+            verdict += f" — {t.note}"
+        lines.append(f"| {t.description} | {t.measured} | {t.baseline} | {ratio} | {verdict} |")
+    return "\n".join(lines)
+
+
 def machine_line() -> str:
     loop = "uvloop" if "uvloop" in type(asyncio.get_event_loop_policy()).__module__ else "asyncio"
+    cores = os.cpu_count() or 0
     return (
-        f"Python {platform.python_version()} on {platform.machine()}, "
-        f"{platform.system()}, {loop} event loop"
+        f"Python {platform.python_version()} on {platform.machine()}, {platform.system()}, "
+        f"{cores} cores, {loop} event loop"
     )
 
 
+def render_report(report: Report) -> str:
+    parts = [render_table(report.results, report.title), "", f"_{machine_line()}_"]
+    if report.targets:
+        parts += ["", "Targets:", "", render_targets(report.targets)]
+    if report.notes:
+        parts += ["", *[f"- {note}" for note in report.notes]]
+    return "\n".join(parts) + "\n"
+
+
+def emit(report: Report, args: argparse.Namespace, *, plot: bool = True) -> None:
+    """Print the report (Markdown, or JSON with --json) and write results/<stem>.md/.json/.png."""
+    markdown = render_report(report)
+    if args.json:
+        print(json.dumps(_as_json(report), indent=2))
+    else:
+        print(markdown)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    png = RESULTS / f"{report.stem}.png"
+    if plot and plot_results(report, png):
+        markdown += f"\n![{report.title}]({png.name})\n"
+    (RESULTS / f"{report.stem}.md").write_text(markdown)
+    (RESULTS / f"{report.stem}.json").write_text(json.dumps(_as_json(report), indent=2))
+
+
+def _as_json(report: Report) -> dict[str, Any]:
+    return {
+        "title": report.title,
+        "machine": machine_line(),
+        "results": [asdict(r) for r in report.results],
+        "targets": [asdict(t) for t in report.targets],
+        "notes": report.notes,
+    }
+
+
+def plot_results(report: Report, path: Path) -> bool:
+    """A horizontal bar chart of every result (p50, with p99 as a whisker; ops/s for
+    throughput runs), one colour per group. False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    results = report.results
+    throughput = all(r.ratio_by == "ops/s" or r.ratio is None for r in results) and any(
+        r.ratio_by == "ops/s" for r in results
+    )
+    groups = list(dict.fromkeys(r.group for r in results))
+    colours = plt.get_cmap("tab10")
+    labels = [f"{r.group} · {r.name}" for r in results]
+    height = max(2.5, 0.32 * len(results) + 1.2)
+    fig, ax = plt.subplots(figsize=(11, height))
+    ys = list(range(len(results)))[::-1]
+    for y, r in zip(ys, results, strict=True):
+        colour = colours(groups.index(r.group) % 10)
+        if throughput:
+            ax.barh(y, r.ops_per_s, color=colour)
+        else:
+            ax.barh(
+                y,
+                r.p50_us,
+                color=colour,
+                xerr=[[0], [max(0.0, r.p99_us - r.p50_us)]],
+                error_kw={"ecolor": "#555", "capsize": 2, "elinewidth": 0.8},
+            )
+    ax.set_yticks(ys)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("operations/s (higher is better)" if throughput else "µs, p50 (bar) and p99 (whisker); lower is better")
+    ax.set_title(report.title, fontsize=10)
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.text(0.99, 0.005, machine_line(), ha="right", va="bottom", fontsize=7, color="#666")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write_outputs(stem: str, title: str, results: list[Result], extra: str = "") -> None:
+    """Markdown and JSON for ``results`` (kept for scripts that do not build a Report)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     markdown = f"{render_table(results, title)}\n\n_{machine_line()}_\n{extra}"
     (RESULTS / f"{stem}.md").write_text(markdown)

@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from toolweaver_async import AsyncToolCache, CacheConfig, CircuitBreaker
@@ -132,7 +133,7 @@ async def expensive_call(prompt: str) -> dict[str, str]:
     return {"prompt": prompt, "answer": f"an answer to {prompt!r}"}
 
 
-async def median_ms(call: Any, prompt: str) -> float:
+async def median_ms(call: Callable[[str], Awaitable[object]], prompt: str) -> float:
     timings = []
     for _ in range(RUNS):
         started = time.perf_counter()

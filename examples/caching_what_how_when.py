@@ -11,7 +11,6 @@ bad input does. WHEN: the TTL of each namespace, invalidation after a catalog ch
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import tempfile
 import threading
@@ -38,17 +37,11 @@ MODEL = "text-embedding-ada-002"
 CATALOG: dict[str, Any] = {
     "version": "2.0",
     "tools": {
-        "process_receipt": {
-            "description": "Extract text from receipt images",
-            "domain": "receipts",
-        },
-        "categorize_expense": {"description": "Categorize expenses", "domain": "finance"},
+        "process_receipt": {"description": "Read a receipt image", "domain": "receipts"},
+        "categorize_expense": {"description": "Categorize an expense", "domain": "finance"},
     },
 }
-SEARCH_RESULTS = [
-    {"tool": "process_receipt", "score": 0.95},
-    {"tool": "categorize_expense", "score": 0.87},
-]
+SEARCH_RESULTS = [{"tool": "process_receipt", "score": 0.95}, {"tool": "categorize_expense"}]
 EMBEDDING = [0.123, 0.456, 0.789] * 128
 ARGS = {"image_uri": "receipt_123.jpg", "dpi": 300}
 RESULT = {"output": "Receipt processed: Total $45.67", "confidence": 0.98}
@@ -64,10 +57,6 @@ WHEN_AND_WHY = {
 
 def section(title: str) -> None:
     print(f"\n{title}\n{'-' * 78}")
-
-
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def human(seconds: float | None) -> str:
@@ -87,7 +76,7 @@ def entry_files(cache: AsyncToolCache, namespace: str = "") -> list[Path]:
 
 async def what_is_cached(cache: AsyncToolCache) -> None:
     section("WHAT: five kinds of agent work, with ToolWeaver's key shapes")
-    catalog_hash, query_hash = stable_hash(CATALOG)[:16], digest("process receipt")
+    catalog_hash, query_hash = stable_hash(CATALOG)[:16], stable_hash("process receipt")[:16]
     await cache.set_catalog(catalog_hash, CATALOG)
     await cache.set_search_results(query_hash, "v2", 10, SEARCH_RESULTS)
     await cache.set_embedding(query_hash, MODEL, EMBEDDING)
@@ -109,14 +98,9 @@ async def what_is_cached(cache: AsyncToolCache) -> None:
 
 def show_envelope() -> None:
     section("HOW (1/3): every entry is a msgspec envelope; no pickle, bytes never run code")
-    now = time.time()
-    data = EntryCodec(max_value_bytes=1 << 20).encode(
-        "tools",
-        "tool:process_receipt:v1.0",
-        {"domain": "receipts"},
-        created_at=now,
-        expires_at=now + 86400,
-    )
+    now, codec = time.time(), EntryCodec(max_value_bytes=1 << 20)
+    key, value = "tool:process_receipt:v1.0", {"domain": "receipts"}
+    data = codec.encode("tools", key, value, created_at=now, expires_at=now + 86400)
     print(f"  what set() writes: {len(data)} bytes of msgpack, an array of")
     for name, value in zip(Envelope.__struct_fields__, msgspec.msgpack.decode(data), strict=True):
         shown = hex(value) if name == "version" else repr(value)
@@ -125,12 +109,7 @@ def show_envelope() -> None:
 
 async def redis_keys(config: CacheConfig) -> list[str]:
     """This run's keys in Redis, read with a plain client (SCAN on the prefix, nothing else)."""
-    client = Redis.from_url(
-        config.redis_url,
-        password=config.redis_password,
-        socket_connect_timeout=0.25,
-        socket_timeout=0.25,
-    )
+    client = Redis.from_url(config.redis_url, password=config.redis_password, socket_timeout=0.5)
     try:
         keys = [k.decode() async for k in client.scan_iter(match=f"{config.key_prefix}:*")]
     except (RedisError, OSError) as exc:
@@ -159,9 +138,8 @@ async def bad_input(cache: AsyncToolCache) -> None:
         await cache.set("lock:1", threading.Lock())
     except SerializationError as exc:
         print(f"  SerializationError: {exc}")
-        print(
-            f"    key={exc.key!r} value_type={exc.value_type!r}; GET -> {await cache.get('lock:1')}"
-        )
+        print(f"    .key={exc.key!r} .value_type={exc.value_type!r}")
+        print(f"    GET lock:1 -> {await cache.get('lock:1')}  (nothing was written)")
     try:
         await cache.set("user:1", {"name": "Alice"}, ttl=0)
     except InvalidTTLError as exc:
@@ -174,21 +152,18 @@ def ttl_table(cache: AsyncToolCache) -> None:
         print(f"  {namespace:<11} {human(cache.config.policy(namespace).ttl):>6}   {when}")
 
 
+async def what_is_there(cache: AsyncToolCache) -> str:
+    catalog = await cache.get_catalog(stable_hash(CATALOG)[:16]) is not None
+    tool = await cache.get_tool("process_receipt", "1.0") is not None
+    files = len(entry_files(cache, "catalog"))
+    return f"catalog cached: {catalog!s:<5}  tool cached: {tool!s:<5}  files in catalog/: {files}"
+
+
 async def invalidation(cache: AsyncToolCache) -> None:
     section("WHEN (2/3): the catalog changed -> invalidate('catalog')")
-    catalog_hash = stable_hash(CATALOG)[:16]
-    print(
-        f"  before: catalog cached: {await cache.get_catalog(catalog_hash) is not None}, "
-        f"tool cached: {await cache.get_tool('process_receipt', '1.0') is not None}"
-    )
-    files_before = len(entry_files(cache, "catalog"))
+    print(f"  before: {await what_is_there(cache)}")
     await cache.invalidate("catalog")
-    print(
-        f"  after:  catalog cached: {await cache.get_catalog(catalog_hash) is not None}, "
-        f"tool cached: {await cache.get_tool('process_receipt', '1.0') is not None}"
-        "  (other namespaces keep their entries)"
-    )
-    print(f"  files under catalog/: {files_before} -> {len(entry_files(cache, 'catalog'))}")
+    print(f"  after:  {await what_is_there(cache)}  (other namespaces keep theirs)")
 
 
 async def on_a_miss(cache: AsyncToolCache) -> None:

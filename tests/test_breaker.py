@@ -177,7 +177,7 @@ async def test_open_breaker_refuses_call_without_awaiting_fn(clock: FakeClock) -
         nonlocal awaited
         awaited = True
 
-    with pytest.raises(BreakerOpenError, match="redis.*open.*next probe in 2.00s"):
+    with pytest.raises(BreakerOpenError, match=r"redis.*open.*next probe in 2\.00s"):
         await breaker.call(lookup)
     assert not awaited
     assert issubclass(BreakerOpenError, CacheError)
@@ -523,7 +523,7 @@ def test_transition_table(state: BreakerState, event: _Event, expected: BreakerS
 # -- the state machine against an independent model ------------------------------------------
 
 RECOVERY, MAX_RECOVERY, JITTER, SLOW = 1.0, 5.0, 0.2, 0.5
-THRESHOLD, WINDOW, MINIMUM, RATE, PROBES = 3, 6, 4, 0.5, 2
+THRESHOLD, WINDOW, MINIMUM, RATE, PROBES = 3, 4, 4, 0.5, 2
 OUTCOMES = ("success", "failure", "slow_success", "cancelled")
 outcomes = st.sampled_from(OUTCOMES)
 randoms = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
@@ -624,18 +624,19 @@ class BreakerMachine(RuleBasedStateMachine):
         if start is HALF_OPEN:
             self.advance(MAX_RECOVERY)
 
-    @rule(outcome=outcomes | st.just("hold"), r=randoms)
-    def call(self, outcome: str, r: float) -> None:
-        admitted = self.state is CLOSED or (self.state is HALF_OPEN and self.in_flight < PROBES)
-        assert self.breaker.allow() is admitted
-        if not admitted:
-            return
-        if self.state is HALF_OPEN:
-            self.in_flight += 1
-        if outcome == "hold":
-            self.held += 1
-        else:
-            self.settle(outcome, r)
+    @rule(outcome=outcomes | st.just("hold"), r=randoms, times=st.integers(1, WINDOW))
+    def calls(self, outcome: str, r: float, times: int) -> None:
+        for _ in range(times):
+            admitted = self.state is CLOSED or (self.state is HALF_OPEN and self.in_flight < PROBES)
+            assert self.breaker.allow() is admitted
+            if not admitted:
+                continue
+            if self.state is HALF_OPEN:
+                self.in_flight += 1
+            if outcome == "hold":
+                self.held += 1
+            else:
+                self.settle(outcome, r)
 
     @rule(outcome=outcomes, r=randoms)
     def finish_held_call(self, outcome: str, r: float) -> None:

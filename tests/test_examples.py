@@ -33,19 +33,25 @@ def run_example(name: str, cache_dir: Path) -> subprocess.CompletedProcess[str]:
     ("name", "expected"),
     [
         pytest.param(
-            "agent_loop.py", ["with cache", "service calls with cache:"], marks=pytest.mark.slow
+            "agent_loop.py",
+            ["with cache", "service calls with cache:"],
+            marks=pytest.mark.slow,  # about 4.5 s: it runs the uncached loop for real
+            id="agent_loop",
         ),
-        (
+        pytest.param(
             "caching_demo.py",
             ["type=Receipt  -> Receipt(merchant='Corner Cafe'", "delete user:1 -> True"],
+            id="caching_demo",
         ),
-        (
+        pytest.param(
             "caching_deep_dive.py",
             ["second read:  {'revenue': 1250000}  <- memory", "probe succeeded:         CLOSED"],
+            id="caching_deep_dive",
         ),
-        (
+        pytest.param(
             "caching_what_how_when.py",
-            ["SerializationError: cannot cache key 'lock:1'", "files under catalog/: 1 -> 0"],
+            ["SerializationError: cannot cache key 'lock:1'", "after:  catalog cached: False"],
+            id="caching_what_how_when",
         ),
     ],
 )

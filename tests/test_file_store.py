@@ -441,8 +441,12 @@ async def test_writes_racing_invalidate_and_clear_never_fail_or_leave_temp_files
     writes += [other_process.set_many(NS, [(f"m{i}", b"m", None)]) for i in range(20)]
     wipes = [store.invalidate(NS), other_process.invalidate(NS), store.clear()] * 3
     await asyncio.gather(*writes, *wipes)
-    assert temp_files(tmp_path) == []
     trash = tmp_path / PREFIX / "~trash"
+    assert [p for p in temp_files(tmp_path) if trash not in p.parents] == []
+    # A temp file a racing writer created in a folder just moved to the trash can outlive that
+    # pass (the folder was not empty yet); the next pass removes it.
+    await store.clear()
+    assert temp_files(tmp_path) == []
     assert not trash.exists() or list(trash.iterdir()) == []
     await store.set(NS, "after", b"ok", None)
     assert await other_process.get(NS, "after") == b"ok"

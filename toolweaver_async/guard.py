@@ -1,25 +1,37 @@
 """A store behind its circuit breaker: the one place where store failures are absorbed.
 
-Every call either returns the store's answer or one of two markers: :data:`SKIPPED` (the breaker
-refused, no I/O happened) or :data:`FAILED` (the store raised; the breaker counted it). The
+Every call either returns the store's answer or one of two markers: :data:`SKIPPED` (no I/O
+happened: the breaker refused, or the outage journal holds a newer write of that key) or
+:data:`FAILED` (the store raised or missed its deadline; the breaker counted it). The
 coordinator never sees a store exception.
+
+A guarded store may carry an :class:`~toolweaver_async.journal.OutageJournal` (Redis does):
+writes it could not deliver are journaled, reads of journaled keys skip it, and one background
+task replays the journal in order as soon as the breaker lets a call through, the replay itself
+serving as the half-open probe when no caller does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from typing import Any, Final, TypeVar
 
-from .breaker import CircuitBreaker
+from .breaker import BreakerState, CircuitBreaker
+from .journal import JournalClear, JournalDelete, JournalInvalidate, JournalOp, OutageJournal
 from .stores.base import Store, StoreItem
 
 __all__ = ["FAILED", "SKIPPED", "GuardedStore", "Unreachable"]
 
 T = TypeVar("T")
 logger = logging.getLogger("toolweaver_async.cache")
+
+# How long the replayer waits before trying again after a refused or failed batch while the
+# breaker is not open (when it is open, the replayer sleeps until the breaker's next probe).
+_REPLAY_RETRY_SECONDS: Final = 0.05
 
 
 class Unreachable(enum.Enum):
@@ -33,28 +45,92 @@ SKIPPED = Unreachable.SKIPPED
 FAILED = Unreachable.FAILED
 
 
+class _Now:
+    """An awaitable that is already done: ``await _Now(x)`` is ``x`` without a coroutine."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.value
+        yield  # a generator function, so each await gets a fresh, finished iterator
+
+
+_SKIPPED_NOW: Final = _Now(SKIPPED)
+
+
 class GuardedStore:
-    """Wraps one store with its breaker; records outcomes and the last error for health."""
+    """Wraps one store with its breaker (and optionally an outage journal); records outcomes
+    and the last error for health.
 
-    __slots__ = ("breaker", "last_error", "name", "store")
+    ``deadline``, when set, bounds every call but ``clear`` (a scan that may legitimately take
+    longer), for stores that do not bound their calls themselves (``RedisStore`` does, with one
+    shared timer, cheaper than an ``asyncio.timeout`` per call).
+    """
 
-    def __init__(self, store: Store, breaker: CircuitBreaker) -> None:
+    __slots__ = (
+        "_closed",
+        "_replayer",
+        "_wake",
+        "breaker",
+        "deadline",
+        "failures",
+        "journal",
+        "last_error",
+        "name",
+        "store",
+    )
+
+    def __init__(
+        self,
+        store: Store,
+        breaker: CircuitBreaker,
+        *,
+        journal: OutageJournal | None = None,
+        deadline: float | None = None,
+    ) -> None:
         self.store = store
         self.breaker = breaker
         self.name = store.name
         self.last_error: str | None = None
+        self.failures = 0
+        self.deadline = deadline
+        self.journal = journal
+        self._replayer: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._closed = False
+        if journal is not None:
+            journal.on_pending = self._start_replay
+            breaker.add_listener(self._breaker_changed)
 
-    async def attempt(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T | Unreachable:
+    # -- the one seam ----------------------------------------------------------------------
+
+    def attempt(self, fn: Callable[..., Awaitable[T]], *args: Any) -> Awaitable[T | Unreachable]:
         """Run ``fn(*args)`` if the breaker allows it; never raises what the store raised."""
+        return self._call(fn, args, self.deadline)
+
+    async def _call(
+        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], deadline: float | None
+    ) -> T | Unreachable:
         breaker = self.breaker
         if not breaker.allow():
             return SKIPPED
         started = time.monotonic()
         try:
-            result = await fn(*args)
+            if deadline is None:
+                result = await fn(*args)
+            else:
+                async with asyncio.timeout(deadline):
+                    result = await fn(*args)
         except Exception as exc:
             breaker.record_failure()
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.failures += 1
+            if isinstance(exc, TimeoutError) and not str(exc):
+                self.last_error = f"TimeoutError: no answer within {deadline} s"
+            else:
+                self.last_error = f"{type(exc).__name__}: {exc}"
             logger.debug("%s store call failed: %s", self.name, self.last_error)
             return FAILED
         except BaseException:
@@ -63,32 +139,250 @@ class GuardedStore:
         breaker.record_success(time.monotonic() - started)
         return result
 
+    # -- reads -----------------------------------------------------------------------------
+
     def get(self, namespace: str, key: str) -> Awaitable[bytes | Unreachable | None]:
+        journal = self.journal
+        if journal is not None and journal.covers(namespace, key):
+            return _SKIPPED_NOW  # the store may hold an older value than the journaled write
         return self.attempt(self.store.get, namespace, key)
 
     def get_many(
         self, namespace: str, keys: Sequence[str]
     ) -> Awaitable[list[bytes | None] | Unreachable]:
+        journal = self.journal
+        if journal is not None and journal.touches(namespace):
+            return self._get_many_uncovered(journal, namespace, keys)
         return self.attempt(self.store.get_many, namespace, keys)
+
+    async def _get_many_uncovered(
+        self, journal: OutageJournal, namespace: str, keys: Sequence[str]
+    ) -> list[bytes | None] | Unreachable:
+        """``get_many`` of the keys the journal does not hold back; ``None`` for the others."""
+        asked = [key for key in keys if not journal.covers(namespace, key)]
+        if not asked:
+            return SKIPPED
+        answers = await self.attempt(self.store.get_many, namespace, asked)
+        if isinstance(answers, Unreachable):
+            return answers
+        found = dict(zip(asked, answers, strict=True))
+        return [found.get(key) for key in keys]
+
+    # -- writes ----------------------------------------------------------------------------
 
     def set(
         self, namespace: str, key: str, data: bytes, ttl: float | None
     ) -> Awaitable[Unreachable | None]:
-        return self.attempt(self.store.set, namespace, key, data, ttl)
+        journal = self.journal
+        if journal is None:
+            return self.attempt(self.store.set, namespace, key, data, ttl)
+        return self._journaled(
+            journal.covers(namespace, key),
+            lambda: journal.record_set(namespace, key, data, ttl),
+            self.store.set,
+            (namespace, key, data, ttl),
+            self.deadline,
+        )
 
     def add(
         self, namespace: str, key: str, data: bytes, ttl: float | None
     ) -> Awaitable[bool | Unreachable]:
+        journal = self.journal
+        if journal is not None and journal.covers(namespace, key):
+            return _SKIPPED_NOW  # promotion must not race the replay of a newer write
         return self.attempt(self.store.add, namespace, key, data, ttl)
 
     def set_many(self, namespace: str, items: Sequence[StoreItem]) -> Awaitable[Unreachable | None]:
-        return self.attempt(self.store.set_many, namespace, items)
+        journal = self.journal
+        if journal is None:
+            return self.attempt(self.store.set_many, namespace, items)
+        return self._set_many_journaled(journal, namespace, items)
+
+    async def _set_many_journaled(
+        self, journal: OutageJournal, namespace: str, items: Sequence[StoreItem]
+    ) -> Unreachable | None:
+        direct: list[StoreItem] = []
+        for item in items:
+            if journal.covers(namespace, item[0]):
+                journal.record_set(namespace, *item)
+            else:
+                direct.append(item)
+        if not direct:
+            return SKIPPED
+
+        def record() -> None:
+            for item in direct:
+                journal.record_set(namespace, *item)
+
+        return await self._journaled(
+            False, record, self.store.set_many, (namespace, direct), self.deadline
+        )
 
     def delete(self, namespace: str, key: str) -> Awaitable[bool | Unreachable]:
-        return self.attempt(self.store.delete, namespace, key)
+        journal = self.journal
+        if journal is None:
+            return self.attempt(self.store.delete, namespace, key)
+        return self._journaled(
+            journal.covers(namespace, key),
+            lambda: journal.record_delete(namespace, key),
+            self.store.delete,
+            (namespace, key),
+            self.deadline,
+        )
 
     def invalidate(self, namespace: str) -> Awaitable[Unreachable | None]:
-        return self.attempt(self.store.invalidate, namespace)
+        journal = self.journal
+        if journal is None:
+            return self.attempt(self.store.invalidate, namespace)
+        # Behind journaled operations of this namespace: a replayed write landing after the
+        # invalidation could otherwise move an older value into the new generation.
+        return self._journaled(
+            journal.touches(namespace),
+            lambda: journal.record_invalidate(namespace),
+            self.store.invalidate,
+            (namespace,),
+            self.deadline,
+        )
 
     def clear(self) -> Awaitable[Unreachable | None]:
-        return self.attempt(self.store.clear)
+        journal = self.journal
+        if journal is None:
+            return self._call(self.store.clear, (), None)
+        return self._journaled(bool(journal), journal.record_clear, self.store.clear, (), None)
+
+    async def _journaled(
+        self,
+        queue: bool,
+        record: Callable[[], None],
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        deadline: float | None,
+    ) -> T | Unreachable:
+        """Send a write, or journal it: when ``queue`` (it must stay behind journaled ones,
+        so only the replay may deliver it), when the store is unreachable, and when the caller
+        is cancelled mid-call (it may or may not have landed; replaying it again is harmless)."""
+        if queue:
+            record()
+            return SKIPPED
+        try:
+            outcome = await self._call(fn, args, deadline)
+        except BaseException:
+            record()
+            raise
+        if isinstance(outcome, Unreachable):
+            record()
+        return outcome
+
+    # -- the replay ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Load the journal a previous run left on disk (its replay starts by itself)."""
+        if self.journal is not None:
+            await self.journal.open()
+
+    async def aclose(self) -> None:
+        """Stop replaying and write the journal to disk. The store itself stays open."""
+        self._closed = True
+        replayer = self._replayer
+        if replayer is not None and not replayer.done():
+            replayer.cancel()
+            await asyncio.gather(replayer, return_exceptions=True)
+        if self.journal is not None:
+            await self.journal.aclose()
+
+    async def drained(self) -> None:
+        """Wait until the journal is empty (for tests, benchmarks and orderly shutdowns)."""
+        while self.journal and self._replayer is not None and not self._replayer.done():
+            await asyncio.shield(self._replayer)
+
+    def _start_replay(self) -> None:
+        if self._closed or (self._replayer is not None and not self._replayer.done()):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # recorded outside a loop: the next open() or record starts it
+            return
+        self._wake = asyncio.Event()
+        self._replayer = loop.create_task(self._replay(), name=f"replay {self.name} journal")
+
+    def _breaker_changed(self, _name: str, _old: BreakerState, _new: BreakerState) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _replay(self) -> None:
+        """Deliver the journal in order, a batch per call through the breaker, until empty."""
+        journal = self.journal
+        assert journal is not None
+        logger.info("%s store: replaying %d journaled operations", self.name, len(journal))
+        while journal:
+            breaker = self.breaker
+            if breaker.state is BreakerState.OPEN:
+                await self._sleep(breaker.snapshot()["seconds_until_probe"])
+                continue
+            batch = journal.next_batch()
+            outcome = await self._deliver(journal, batch)
+            if isinstance(outcome, Unreachable):
+                await self._sleep(_REPLAY_RETRY_SECONDS)
+            else:
+                journal.landed(batch)
+        logger.info("%s store: outage journal replayed", self.name)
+
+    def _deliver(self, journal: OutageJournal, batch: list[JournalOp]) -> Awaitable[Any]:
+        first = batch[0]
+        if isinstance(first, JournalClear):
+            return self._call(self.store.clear, (), None)
+        if isinstance(first, JournalInvalidate):
+            return self.attempt(self.store.invalidate, first.namespace)
+        return self.attempt(self._write_batch, journal, batch)
+
+    async def _write_batch(self, journal: OutageJournal, batch: list[JournalOp]) -> None:
+        """One pipelined ``set_many`` per namespace; deletes (and sets that expired while
+        journaled: the store may still hold an older, longer-lived value) concurrently."""
+        sets: dict[str, list[StoreItem]] = {}
+        deletes: list[tuple[str, str]] = []
+        for op in batch:
+            if isinstance(op, JournalDelete):
+                deletes.append((op.namespace, op.key))
+                continue
+            assert not isinstance(op, JournalClear | JournalInvalidate)
+            ttl = journal.remaining_ttl(op)
+            if ttl is not None and ttl <= 0:
+                deletes.append((op.namespace, op.key))
+            else:
+                sets.setdefault(op.namespace, []).append((op.key, op.data, ttl))
+        calls: list[Awaitable[Any]] = [self.store.set_many(ns, items) for ns, items in sets.items()]
+        calls += [self.store.delete(ns, key) for ns, key in deletes]
+        for result in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, or until the breaker changes state."""
+        wake = self._wake
+        assert wake is not None
+        wake.clear()
+        try:
+            async with asyncio.timeout(max(seconds, 0.001)):
+                await wake.wait()
+        except TimeoutError:
+            pass
+
+    # -- health ----------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """Plain data for ``health_check``: breaker, failures, journal."""
+        info: dict[str, Any] = {
+            "state": self.breaker.state.value,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "breaker": self.breaker.snapshot(),
+        }
+        # Counters some stores keep for the coordinator (the file store's broken, expired and
+        # evicted entries, dropped by the store itself and never seen as corrupt here).
+        for counter in ("corrupt_removed", "expired_removed", "evicted"):
+            value = getattr(self.store, counter, None)
+            if isinstance(value, int):
+                info[counter] = value
+        if self.journal is not None:
+            info["journal"] = self.journal.describe()
+        return info

@@ -2,18 +2,21 @@
 
 One encode per write, one decode per read: the envelope is a generic ``msgspec.Struct`` so the
 payload is encoded and decoded in the same pass. Encoders and per-type decoders are built once.
-No pickle: bytes from a store can never run code.
+The memory layer checks an entry's envelope once (:meth:`EntryCodec.decode_header`) and from then
+on decodes only its payload (:meth:`EntryCodec.payload_decoder`). No pickle: bytes from a store
+can never run code.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
 from .errors import CorruptEntryError, SerializationError, ValueTooLargeError
 
-__all__ = ["FORMAT_VERSION", "EntryCodec", "Envelope"]
+__all__ = ["FORMAT_VERSION", "EntryCodec", "Envelope", "PayloadDecodeError"]
 
 T = TypeVar("T")
 
@@ -44,6 +47,11 @@ class TypeMismatchError(Exception):
     """The entry is ours but its payload does not fit the requested type (internal)."""
 
 
+# What a payload decoder raises: ValidationError (the payload does not fit the requested type)
+# or DecodeError (not msgpack at all), both subclasses of this.
+PayloadDecodeError = msgspec.DecodeError
+
+
 class EntryCodec:
     """Encodes values into entry bytes and decodes them back, with a size bound."""
 
@@ -57,6 +65,8 @@ class EntryCodec:
             Envelope[msgspec.Raw]
         )
         self._typed_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+        any_payload = msgspec.msgpack.Decoder()
+        self._payload_decoders: dict[Any, Callable[[Any], Any]] = {None: any_payload.decode}
 
     def encode(
         self,
@@ -125,6 +135,17 @@ class EntryCodec:
         if envelope.version != FORMAT_VERSION:
             raise CorruptEntryError(f"unknown entry format version {envelope.version!r}")
         return envelope
+
+    def payload_decoder(self, type_: Any = None) -> Callable[[Any], Any]:
+        """A function decoding a bare payload (``decode_header(data).payload``) as ``type_``;
+        it raises :data:`PayloadDecodeError`. Built once per type."""
+        try:
+            decode = self._payload_decoders.get(type_)
+        except TypeError:  # an unhashable type expression: build it each time
+            return msgspec.msgpack.Decoder(type_).decode
+        if decode is None:
+            decode = self._payload_decoders[type_] = msgspec.msgpack.Decoder(type_).decode
+        return decode
 
     def _decoder_for(self, type_: Any) -> msgspec.msgpack.Decoder[Any]:
         try:

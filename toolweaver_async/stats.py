@@ -17,6 +17,7 @@ class NamespaceCounters:
     """Mutable counters of one namespace (internal; read them through ``CacheStats``)."""
 
     __slots__ = (
+        "coalesced",
         "corrupt",
         "deletes",
         "errors",
@@ -40,6 +41,7 @@ class NamespaceCounters:
         self.corrupt = 0
         self.type_mismatches = 0
         self.stale_served = 0
+        self.coalesced = 0
         self.loader_calls = 0
         self.loader_errors = 0
         self.loader_seconds = 0.0
@@ -57,6 +59,7 @@ class NamespaceStats:
     corrupt: int = 0
     type_mismatches: int = 0
     stale_served: int = 0
+    coalesced: int = 0  # get_or_set calls answered by another caller's load in this process
     loader_calls: int = 0
     loader_errors: int = 0
     loader_seconds: float = 0.0
@@ -128,6 +131,7 @@ def _freeze(c: NamespaceCounters) -> NamespaceStats:
         corrupt=c.corrupt,
         type_mismatches=c.type_mismatches,
         stale_served=c.stale_served,
+        coalesced=c.coalesced,
         loader_calls=c.loader_calls,
         loader_errors=c.loader_errors,
         loader_seconds=c.loader_seconds,
@@ -145,6 +149,7 @@ def _sum(parts: Iterable[NamespaceStats], store_names: tuple[str, ...]) -> Names
         corrupt=sum(p.corrupt for p in items),
         type_mismatches=sum(p.type_mismatches for p in items),
         stale_served=sum(p.stale_served for p in items),
+        coalesced=sum(p.coalesced for p in items),
         loader_calls=sum(p.loader_calls for p in items),
         loader_errors=sum(p.loader_errors for p in items),
         loader_seconds=sum(p.loader_seconds for p in items),

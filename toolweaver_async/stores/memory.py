@@ -1,8 +1,13 @@
 """The in-process layer: a bounded LRU of entry bytes with per-entry expiry.
 
 Every hit decodes the bytes again, so each caller gets its own copy and a caller that mutates a
-result cannot corrupt the cache. The synchronous ``lookup``/``put`` are the hot path the
+result cannot corrupt the cache. The synchronous ``lookup_entry``/``put`` are the hot path the
 coordinator uses directly: no locks, tasks or awaits (the event loop is the only writer).
+
+Each :class:`MemoryEntry` also has two slots the coordinator fills on the first hit and reuses
+on every later one: ``header``, the checked envelope with its payload still encoded (so a hit
+checks freshness before decoding and decodes the payload alone), and ``shared``, the decoded
+object handed to every caller of a ``share_objects`` namespace. Replacing an entry drops both.
 """
 
 from __future__ import annotations
@@ -14,20 +19,28 @@ from typing import Any
 
 from .base import StoreItem
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryEntry", "MemoryStore"]
 
 # Rough bookkeeping cost of one entry (dict slot, tuple key, entry object), so that a flood of
 # tiny values is bounded by max_bytes too.
 _ENTRY_OVERHEAD = 160
 
 
-class _Entry:
-    __slots__ = ("data", "expires_at", "shared", "size")
+class MemoryEntry:
+    """Entry bytes, when the store may drop them, and the coordinator's memos (see above).
+
+    ``shared`` objects are not counted in ``max_bytes``: a decoded value takes several times
+    the room of its msgpack bytes.
+    """
+
+    __slots__ = ("data", "expires_at", "header", "shared", "size")
 
     def __init__(self, data: bytes, expires_at: float | None, size: int) -> None:
         self.data = data
         self.expires_at = expires_at
         self.size = size
+        # the checked Envelope[msgspec.Raw] of ``data``: key, expiry, undecoded payload
+        self.header: Any = None
         # (type, decoded object) handed to every caller of a share_objects namespace
         self.shared: tuple[Any, Any] | None = None
 
@@ -47,18 +60,22 @@ class MemoryStore:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._clock = clock
-        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], MemoryEntry] = OrderedDict()
         self._bytes = 0
         self.evictions = 0
 
     # -- synchronous hot path -------------------------------------------------------------
-    def lookup_entry(self, namespace: str, key: str) -> _Entry | None:
-        """The live entry under ``key`` (refreshing its LRU position), or ``None``."""
+    def lookup_entry(
+        self, namespace: str, key: str, now: float | None = None
+    ) -> MemoryEntry | None:
+        """The live entry under ``key`` (refreshing its LRU position), or ``None``. ``now``
+        saves a clock read when the caller has just made one."""
         k = (namespace, key)
         entry = self._entries.get(k)
         if entry is None:
             return None
-        if entry.expires_at is not None and entry.expires_at <= self._clock():
+        expires_at = entry.expires_at
+        if expires_at is not None and expires_at <= (self._clock() if now is None else now):
             self._remove(k)
             return None
         self._entries.move_to_end(k)
@@ -79,7 +96,7 @@ class MemoryStore:
         old = self._entries.pop(k, None)
         if old is not None:
             self._bytes -= old.size
-        self._entries[k] = _Entry(data, expires_at, size)
+        self._entries[k] = MemoryEntry(data, expires_at, size)
         self._bytes += size
         self._evict()
         return True

@@ -7,7 +7,9 @@ then removed in the background.
 
 Each store caches the generation it last saw per namespace and checks it on every round trip:
 reads are one ``MGET <genkey> <datakey...>``, writes and deletes a pipeline ending in
-``GET <genkey>``. When the reply shows a newer generation, the store adopts it and repeats the
+``GET <genkey>``. Concurrent calls share round trips (:mod:`.redis_batching`): reads arriving in
+one event-loop turn go out as one ``MGET``, writes as one pipeline, while a lone call goes out at
+once. When the reply shows a newer generation, the store adopts it and repeats the
 call once, so an invalidation by another process is honoured on the very next call, without an
 extra round trip while nothing changes. This relies on generations never going backwards, which
 is why :meth:`RedisStore.clear` leaves the counters in place.
@@ -22,14 +24,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..config import CacheConfig, _check_redis_url, check_name, redact_url
 from ..errors import ConfigError, StoreError
+from ..locks import RedisLock
 from .base import StoreItem
+from .redis_batching import RoundTripBatcher
 
 __all__ = ["RedisStore", "build_client"]
 
@@ -41,28 +45,33 @@ logger = logging.getLogger(__name__)
 _DRIVER_ERRORS: Final = (RedisError, OSError, TimeoutError, UnicodeError)
 
 _SCAN_COUNT: Final = 1000
+# Connections that carry gets, sets and deletes, batched; a few keep several batches in flight
+# while the server works (SCAN, INCR, PING and locks use the client's pool).
+_BATCH_CONNECTIONS: Final = 4
 _UNLINK_BATCH: Final = 500
 
 
 class _Generation:
     """One generation of a namespace as this process last saw it (immutable, swapped whole)."""
 
-    __slots__ = ("number", "prefix", "raw")
+    __slots__ = ("number", "prefix", "prefix_bytes", "raw")
 
     def __init__(self, base: str, number: int, raw: Any) -> None:
         self.number = number
         self.raw = raw  # the counter's reply as seen on the wire: None, b"3" ...
         self.prefix = f"{base}{number}:"
+        self.prefix_bytes = self.prefix.encode()
 
 
 class _Namespace:
     """Precomputed key parts of one namespace and the generation this process last saw."""
 
-    __slots__ = ("base", "gen_key", "generation")
+    __slots__ = ("base", "gen_key", "gen_key_bytes", "generation")
 
     def __init__(self, prefix: str, name: str) -> None:
         self.base = f"{prefix}:{name}:"
         self.gen_key = f"{self.base}gen"
+        self.gen_key_bytes = self.gen_key.encode()
         # Never seen: guess 0 (the counter is usually absent); the first reply corrects it.
         self.generation = _Generation(self.base, 0, None)
 
@@ -151,6 +160,10 @@ class RedisStore:
     """
 
     name = "redis"
+    # Every get, set, add, delete and their many-key forms fails with TimeoutError at most
+    # ``command_timeout`` after each round trip it needs was asked for (queue wait included);
+    # other commands are bounded by the client's pool-wait, connect and socket timeouts.
+    bounds_calls: Final = True
 
     def __init__(
         self,
@@ -184,6 +197,11 @@ class RedisStore:
         )
         # Bound once: the hot path skips two attribute lookups, and redis-py leaves it untyped.
         self._execute: Callable[..., Awaitable[Any]] = self._client.execute_command
+        self._batcher = RoundTripBatcher(
+            self._new_connection,
+            connections=min(_BATCH_CONNECTIONS, pool_size),
+            timeout=command_timeout,
+        )
         self._namespaces: dict[str, _Namespace] = {}
         self._stale_patterns: list[str] = []
         self._cleaner: asyncio.Task[None] | None = None
@@ -208,18 +226,20 @@ class RedisStore:
     # -- reads -------------------------------------------------------------------------------
 
     async def get(self, namespace: str, key: str) -> bytes | None:
-        """The entry bytes under ``key``, or ``None``; one ``MGET`` while the generation holds."""
+        """The entry bytes under ``key``, or ``None``; one ``MGET`` while the generation holds
+        (shared with the gets of other callers in the same event-loop turn)."""
         ns = self._namespace(namespace)
         used = ns.generation
+        mget = self._batcher.mget
         value: bytes | None
         try:
-            raw, value = await self._execute("MGET", ns.gen_key, used.prefix + key)
+            raw, value = await mget((ns.gen_key_bytes, used.prefix_bytes + key.encode()))
             if raw == used.raw:
                 return value
             seen = ns.observe(raw)
             if seen.number == used.number:
                 return value
-            raw, value = await self._execute("MGET", ns.gen_key, seen.prefix + key)
+            raw, value = await mget((ns.gen_key_bytes, seen.prefix_bytes + key.encode()))
         except _DRIVER_ERRORS as exc:
             raise _store_error("get", exc, self._secrets) from exc
         if ns.observe(raw).number != seen.number:
@@ -233,12 +253,15 @@ class RedisStore:
         ns = self._namespace(namespace)
         used = ns.generation
         reply: list[Any]
+        mget = self._batcher.mget
         try:
-            reply = await self._execute("MGET", ns.gen_key, *[used.prefix + key for key in keys])
+            prefix = used.prefix_bytes
+            reply = await mget([ns.gen_key_bytes, *[prefix + key.encode() for key in keys]])
             seen = ns.observe(reply[0])
             if seen.number == used.number:
                 return reply[1:]
-            reply = await self._execute("MGET", ns.gen_key, *[seen.prefix + key for key in keys])
+            prefix = seen.prefix_bytes
+            reply = await mget([ns.gen_key_bytes, *[prefix + key.encode() for key in keys]])
         except _DRIVER_ERRORS as exc:
             raise _store_error("get_many", exc, self._secrets) from exc
         if ns.observe(reply[0]).number != seen.number:
@@ -299,18 +322,17 @@ class RedisStore:
         only_new: bool,
         unlink: Sequence[str] = (),
     ) -> tuple[list[bool], Any]:
-        pipe = self._client.pipeline(transaction=False)
-        if unlink:
-            pipe.execute_command("UNLINK", *unlink)
+        # One pipeline, shared with other callers' commands of the same loop turn.
+        commands: list[tuple[Any, ...]] = [("UNLINK", *unlink)] if unlink else []
         for key, data, px in entries:
             args: tuple[Any, ...] = ("SET", prefix + key, data)
             if px is not None:
                 args += ("PX", px)
             if only_new:
                 args += ("NX",)
-            pipe.execute_command(*args)
-        pipe.execute_command("GET", gen_key)
-        replies = await pipe.execute()
+            commands.append(args)
+        commands.append(("GET", gen_key))
+        replies = _raise_first_error(await self._batcher.pipeline(commands))
         first = 1 if unlink else 0
         return [bool(r) for r in replies[first:-1]], replies[-1]
 
@@ -318,17 +340,14 @@ class RedisStore:
         """Remove ``key`` from the live generation; ``True`` when it existed."""
         ns = self._namespace(namespace)
         used = ns.generation
+        pipeline = self._batcher.pipeline
         try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.execute_command("UNLINK", used.prefix + key)
-            pipe.execute_command("GET", ns.gen_key)
-            removed, raw = await pipe.execute()
+            replies = await pipeline((("UNLINK", used.prefix + key), ("GET", ns.gen_key)))
+            removed, raw = _raise_first_error(replies)
             seen = ns.observe(raw)
             if seen.number != used.number:
-                pipe = self._client.pipeline(transaction=False)
-                pipe.execute_command("UNLINK", seen.prefix + key)
-                pipe.execute_command("GET", ns.gen_key)
-                removed, raw = await pipe.execute()
+                replies = await pipeline((("UNLINK", seen.prefix + key), ("GET", ns.gen_key)))
+                removed, raw = _raise_first_error(replies)
         except _DRIVER_ERRORS as exc:
             raise _store_error("delete", exc, self._secrets) from exc
         ns.observe(raw)
@@ -420,16 +439,52 @@ class RedisStore:
             if cursor == 0:
                 return
 
+    def _new_connection(self) -> AbstractConnection:
+        """A connection of the batcher's own, like the pool's but without redis-py's per-read
+        socket timeout (the batcher bounds each whole round trip instead)."""
+        pool = self._client.connection_pool
+        options = {**pool.connection_kwargs, "socket_timeout": None}
+        conn: AbstractConnection = pool.connection_class(**options)
+        return conn
+
     async def _release(self) -> None:
         self._stale_patterns.clear()
         if self._cleaner is not None:
             self._cleaner.cancel()
             await asyncio.wait([self._cleaner])
+        await self._batcher.aclose()
         if self._owns_client:
             try:
                 await self._client.aclose()
             except _DRIVER_ERRORS as exc:
                 logger.debug("closing redis pool for %s: %s", self._url, type(exc).__name__)
+
+    # -- locks (get_or_set: one loader per key across processes) ----------------------------
+
+    def lock(self, namespace: str, key: str, *, ttl: float) -> RedisLock:
+        """A lock on ``key`` of ``namespace`` shared by every process using this prefix.
+
+        Its Redis key ``<prefix>:!lock:<namespace>:<key>`` is under the prefix (``clear()``
+        removes it, nothing else can) and can never be an entry or a counter: ``!`` is not
+        allowed in namespace names.
+        """
+        name = f"{self._prefix}:!lock:{check_name(namespace, what='namespace')}:{key}"
+
+        async def command(*args: Any) -> Any:
+            try:
+                return await self._execute(*args)
+            except _DRIVER_ERRORS as exc:
+                raise _store_error(f"lock {args[0]}", exc, self._secrets) from exc
+
+        return RedisLock(command, name, ttl=ttl)
+
+
+def _raise_first_error(replies: list[Any]) -> list[Any]:
+    """``replies`` of a pipeline, or the first command error among them raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def _is_counter(key: bytes | str) -> bool:

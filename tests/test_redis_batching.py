@@ -1,0 +1,234 @@
+"""Batching of concurrent Redis calls, against a real redis-server: every caller gets its own
+answer or its own error, in fewer round trips than callers, and a lone call still goes alone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from toolweaver_async import AsyncToolCache, CacheConfig
+from toolweaver_async.errors import StoreError
+from toolweaver_async.stores.redis import RedisStore
+from toolweaver_async.testing import RedisServer
+
+from .tcp_proxy import TcpProxy
+
+NS = "default"
+
+
+@pytest.fixture
+async def store(redis_url: str, key_prefix: str) -> AsyncIterator[RedisStore]:
+    redis_store = RedisStore(url=redis_url, key_prefix=key_prefix)
+    yield redis_store
+    await redis_store.aclose()
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], within: float = 2.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        outcome = check()
+        if not isinstance(outcome, bool):
+            outcome = await outcome
+        if outcome:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {within} s")
+        await asyncio.sleep(0.002)
+
+
+async def mget_calls(raw: Redis) -> int:
+    stats = await raw.info("commandstats")
+    return int(stats.get("cmdstat_mget", {}).get("calls", 0))
+
+
+async def test_concurrent_gets_each_get_their_own_value_in_fewer_round_trips(
+    store: RedisStore, raw: Redis
+) -> None:
+    keys = [f"k{i}" for i in range(300)]
+    await store.set_many(NS, [(key, f"value of {key}".encode(), 60) for key in keys])
+    batcher = store._batcher
+    trips_before, mgets_before = batcher.round_trips, await mget_calls(raw)
+
+    got = await asyncio.gather(*(store.get(NS, key) for key in keys + ["missing"]))
+
+    assert got == [f"value of {key}".encode() for key in keys] + [None]
+    trips = batcher.round_trips - trips_before
+    assert trips <= 10  # 301 callers: one went alone, the rest shared MGETs
+    # the server saw exactly the MGETs the batcher sent (the raw client sent none)
+    assert await mget_calls(raw) - mgets_before == trips
+
+
+async def test_concurrent_gets_of_one_key_send_it_once(store: RedisStore, raw: Redis) -> None:
+    await store.set(NS, "hot", b"v", 60)
+    got = await asyncio.gather(*(store.get(NS, "hot") for _ in range(200)))
+    assert got == [b"v"] * 200
+    assert store._batcher.round_trips <= 1 + 3  # the set, then a lone get and shared MGETs
+
+
+async def test_a_lone_get_goes_out_at_once_without_waiting_for_a_batch(store: RedisStore) -> None:
+    await store.set(NS, "k", b"v", 60)
+    batcher = store._batcher
+    for _ in range(5):
+        before = batcher.round_trips
+        assert await store.get(NS, "k") == b"v"
+        assert batcher.round_trips == before + 1
+        assert batcher.queued == 0
+
+
+async def test_concurrent_sets_share_pipelines_and_all_land(
+    store: RedisStore, raw: Redis, key_prefix: str
+) -> None:
+    batcher = store._batcher
+    before = batcher.round_trips
+    await asyncio.gather(*(store.set(NS, f"k{i}", str(i).encode(), 60) for i in range(200)))
+    assert batcher.round_trips - before <= 10
+    values = await raw.mget([f"{key_prefix}:{NS}:0:k{i}" for i in range(200)])
+    assert values == [str(i).encode() for i in range(200)]
+
+
+async def test_reads_and_writes_of_one_turn_share_a_round_trip_and_each_gets_its_answer(
+    store: RedisStore,
+) -> None:
+    await store.set_many(NS, [("a", b"1", 60), ("b", b"2", 60)])
+    results = await asyncio.gather(
+        store.get(NS, "a"),
+        store.set(NS, "c", b"3", 60),
+        store.get(NS, "b"),
+        store.delete(NS, "a"),
+        store.get_many(NS, ["b", "missing"]),
+        store.add(NS, "b", b"not stored", 60),
+    )
+    assert results == [b"1", None, b"2", True, [b"2", None], False]
+    assert await store.get_many(NS, ["a", "b", "c"]) == [None, b"2", b"3"]
+
+
+async def test_cancelling_one_caller_of_a_shared_round_trip_leaves_the_others_their_values(
+    own_redis_server: RedisServer, key_prefix: str
+) -> None:
+    store = RedisStore(url=own_redis_server.url, key_prefix=key_prefix, command_timeout=5)
+    keys = [f"k{i}" for i in range(20)]
+    try:
+        await store.set_many(NS, [(key, key.encode(), 60) for key in keys])
+        own_redis_server.pause()
+        try:
+            tasks = [asyncio.create_task(store.get(NS, key)) for key in keys]
+            await eventually(lambda: store._batcher.queued == 0 and store._batcher.in_flight == 2)
+            doomed = tasks[5::3]
+            for task in doomed:
+                task.cancel()
+            await asyncio.sleep(0.01)
+        finally:
+            own_redis_server.resume()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for key, task, result in zip(keys, tasks, results, strict=True):
+            if task in doomed:
+                assert isinstance(result, asyncio.CancelledError)
+            elif task is tasks[0]:  # the lone first get was cancelled by nobody
+                assert result == key.encode()
+            else:
+                assert result == key.encode()
+        assert await store.get(NS, "k1") == b"k1"
+    finally:
+        await store.aclose()
+
+
+async def test_every_caller_of_a_batch_gets_its_own_error_when_the_server_dies_mid_batch(
+    redis_url: str, redis_server: RedisServer, key_prefix: str
+) -> None:
+    async with TcpProxy(redis_server.port) as proxy:
+        store = RedisStore(url=proxy.url, key_prefix=key_prefix, command_timeout=5)
+        try:
+            await store.set_many(NS, [(f"k{i}", b"v", 60) for i in range(30)])
+            proxy.black_hole = True  # requests reach nobody: every get stays in flight
+            tasks = [asyncio.create_task(store.get(NS, f"k{i}")) for i in range(30)]
+            await eventually(lambda: store._batcher.queued == 0 and store._batcher.in_flight == 2)
+            proxy.refuse = True
+            proxy.reset_all()  # the server "dies": connections reset, new ones refused
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            assert all(isinstance(r, StoreError) for r in results), results
+            assert len({id(r) for r in results}) == len(results)  # never one shared instance
+            proxy.black_hole = proxy.refuse = False
+            assert await store.get(NS, "k0") == b"v"  # a lone get works again
+        finally:
+            await store.aclose()
+
+
+async def test_queued_and_shared_calls_time_out_on_a_paused_server(
+    own_redis_server: RedisServer, key_prefix: str
+) -> None:
+    store = RedisStore(url=own_redis_server.url, key_prefix=key_prefix, command_timeout=0.2)
+    try:
+        await store.set(NS, "k", b"v", 60)
+        own_redis_server.pause()
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(store.get(NS, "k") for _ in range(50)),
+                store.set(NS, "w", b"v", 60),
+                return_exceptions=True,
+            )
+            elapsed = time.monotonic() - started
+        finally:
+            own_redis_server.resume()
+        assert all(isinstance(r, StoreError) and "within 0.2 s" in str(r) for r in results)
+        assert elapsed < 0.2 * 2 + 0.3
+        assert await store.get(NS, "k") == b"v"  # the timed-out connections were replaced
+    finally:
+        await store.aclose()
+
+
+async def test_a_key_that_cannot_be_encoded_fails_only_its_own_caller(store: RedisStore) -> None:
+    await store.set(NS, "good", b"v", 60)
+    results = await asyncio.gather(
+        store.get(NS, "good"),
+        store.get(NS, "bad\udc80"),
+        store.get(NS, "good"),
+        return_exceptions=True,
+    )
+    assert results[0] == b"v"
+    assert isinstance(results[1], StoreError)
+    assert results[2] == b"v"
+
+
+async def test_cache_get_many_reads_redis_in_one_round_trip(
+    redis_url: str, key_prefix: str, cache_dir: Path
+) -> None:
+    config = CacheConfig(
+        use_redis=True, redis_url=redis_url, key_prefix=key_prefix, cache_dir=cache_dir,
+        stores=("memory", "redis"),
+    )  # fmt: skip
+    async with AsyncToolCache(config) as writer:
+        await writer.set_many({f"k{i}": i for i in range(100)})
+    async with AsyncToolCache(config) as reader:
+        redis_store = reader._layers[0].store
+        assert isinstance(redis_store, RedisStore)
+        before = redis_store._batcher.round_trips
+        got = await reader.get_many([f"k{i}" for i in range(100)] + ["missing"])
+        assert got == {f"k{i}": i for i in range(100)}
+        assert redis_store._batcher.round_trips - before == 1
+
+
+async def test_a_hundred_concurrent_cache_gets_with_memory_off_each_see_their_value(
+    redis_url: str, key_prefix: str, cache_dir: Path
+) -> None:
+    config = CacheConfig(
+        use_redis=True, redis_url=redis_url, key_prefix=key_prefix, cache_dir=cache_dir,
+        stores=("redis",),
+    )  # fmt: skip
+    async with AsyncToolCache(config) as cache:
+        await cache.set_many({f"k{i}": {"i": i} for i in range(100)})
+        got = await asyncio.gather(*(cache.get(f"k{i}") for i in range(100)))
+        assert got == [{"i": i} for i in range(100)]
+        assert cache.stats().overall.hits["redis"] == 100
