@@ -65,6 +65,7 @@ class Report:
     results: list[Result]
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    appendix: str = ""  # more Markdown, after the targets
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -209,14 +210,18 @@ def render_table(results: list[Result], title: str) -> str:
         if r.ratio is None:
             versus = "baseline"
         elif r.ratio_by == "ops/s":
-            versus = f"{r.ratio:.2f}x the ops/s of {r.baseline}"
+            versus = f"{_fmt_ratio(r.ratio)} the ops/s of {r.baseline}"
         else:
-            versus = f"{r.ratio:.2f}x the p50 of {r.baseline}"
+            versus = f"{_fmt_ratio(r.ratio)} the p50 of {r.baseline}"
         lines.append(
             f"| {r.group} | {r.name} | {_fmt_us(r.p50_us)} | {_fmt_us(r.p99_us)} | "
             f"{r.ops_per_s:,.0f} | {versus} |"
         )
     return "\n".join(lines)
+
+
+def _fmt_ratio(ratio: float) -> str:
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.2g}x"
 
 
 def _fmt_us(value: float) -> str:
@@ -231,7 +236,7 @@ def render_targets(targets: list[Target]) -> str:
         "|---|---|---|---:|---|",
     ]
     for t in targets:
-        ratio = f"{t.ratio:.2f}x" if t.ratio is not None else "—"
+        ratio = _fmt_ratio(t.ratio) if t.ratio is not None else "—"
         verdict = "yes" if t.met else "**no**"
         if t.note:
             verdict += f" — {t.note}"
@@ -252,6 +257,8 @@ def render_report(report: Report) -> str:
     parts = [render_table(report.results, report.title), "", f"_{machine_line()}_"]
     if report.targets:
         parts += ["", "Targets:", "", render_targets(report.targets)]
+    if report.appendix:
+        parts += ["", report.appendix]
     if report.notes:
         parts += ["", *[f"- {note}" for note in report.notes]]
     return "\n".join(parts) + "\n"
@@ -264,12 +271,13 @@ def emit(report: Report, args: argparse.Namespace, *, plot: bool = True) -> None
         print(json.dumps(_as_json(report), indent=2))
     else:
         print(markdown)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    png = RESULTS / f"{report.stem}.png"
+    out = Path(args.results_dir) if getattr(args, "results_dir", None) else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"{report.stem}.png"
     if plot and plot_results(report, png):
         markdown += f"\n![{report.title}]({png.name})\n"
-    (RESULTS / f"{report.stem}.md").write_text(markdown)
-    (RESULTS / f"{report.stem}.json").write_text(json.dumps(_as_json(report), indent=2))
+    (out / f"{report.stem}.md").write_text(markdown)
+    (out / f"{report.stem}.json").write_text(json.dumps(_as_json(report), indent=2))
 
 
 def _as_json(report: Report) -> dict[str, Any]:
@@ -279,6 +287,7 @@ def _as_json(report: Report) -> dict[str, Any]:
         "results": [asdict(r) for r in report.results],
         "targets": [asdict(t) for t in report.targets],
         "notes": report.notes,
+        "appendix": report.appendix,
     }
 
 
@@ -317,7 +326,11 @@ def plot_results(report: Report, path: Path) -> bool:
     ax.set_yticks(ys)
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("operations/s (higher is better)" if throughput else "µs, p50 (bar) and p99 (whisker); lower is better")
+    ax.set_xlabel(
+        "operations/s (higher is better)"
+        if throughput
+        else "µs, p50 (bar) and p99 (whisker); lower is better"
+    )
     ax.set_title(report.title, fontsize=10)
     ax.grid(axis="x", which="both", alpha=0.3)
     fig.text(0.99, 0.005, machine_line(), ha="right", va="bottom", fontsize=7, color="#666")
@@ -345,6 +358,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--redis-url", help="use this Redis instead of starting one on a free port")
+    p.add_argument("--results-dir", help="write the .md/.json/.png here (default: results/)")
     return p
 
 

@@ -23,9 +23,9 @@ HUNDRED_KB: dict[str, Any] = {
         {
             "id": f"doc-{i:03d}",
             "score": 1.0 / (i + 1),
-            "text": (f"Section {i}: " + "Expenses above the limit need a manager's approval. " * 19)[
-                :1000
-            ],
+            "text": (
+                f"Section {i}: " + "Expenses above the limit need a manager's approval. " * 19
+            )[:1000],
         }
         for i in range(96)
     ],

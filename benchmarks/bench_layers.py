@@ -204,8 +204,15 @@ async def main() -> None:
                         None,
                         shared.p50_us <= 1.0,
                     ),
-                    _ratio_target("Redis hit, one caller: <= 1.1x raw redis.asyncio + msgspec", cg, rg, 1.1),
-                    _ratio_target("file hit, 1 KB, memory off: <= 1.2x one worker-thread open+read", fg, fr, 1.2),
+                    _ratio_target(
+                        "Redis hit, one caller: <= 1.1x raw redis.asyncio + msgspec", cg, rg, 1.1
+                    ),
+                    _ratio_target(
+                        "file hit, 1 KB, memory off: <= 1.2x one worker-thread open+read",
+                        fg,
+                        fr,
+                        1.2,
+                    ),
                     _ratio_target(
                         "full-chain set: <= 1.3x the slower of its Redis and file writes alone",
                         full_set,

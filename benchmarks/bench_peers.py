@@ -137,7 +137,10 @@ async def main() -> None:
         raw_key = f"{prefix}:raw"
         await raw.set(raw_key, encoded)
         aiocache_redis = RedisCache(
-            endpoint=parts.hostname, port=parts.port, namespace=f"{prefix}aio", pool_max_size=RAW_POOL
+            endpoint=parts.hostname,
+            port=parts.port,
+            namespace=f"{prefix}aio",
+            pool_max_size=RAW_POOL,
         )
         await aiocache_redis.set("k", ONE_KB, ttl=3600)
         cashews_redis = CashewsCache()

@@ -49,7 +49,9 @@ async def main() -> None:
 
     with redis_for_benchmark(args.redis_url) as url, tempfile.TemporaryDirectory() as scratch:
         prefix = f"bench{uuid.uuid4().hex[:6]}"
-        base = CacheConfig(use_redis=True, redis_url=url, cache_dir=Path(scratch), key_prefix=prefix)
+        base = CacheConfig(
+            use_redis=True, redis_url=url, cache_dir=Path(scratch), key_prefix=prefix
+        )
         redis_only = AsyncToolCache(dataclasses.replace(base, stores=("redis",)))
         with_memory = AsyncToolCache(dataclasses.replace(base, stores=("memory", "redis")))
         file_only = AsyncToolCache(dataclasses.replace(base, stores=("file",)))

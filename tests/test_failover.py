@@ -407,6 +407,24 @@ async def test_cancelled_sets_leave_whole_entries_in_every_store(
         assert await from_files.get(f"k{n}") == value
 
 
+async def test_set_cancelled_before_its_writes_start_still_reaches_every_store(
+    make_cache: MakeCache,
+) -> None:
+    cache = await make_cache()
+    await cache.set("k", "old")
+    write = asyncio.ensure_future(cache.set("k", "new"))
+    await asyncio.sleep(0)  # the set has put "new" in memory and handed the rest to a task
+    write.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await write
+    assert await cache.get("k") == "new"
+    await eventually(lambda: not cache._background, what="the write finished in the background")
+    from_redis = await make_cache(stores=("redis",))
+    from_files = await make_cache(stores=("file",))
+    assert await from_redis.get("k") == "new"  # no store is left behind memory
+    assert await from_files.get("k") == "new"
+
+
 # -- 200 agents -----------------------------------------------------------------------------
 
 

@@ -61,7 +61,7 @@ async def test_concurrent_gets_each_get_their_own_value_in_fewer_round_trips(
     batcher = store._batcher
     trips_before, mgets_before = batcher.round_trips, await mget_calls(raw)
 
-    got = await asyncio.gather(*(store.get(NS, key) for key in keys + ["missing"]))
+    got = await asyncio.gather(*(store.get(NS, key) for key in [*keys, "missing"]))
 
     assert got == [f"value of {key}".encode() for key in keys] + [None]
     trips = batcher.round_trips - trips_before

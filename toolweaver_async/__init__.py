@@ -11,6 +11,7 @@ circuit breaker, msgspec on the hot path::
 from .breaker import BreakerListener, BreakerState, CircuitBreaker
 from .cache import AsyncToolCache
 from .config import DEFAULT_NAMESPACES, BreakerSettings, CacheConfig, NamespacePolicy, redact_url
+from .decorator import BoundCachedFunction, CachedFunction
 from .errors import (
     BreakerOpenError,
     CacheError,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_NAMESPACES",
     "AsyncToolCache",
+    "BoundCachedFunction",
     "BreakerListener",
     "BreakerOpenError",
     "BreakerSettings",
@@ -43,6 +45,7 @@ __all__ = [
     "CacheConfig",
     "CacheError",
     "CacheStats",
+    "CachedFunction",
     "CircuitBreaker",
     "ConfigError",
     "CorruptEntryError",

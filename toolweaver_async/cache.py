@@ -280,9 +280,7 @@ class AsyncToolCache(ToolShapedHelpers):
             entry = memory.lookup_entry(namespace, key, now)
             if entry is not None:
                 header = entry.header
-                if header is not None and (
-                    header.expires_at is None or header.expires_at > now
-                ):
+                if header is not None and (header.expires_at is None or header.expires_at > now):
                     if reads.share:
                         shared = entry.shared
                         if shared is not None and shared[0] is type:

@@ -415,10 +415,13 @@ class OutageJournal:
     # -- replay --------------------------------------------------------------------------------
 
     def next_batch(
-        self, *, max_ops: int = 256, max_deletes: int = 32, max_bytes: int = 1 << 20
+        self, *, max_ops: int = 64, max_deletes: int = 16, max_bytes: int = 256 * 1024
     ) -> list[JournalOp]:
         """The oldest operations to replay next, in order: one invalidation or clear on its own,
-        or a run of key operations (they touch distinct keys, so any order among them is fine)."""
+        or a run of key operations (they touch distinct keys, so any order among them is fine).
+
+        Small batches: building a pipeline runs on the event loop (~5 us a command), so a
+        replay of thousands of writes must not hold the loop for milliseconds at a time."""
         batch: list[JournalOp] = []
         size = deletes = 0
         for op in self._ops.values():

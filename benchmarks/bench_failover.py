@@ -1,0 +1,466 @@
+"""Failover: an agent workload while Redis is killed, restarted, paused and resumed.
+
+    python -m benchmarks.bench_failover [--quick] [--json]
+
+Fifty agent coroutines read tool results (10 000 keys of ~1 KB, written beforehand) and store
+fresh ones (a fifth of the steps, and every miss) through Redis, with no memory layer so that
+every get really asks Redis. Part-way through, the redis-server is SIGKILLed and
+restarted on the same port; later it is SIGSTOPped (a black hole: the port accepts, nothing
+answers) and resumed. The same timeline runs twice in this process:
+
+- **toolweaver-async**: ``stores=("redis", "file")`` with default settings (0.25 s command
+  timeout, breaker: 5 failures, 2 s recovery growing to 30 s, 1 probe), outage journal on.
+- **ToolWeaver-style baseline**: a plain ``redis.asyncio`` client with 5 s socket timeouts and
+  no breaker; a failed call counts as an error and as a miss.
+
+Printed per second: get latency p50/p99 (by the second the get started), errors reaching the
+agent, the breaker state and journal size; then the time from Redis coming back to the breaker
+closing with the journal replayed (baseline: to its first successful call). Always starts its
+own redis-server on a free loopback port (it kills it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from toolweaver_async import AsyncToolCache, BreakerSettings, CacheConfig
+from toolweaver_async.testing import RedisServer
+
+from ._harness import Report, Result, Target, compare, emit, parser, percentile, run
+from ._values import ONE_KB
+
+AGENTS = 50
+KEYS = 10_000
+THINK_SECONDS = 0.005  # an agent's own work between cache calls
+WRITE_SHARE = 0.2  # steps that store a fresh tool result after the get
+SEED = 20240611
+
+
+@dataclass
+class Timeline:
+    """When each fault starts and ends, in seconds from the start of a run."""
+
+    kill: float
+    restart: float
+    pause: float
+    resume: float
+    end: float
+
+    @classmethod
+    def for_run(cls, quick: bool) -> Timeline:
+        if quick:
+            return cls(kill=1.0, restart=2.5, pause=4.5, resume=7.5, end=12.0)
+        # The black hole lasts longer than the baseline's 5 s socket timeout; the run goes on
+        # long enough after it for a breaker whose open period grew to 8 s.
+        return cls(kill=2.0, restart=4.0, pause=8.0, resume=14.0, end=23.0)
+
+    def redis_at(self, second: float) -> str:
+        if self.kill <= second < self.restart:
+            return "killed"
+        if self.pause <= second < self.resume:
+            return "paused"
+        return "up"
+
+
+@dataclass
+class Run:
+    """What one implementation saw."""
+
+    name: str
+    started: float = 0.0
+    gets: list[tuple[float, float]] = field(default_factory=list)  # (start offset, seconds)
+    errors: list[float] = field(default_factory=list)  # offsets of errors reaching an agent
+    states: dict[int, str] = field(default_factory=dict)  # second -> breaker state
+    journal: dict[int, int] = field(default_factory=dict)  # second -> journaled operations
+    recovery: dict[str, float | None] = field(default_factory=dict)  # fault -> seconds
+    open_period: dict[str, float] = field(default_factory=dict)  # fault -> breaker's at heal
+    healed_at: dict[str, float] = field(default_factory=dict)  # fault -> perf_counter time
+    closed_at: list[float] = field(default_factory=list)  # breaker closings, perf_counter time
+    last_success: float = 0.0
+    written: dict[str, int] = field(default_factory=dict)  # key -> last version written
+    read_back: tuple[int, int] = (0, 0)  # outage writes found in Redis afterwards, of all
+    outage_keys: set[str] = field(default_factory=set)  # keys written while Redis was away
+
+
+Get = Callable[[str], Awaitable[Any]]
+Set = Callable[[str, Any], Awaitable[None]]
+
+
+async def agents(get: Get, set_: Set, run_: Run, stop: asyncio.Event, timeline: Timeline) -> None:
+    rng = random.Random(SEED)
+    loop_clock = time.perf_counter
+    version = 0
+
+    async def agent(n: int) -> None:
+        nonlocal version
+        mine = random.Random(rng.random())
+        while not stop.is_set():
+            key = f"tool:{mine.randrange(KEYS)}"
+            started = loop_clock()
+            try:
+                value = await get(key)
+            except Exception:
+                run_.errors.append(started - run_.started)
+                value = None
+            else:
+                run_.last_success = loop_clock()
+            run_.gets.append((started - run_.started, loop_clock() - started))
+            if value is None or mine.random() < WRITE_SHARE:
+                version += 1
+                mark, at = version, loop_clock() - run_.started
+                try:
+                    await set_(key, {**ONE_KB, "key": key, "version": mark})
+                except Exception:
+                    run_.errors.append(loop_clock() - run_.started)
+                else:
+                    run_.written[key] = mark
+                    if timeline.redis_at(at) != "up":
+                        run_.outage_keys.add(key)
+                    else:
+                        run_.outage_keys.discard(key)
+            await asyncio.sleep(THINK_SECONDS)
+
+    await asyncio.gather(*(agent(n) for n in range(AGENTS)))
+
+
+async def drive(
+    run_: Run,
+    server: RedisServer,
+    timeline: Timeline,
+    get: Get,
+    set_: Set,
+    *,
+    recovered: Callable[[], bool],
+    sample: Callable[[], tuple[str, int]],
+    open_period: Callable[[], float],
+) -> None:
+    """Run the agents along the timeline; record states each tick and recovery times."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    run_.started = time.perf_counter()
+    workers = asyncio.ensure_future(agents(get, set_, run_, stop, timeline))
+    events = [
+        (timeline.kill, "kill", server.kill),
+        (timeline.restart, "restart", server.start),
+        (timeline.pause, "pause", server.pause),
+        (timeline.resume, "resume", server.resume),
+    ]
+    healed: dict[str, float] = {}
+    while (now := time.perf_counter() - run_.started) < timeline.end:
+        second = int(now)
+        state, journaled = sample()
+        seen = run_.states.get(second, "")
+        if seen.rpartition("→")[2] != state:  # every state the breaker was in that second
+            run_.states[second] = f"{seen}→{state}" if seen else state
+        run_.journal[second] = max(run_.journal.get(second, 0), journaled)
+        if events and now >= events[0][0]:
+            _, what, action = events.pop(0)
+            await loop.run_in_executor(None, action)
+            if what in ("restart", "resume"):
+                healed[what] = run_.healed_at[what] = time.perf_counter()
+                run_.open_period[what] = open_period()
+                run_.recovery[what] = None
+        for what, at in healed.items():
+            if run_.recovery[what] is None and recovered() and run_.last_success > at:
+                run_.recovery[what] = time.perf_counter() - at
+        await asyncio.sleep(0.005)
+    stop.set()
+    await workers
+
+
+async def run_ours(server: RedisServer, timeline: Timeline, scratch: Path) -> Run:
+    config = CacheConfig(
+        use_redis=True,
+        redis_url=server.url,
+        cache_dir=scratch / "ours",
+        key_prefix=f"bf{uuid.uuid4().hex[:8]}",
+        stores=("redis", "file"),
+    )
+    run_ = Run("toolweaver-async")
+    async with AsyncToolCache(config) as cache:
+        [redis] = [layer for layer in cache._layers if layer.name == "redis"]
+        breaker, journal = redis.breaker, redis.journal
+        assert journal is not None
+        breaker.add_listener(
+            lambda _n, _old, new: (
+                run_.closed_at.append(time.perf_counter()) if new.value == "closed" else None
+            )
+        )
+
+        async def set_(key: str, value: Any) -> None:
+            await cache.set(key, value, namespace="results")
+
+        for start in range(0, KEYS, 500):
+            await cache.set_many(
+                {f"tool:{n}": {**ONE_KB, "version": 0} for n in range(start, start + 500)},
+                namespace="results",
+            )
+
+        await drive(
+            run_,
+            server,
+            timeline,
+            lambda key: cache.get(key, namespace="results"),
+            set_,
+            recovered=lambda: breaker.state.value == "closed" and not journal,
+            sample=lambda: (breaker.state.value, len(journal)),
+            open_period=lambda: breaker.current_recovery_timeout,
+        )
+        # Every value written while Redis was away must be in Redis itself once it is back.
+        deadline = time.perf_counter() + BreakerSettings().max_recovery_timeout + 5
+        while not (breaker.state.value == "closed" and not journal):
+            if time.perf_counter() > deadline:
+                break
+            await cache.get("tool:0", namespace="results")  # traffic to probe with
+            await asyncio.sleep(0.01)
+        async with AsyncToolCache(config.with_changes(stores=("redis",))) as reader:
+            found = 0
+            for key in run_.outage_keys:
+                value = await reader.get(key, namespace="results")
+                found += value is not None and value["version"] == run_.written[key]
+        run_.read_back = (found, len(run_.outage_keys))
+    return run_
+
+
+async def run_file_alone(scratch: Path, seconds: float) -> Run:
+    """The same agents on the file store alone, nothing failing: the floor of any fallback."""
+    config = CacheConfig(cache_dir=scratch / "file-alone", stores=("file",))
+    run_ = Run("file store alone (reference)")
+    async with AsyncToolCache(config) as cache:
+        for start in range(0, KEYS, 500):
+            await cache.set_many(
+                {f"tool:{n}": {**ONE_KB, "version": 0} for n in range(start, start + 500)},
+                namespace="results",
+            )
+
+        async def set_(key: str, value: Any) -> None:
+            await cache.set(key, value, namespace="results")
+
+        stop = asyncio.Event()
+        never = Timeline(kill=1e9, restart=1e9, pause=1e9, resume=1e9, end=1e9)
+        run_.started = time.perf_counter()
+        workers = asyncio.ensure_future(
+            agents(lambda key: cache.get(key, namespace="results"), set_, run_, stop, never)
+        )
+        await asyncio.sleep(seconds)
+        stop.set()
+        await workers
+    return run_
+
+
+async def run_baseline(server: RedisServer, timeline: Timeline) -> Run:
+    client = aioredis.Redis.from_url(server.url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    prefix = f"bb{uuid.uuid4().hex[:8]}:"
+    encoder, decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
+    run_ = Run("ToolWeaver-style (5 s timeouts, no breaker)")
+
+    async def get(key: str) -> Any:
+        data = await client.get(prefix + key)
+        return None if data is None else decoder.decode(data)
+
+    async def set_(key: str, value: Any) -> None:
+        await client.set(prefix + key, encoder.encode(value), ex=300)
+
+    async with client.pipeline(transaction=False) as pipe:
+        for n in range(KEYS):
+            pipe.set(f"{prefix}tool:{n}", encoder.encode({**ONE_KB, "version": 0}), ex=300)
+        await pipe.execute()
+    try:
+        await drive(
+            run_,
+            server,
+            timeline,
+            get,
+            set_,
+            recovered=lambda: True,
+            sample=lambda: ("—", 0),
+            open_period=lambda: 0.0,
+        )
+    finally:
+        await client.aclose()
+    return run_
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.2f}" if seconds < 0.1 else f"{seconds * 1000:,.0f}"
+
+
+def per_second_table(ours: Run, base: Run, timeline: Timeline) -> str:
+    lines = [
+        "| s | Redis | ours gets | p50 ms | p99 ms | errors | breaker | journal "
+        "| baseline gets | p50 ms | p99 ms | errors |",
+        "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for second in range(int(timeline.end)):
+        row = [str(second), timeline.redis_at(second + 0.5)]
+        for r, with_state in ((ours, True), (base, False)):
+            got = sorted(d for at, d in r.gets if second <= at < second + 1)
+            errors = sum(1 for at in r.errors if second <= at < second + 1)
+            if got:
+                row += [f"{len(got):,}", _ms(percentile(got, 0.5)), _ms(percentile(got, 0.99))]
+            else:
+                row += ["0", "—", "—"]
+            row.append(str(errors))
+            if with_state:
+                row += [r.states.get(second, "—"), str(r.journal.get(second, 0))]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def phase_results(r: Run, timeline: Timeline, group: str) -> dict[str, Result]:
+    phases = {
+        "healthy": (0.0, timeline.kill),
+        "killed (from 1 s in)": (timeline.kill + 1, timeline.restart),
+        "after restart": (timeline.restart, timeline.pause),
+        "paused (from 1 s in)": (timeline.pause + 1, timeline.resume),
+        "after resume": (timeline.resume, timeline.end),
+    }
+    out: dict[str, Result] = {}
+    for phase, (start, end) in phases.items():
+        got = sorted(d * 1e6 for at, d in r.gets if start <= at < end)
+        name = phase
+        if not got:  # every agent was stuck in a call that started earlier
+            got, name = [0.0], f"{phase}: none started, all agents stuck"
+        out[phase] = Result(
+            f"{r.name}: get, {name}",
+            group,
+            round(percentile(got, 0.5), 1),
+            round(percentile(got, 0.99), 1),
+            round(sum(got) / len(got), 1),
+            round(len(got) / max(end - start, 1e-9), 1),
+        )
+    return out
+
+
+async def main() -> None:
+    args = parser(__doc__ or "").parse_args()
+    timeline = Timeline.for_run(args.quick)
+    defaults = BreakerSettings()
+    with tempfile.TemporaryDirectory() as scratch, RedisServer() as server:
+        ours = await run_ours(server, timeline, Path(scratch))
+        server.restart()  # a fresh, empty server for the baseline, on the same port
+        base = await run_baseline(server, timeline)
+        floor = await run_file_alone(Path(scratch), 3.0)
+
+    results: list[Result] = []
+    mine = phase_results(ours, timeline, "failover")
+    theirs = phase_results(base, timeline, "failover")
+    for phase in mine:
+        results += [theirs[phase], compare(mine[phase], theirs[phase])]
+
+    after_failure = sorted(
+        d
+        for at, d in ours.gets
+        if timeline.kill + 1 <= at < timeline.restart or timeline.pause + 1 <= at < timeline.resume
+    )
+    # The baseline's agents stall, so few of its gets even start 1 s into an outage: take all
+    # of its gets started during the outages.
+    base_after = sorted(
+        d
+        for at, d in base.gets
+        if timeline.kill <= at < timeline.restart or timeline.pause <= at < timeline.resume
+    )
+    p99_ours, p99_base = percentile(after_failure, 0.99), percentile(base_after, 0.99)
+    floor_gets = sorted(d for at, d in floor.gets if at >= 1.0)
+    floor_result = Result(
+        f"{floor.name}: get, nothing failing",
+        "reference",
+        round(percentile(floor_gets, 0.5) * 1e6, 1),
+        round(percentile(floor_gets, 0.99) * 1e6, 1),
+        round(sum(floor_gets) / len(floor_gets) * 1e6, 1),
+        round(len(floor_gets) / 2.0, 1),
+    )
+    results.append(floor_result)
+    targets = [
+        Target(
+            "p99 get latency < 5 ms from 1 s after each failure until Redis is back",
+            f"{_ms(p99_ours)} ms (max {_ms(after_failure[-1])} ms)",
+            f"{_ms(p99_base)} ms, max {_ms(base_after[-1])} ms (its gets started during the "
+            "outages)",
+            round(p99_ours / p99_base, 4) if p99_base else None,
+            p99_ours < 0.005,
+            note=(
+                f"gets fall through to the file store, which alone, nothing failing, gives "
+                f"p50 {_ms(floor_result.p50_us / 1e6)} / p99 {_ms(floor_result.p99_us / 1e6)} "
+                "ms at this load"
+            ),
+        ),
+        Target(
+            "zero errors reach the agents",
+            f"{len(ours.errors)} errors",
+            f"{len(base.errors)} errors",
+            None,
+            not ours.errors,
+        ),
+    ]
+    for heal, what in (("restart", "kill"), ("resume", "pause")):
+        took = ours.recovery.get(heal)
+        base_took = base.recovery.get(heal)
+        period = ours.open_period.get(heal, defaults.recovery_timeout)
+        healed = ours.healed_at.get(heal, 0.0)
+        closed = next((at - healed for at in ours.closed_at if at > healed), None)
+        replay = "" if closed is None or took is None else f"{took - closed:.2f} s"
+        limit = defaults.recovery_timeout + 1.0
+        targets.append(
+            Target(
+                f"{what}: breaker closed (journal replayed) within recovery_timeout + 1 s "
+                f"= {limit:.0f} s of Redis coming back",
+                "never" if took is None else f"{took:.2f} s",
+                "never" if base_took is None else f"{base_took:.2f} s to its first success",
+                None,
+                took is not None and took <= limit,
+                note=(
+                    f"the breaker's open period when Redis came back was {period:.2f} s (2 s, "
+                    f"doubled per failed probe); closed after "
+                    f"{'—' if closed is None else f'{closed:.2f} s'}, journal replayed "
+                    f"{replay} later"
+                ),
+            )
+        )
+    found, outage_writes = ours.read_back
+    targets.append(
+        Target(
+            "every value written while Redis was away is read back from Redis afterwards",
+            f"{found:,} of {outage_writes:,}",
+            "lost (no journal)",
+            None,
+            found == outage_writes,
+        )
+    )
+    notes = [
+        f"{AGENTS} agents, {KEYS:,} keys of ~1 KB, {THINK_SECONDS * 1000:.0f} ms think time, "
+        f"{WRITE_SHARE:.0%} of steps write; "
+        f"kill at {timeline.kill:.0f} s, restart at {timeline.restart:.0f} s, SIGSTOP at "
+        f"{timeline.pause:.0f} s, SIGCONT at {timeline.resume:.0f} s.",
+        "Latencies are bucketed by the second a get started; a get that waits on the black "
+        "hole shows its full wait in the second it was asked.",
+        "ours: stores=('redis', 'file'), default timeouts and breaker; while Redis is away, "
+        "gets fall through to the file store and writes are journaled, then replayed.",
+    ]
+    emit(
+        Report(
+            stem="failover",
+            title="Failover: get latency while Redis is killed and black-holed",
+            results=results,
+            targets=targets,
+            notes=notes,
+            appendix="Per second:\n\n" + per_second_table(ours, base, timeline),
+        ),
+        args,
+        plot=False,
+    )
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,73 @@
+"""Run every benchmark script and gather their tables in benchmarks/results/README.md.
+
+    python -m benchmarks.run_all [--quick]        (what `make bench` runs)
+
+Each script runs in its own process (its own event loop and redis-server), one after another,
+so they never compete for the two cores a small machine has. Scripts that do not exist yet are
+skipped; a script that fails is reported and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+
+# (module, the Markdown file it writes), in the order the results page shows them.
+SCRIPTS = (
+    ("bench_layers", "layers.md"),
+    ("bench_throughput", "throughput.md"),
+    ("bench_peers", "peers.md"),
+    ("bench_agent", "agent.md"),
+    ("bench_failover", "failover.md"),
+    ("bench_stampede", "stampede.md"),
+)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true", help="pass --quick to every script")
+    args = p.parse_args()
+    sections: list[str] = []
+    failed: list[str] = []
+    for module, markdown in SCRIPTS:
+        if not (HERE / f"{module}.py").exists():
+            print(f"-- {module}: not present, skipped", flush=True)
+            continue
+        command = [sys.executable, "-m", f"benchmarks.{module}"]
+        if args.quick:
+            command.append("--quick")
+        print(f"-- {module}", flush=True)
+        started = time.monotonic()
+        completed = subprocess.run(command, cwd=HERE.parent, check=False)
+        print(f"-- {module}: {time.monotonic() - started:.0f} s", flush=True)
+        if completed.returncode != 0:
+            failed.append(module)
+            sections.append(f"## {module}\n\n_failed with exit code {completed.returncode}_\n")
+            continue
+        path = RESULTS / markdown
+        if path.exists():
+            sections.append(f"## {module}\n\n{path.read_text()}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    page = [
+        "# Benchmark results",
+        "",
+        "Produced by `make bench` (`python -m benchmarks.run_all`). Every ratio compares with a "
+        "baseline measured in the same process run. Re-run on your machine to compare.",
+        "",
+        *sections,
+    ]
+    (RESULTS / "README.md").write_text("\n".join(page))
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
