@@ -88,7 +88,8 @@ class Run:
     healed_at: dict[str, float] = field(default_factory=dict)  # fault -> perf_counter time
     closed_at: list[float] = field(default_factory=list)  # breaker closings, perf_counter time
     last_success: float = 0.0
-    written: dict[str, int] = field(default_factory=dict)  # key -> last version written
+    down: bool = False  # set once a fault has taken effect, cleared once Redis is back
+    written: dict[str, int] = field(default_factory=dict)  # key -> newest version written
     read_back: tuple[int, int] = (0, 0)  # outage writes found in Redis afterwards, of all
     outage_keys: set[str] = field(default_factory=set)  # keys written while Redis was away
 
@@ -97,7 +98,7 @@ Get = Callable[[str], Awaitable[Any]]
 Set = Callable[[str, Any], Awaitable[None]]
 
 
-async def agents(get: Get, set_: Set, run_: Run, stop: asyncio.Event, timeline: Timeline) -> None:
+async def agents(get: Get, set_: Set, run_: Run, stop: asyncio.Event) -> None:
     rng = random.Random(SEED)
     loop_clock = time.perf_counter
     version = 0
@@ -118,17 +119,20 @@ async def agents(get: Get, set_: Set, run_: Run, stop: asyncio.Event, timeline: 
             run_.gets.append((started - run_.started, loop_clock() - started))
             if value is None or mine.random() < WRITE_SHARE:
                 version += 1
-                mark, at = version, loop_clock() - run_.started
+                # A write started while Redis is surely down; one racing the fault itself may
+                # have been acknowledged by a Redis that then died without persistence.
+                mark, during_outage = version, run_.down
                 try:
                     await set_(key, {**ONE_KB, "key": key, "version": mark})
                 except Exception:
                     run_.errors.append(loop_clock() - run_.started)
                 else:
-                    run_.written[key] = mark
-                    if timeline.redis_at(at) != "up":
-                        run_.outage_keys.add(key)
-                    else:
-                        run_.outage_keys.discard(key)
+                    if mark > run_.written.get(key, -1):  # concurrent writes: the later call
+                        run_.written[key] = mark
+                        if during_outage:
+                            run_.outage_keys.add(key)
+                        else:
+                            run_.outage_keys.discard(key)
             await asyncio.sleep(THINK_SECONDS)
 
     await asyncio.gather(*(agent(n) for n in range(AGENTS)))
@@ -149,7 +153,7 @@ async def drive(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     run_.started = time.perf_counter()
-    workers = asyncio.ensure_future(agents(get, set_, run_, stop, timeline))
+    workers = asyncio.ensure_future(agents(get, set_, run_, stop))
     events = [
         (timeline.kill, "kill", server.kill),
         (timeline.restart, "restart", server.start),
@@ -166,7 +170,11 @@ async def drive(
         run_.journal[second] = max(run_.journal.get(second, 0), journaled)
         if events and now >= events[0][0]:
             _, what, action = events.pop(0)
+            if what in ("restart", "resume"):
+                run_.down = False  # writes from here on may land directly
             await loop.run_in_executor(None, action)
+            if what in ("kill", "pause"):
+                run_.down = True
             if what in ("restart", "resume"):
                 healed[what] = run_.healed_at[what] = time.perf_counter()
                 run_.open_period[what] = open_period()
@@ -248,10 +256,9 @@ async def run_file_alone(scratch: Path, seconds: float) -> Run:
             await cache.set(key, value, namespace="results")
 
         stop = asyncio.Event()
-        never = Timeline(kill=1e9, restart=1e9, pause=1e9, resume=1e9, end=1e9)
         run_.started = time.perf_counter()
         workers = asyncio.ensure_future(
-            agents(lambda key: cache.get(key, namespace="results"), set_, run_, stop, never)
+            agents(lambda key: cache.get(key, namespace="results"), set_, run_, stop)
         )
         await asyncio.sleep(seconds)
         stop.set()

@@ -45,6 +45,7 @@ from ._harness import (
 from ._values import ONE_KB
 
 CONCURRENT = 100
+_DECODE = "msgspec decode of the value alone (the price of a copy)"
 RAW_POOL = 100
 
 
@@ -88,6 +89,9 @@ async def main() -> None:
         async def cachetools_get() -> Any:
             return ttl_cache.get("k")
 
+        async def decode_only() -> Any:
+            return decoder.decode(encoded)
+
         got = await measure_interleaved(
             "memory hit, 1 KB",
             {
@@ -95,6 +99,7 @@ async def main() -> None:
                 "cachetools.TTLCache": cachetools_get,
                 "cashews mem://": lambda: cashews_mem.get("k"),
                 "aiocache SimpleMemoryCache": lambda: aiocache_mem.get("k"),
+                "msgspec decode of the value alone (the price of a copy)": decode_only,
                 "toolweaver-async, copy-on-read": lambda: memory.get("k"),
                 "toolweaver-async, share_objects": lambda: memory.get("k", namespace="shared"),
             },
@@ -102,7 +107,12 @@ async def main() -> None:
             batch=50,
         )
         cashews_result = got["cashews mem://"]
-        for name in ("dict.get (reference)", "cachetools.TTLCache", "aiocache SimpleMemoryCache"):
+        for name in (
+            "dict.get (reference)",
+            "cachetools.TTLCache",
+            "aiocache SimpleMemoryCache",
+            "msgspec decode of the value alone (the price of a copy)",
+        ):
             results.append(compare(got[name], cashews_result))
         results.insert(0, cashews_result)
         ours_copy = compare(got["toolweaver-async, copy-on-read"], cashews_result)
@@ -115,7 +125,12 @@ async def main() -> None:
                 f"{cashews_result.p50_us:.2f} µs",
                 ours_copy.ratio,
                 ours_copy.p50_us <= cashews_result.p50_us,
-                "cashews hands out its stored object; our copy is a msgpack decode",
+                ""
+                if ours_copy.p50_us <= cashews_result.p50_us
+                else (
+                    f"the copy alone (msgspec decode, the fastest deep copy in CPython) takes "
+                    f"{got[_DECODE].p50_us:.2f} µs; cashews hands out its stored object, no copy"
+                ),
             ),
             Target(
                 "memory hit, 1 KB, share_objects: p50 <= 1 µs",

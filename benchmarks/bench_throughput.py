@@ -87,7 +87,7 @@ async def main() -> None:
                 seconds=seconds,
             )
             batched = await measure_throughput(
-                "redis.asyncio MGET x100 + msgspec (hand-batched reference)",
+                "redis.asyncio MGET x100 + msgspec (hand-batched reference; p50/p99 per MGET)",
                 group,
                 raw_mget_100,
                 concurrency=max(1, n // 100),

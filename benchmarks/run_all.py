@@ -10,6 +10,7 @@ skipped; a script that fails is reported and the others still run.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -60,6 +61,7 @@ def main() -> int:
         "Produced by `make bench` (`python -m benchmarks.run_all`). Every ratio compares with a "
         "baseline measured in the same process run. Re-run on your machine to compare.",
         "",
+        *_targets_section(),
         *sections,
     ]
     (RESULTS / "README.md").write_text("\n".join(page))
@@ -67,6 +69,38 @@ def main() -> int:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _targets_section() -> list[str]:
+    """Every script's targets (from its JSON) in one table."""
+    rows: list[str] = []
+    for module, markdown in SCRIPTS:
+        path = RESULTS / markdown.replace(".md", ".json")
+        try:
+            targets = json.loads(path.read_text()).get("targets") or []
+        except (OSError, ValueError):
+            continue
+        for t in targets:
+            if not isinstance(t, dict) or "description" not in t:
+                continue
+            ratio = f"{t['ratio']:.2f}x" if isinstance(t.get("ratio"), int | float) else "—"
+            verdict = "yes" if t.get("met") else "**no**"
+            if t.get("note"):
+                verdict += f" — {t['note']}"
+            rows.append(
+                f"| {t['description']} | {t.get('measured', '')} | {t.get('baseline', '')} | "
+                f"{ratio} | {verdict} | {module} |"
+            )
+    if not rows:
+        return []
+    return [
+        "## Targets",
+        "",
+        "| target | measured | baseline (same run) | ratio | met | script |",
+        "|---|---|---|---:|---|---|",
+        *rows,
+        "",
+    ]
 
 
 if __name__ == "__main__":

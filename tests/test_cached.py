@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,12 @@ async def test_concurrent_equal_calls_run_the_function_once(cache: AsyncToolCach
         asyncio.create_task(run_tool(args={"lang": "en", "q": "receipts"}, name="search", top_k=5))
         for _ in range(500)
     ]
-    while not calls:
-        await asyncio.sleep(0)
-    for _ in range(5):
-        await asyncio.sleep(0)
+    deadline = time.monotonic() + 5
+    while not calls:  # the first caller reads Redis, takes the lock, then calls the function
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.001)
     gate.set()
-    results = await asyncio.gather(*callers)
+    results = await asyncio.wait_for(asyncio.gather(*callers), 5)
     assert len(calls) == 1
     assert all(r == {"tool": "search", "hits": 5} for r in results)
     assert await run_tool("search", {"q": "other"}) == {"tool": "search", "hits": 5}

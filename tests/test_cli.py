@@ -28,7 +28,9 @@ def _write(key: str, value: object, namespace: str = "default") -> None:
     asyncio.run(write())
 
 
-def test_doctor_reports_healthy_embedded_chain(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_doctor_reports_healthy_embedded_chain(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["doctor"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert list(report["stores"]) == ["memory", "file"]
@@ -36,7 +38,10 @@ def test_doctor_reports_healthy_embedded_chain(env: Path, capsys: pytest.Capture
 
 
 def test_doctor_fails_when_redis_is_configured_but_down(
-    env: Path, monkeypatch: pytest.MonkeyPatch, free_port: object, capsys: pytest.CaptureFixture[str]
+    env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    free_port: object,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("USE_REDIS", "true")
     monkeypatch.setenv("REDIS_URL", f"redis://:pw@127.0.0.1:{free_port()}/0")  # type: ignore[operator]

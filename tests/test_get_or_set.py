@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -25,6 +25,7 @@ from toolweaver_async.stores.memory import MemoryStore
 from toolweaver_async.stores.redis import RedisStore
 
 MakeCache = Callable[..., AsyncToolCache]
+T = TypeVar("T")
 
 
 class FakeClock:
@@ -97,6 +98,11 @@ def holds(
     return check
 
 
+async def within(awaitable: Awaitable[T], seconds: float = 5.0) -> T:
+    """``await awaitable``, failing the test instead of hanging the suite on a bug."""
+    return await asyncio.wait_for(awaitable, seconds)
+
+
 async def let_tasks_start() -> None:
     """A few loop turns: every task created so far has run up to its first real wait."""
     for _ in range(5):
@@ -156,10 +162,10 @@ async def test_thousand_concurrent_callers_run_the_loader_once(
     cache = make_cache(**CHAINS[chain])
     loader = GatedLoader({"embedding": [0.5, 0.25]})
     callers = [asyncio.create_task(cache.get_or_set("q", loader)) for _ in range(1000)]
-    await loader.started.wait()
+    await within(loader.started.wait())
     await let_tasks_start()
     loader.gate.set()
-    results = await asyncio.gather(*callers)
+    results = await within(asyncio.gather(*callers))
     assert loader.calls == 1
     assert all(r == {"embedding": [0.5, 0.25]} for r in results)
     stats = cache.stats().overall
@@ -174,10 +180,10 @@ async def test_loader_exception_reaches_every_waiter_and_the_next_call_retries(
     cache = make_cache(use_redis=True)
     failing = GatedLoader(error=RuntimeError("search API down"))
     callers = [asyncio.create_task(cache.get_or_set("q", failing)) for _ in range(50)]
-    await failing.started.wait()
+    await within(failing.started.wait())
     await let_tasks_start()
     failing.gate.set()
-    outcomes = await asyncio.gather(*callers, return_exceptions=True)
+    outcomes = await within(asyncio.gather(*callers, return_exceptions=True))
     assert failing.calls == 1
     assert all(isinstance(o, RuntimeError) and str(o) == "search API down" for o in outcomes)
     assert len({id(o) for o in outcomes}) == 1  # the same exception, not fifty
@@ -195,15 +201,15 @@ async def test_cancelling_the_first_caller_leaves_the_loader_running_for_the_oth
     cache = make_cache(stores=("memory",))
     loader = GatedLoader("v")
     first = asyncio.create_task(cache.get_or_set("k", loader))
-    await loader.started.wait()
+    await within(loader.started.wait())
     others = [asyncio.create_task(cache.get_or_set("k", loader)) for _ in range(3)]
     await let_tasks_start()
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await first
+        await within(first)
     assert not loader.cancelled.is_set()
     loader.gate.set()
-    assert await asyncio.gather(*others) == ["v", "v", "v"]
+    assert await within(asyncio.gather(*others)) == ["v", "v", "v"]
     assert loader.calls == 1
     assert await cache.get("k") == "v"
 
@@ -214,10 +220,10 @@ async def test_loader_is_cancelled_once_no_caller_waits_and_a_new_call_starts_af
     cache = make_cache(stores=("memory",))
     loader = GatedLoader("v")
     callers = [asyncio.create_task(cache.get_or_set("k", loader)) for _ in range(3)]
-    await loader.started.wait()
+    await within(loader.started.wait())
     for caller in callers:
         caller.cancel()
-    await asyncio.gather(*callers, return_exceptions=True)
+    await within(asyncio.gather(*callers, return_exceptions=True))
     await asyncio.wait_for(loader.cancelled.wait(), 1.0)
     fresh = GatedLoader("w")
     fresh.gate.set()
@@ -231,10 +237,10 @@ async def test_closing_the_cache_cancels_a_load_and_tells_its_callers(
     cache = make_cache(stores=("memory",))
     loader = GatedLoader("v")
     caller = asyncio.create_task(cache.get_or_set("k", loader))
-    await loader.started.wait()
+    await within(loader.started.wait())
     await cache.aclose()
     with pytest.raises(CacheError, match="cancelled"):
-        await caller
+        await within(caller)
     assert loader.cancelled.is_set()
 
 
@@ -270,7 +276,7 @@ async def test_stale_entry_is_served_while_exactly_one_refresh_runs(
         1.0,
     )
     assert served == ["old"] * 20
-    await refresh.started.wait()
+    await within(refresh.started.wait())
     assert refresh.calls == 1
     assert cache.stats().overall.stale_served == 20
     refresh.gate.set()
@@ -434,14 +440,14 @@ async def test_second_cache_waits_for_the_lock_holders_value_instead_of_loading(
     waiter = make_cache(use_redis=True, stores=("memory", "redis"))
     slow = GatedLoader("from the holder")
     holding = asyncio.create_task(holder.get_or_set("k", slow))
-    await slow.started.wait()
+    await within(slow.started.wait())
     other = GatedLoader("from the waiter")
     other.gate.set()
     waiting = asyncio.create_task(waiter.get_or_set("k", other))
     await asyncio.sleep(0.03)  # the waiter polls a few times while the holder loads
     assert not waiting.done()
     slow.gate.set()
-    assert await holding == "from the holder"
+    assert await within(holding) == "from the holder"
     assert await asyncio.wait_for(waiting, 1.0) == "from the holder"
     assert other.calls == 0
 
@@ -451,13 +457,13 @@ async def test_a_long_loader_keeps_its_lock_past_lock_ttl(make_cache: MakeCache)
     waiter = make_cache(use_redis=True, stores=("memory", "redis"))
     slow = GatedLoader("held")
     holding = asyncio.create_task(holder.get_or_set("k", slow, lock_ttl=0.1))
-    await slow.started.wait()
+    await within(slow.started.wait())
     other = GatedLoader("duplicate")
     other.gate.set()
     waiting = asyncio.create_task(waiter.get_or_set("k", other))
     await asyncio.sleep(0.4)  # four lock lifetimes: only extensions keep it
     slow.gate.set()
-    assert await holding == "held"
+    assert await within(holding) == "held"
     assert await asyncio.wait_for(waiting, 1.0) == "held"
     assert other.calls == 0
 

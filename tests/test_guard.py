@@ -228,3 +228,16 @@ async def test_aclose_stops_the_replay(store: FakeStore) -> None:
     await guard.set("ns", "k", b"v", None)
     await guard.aclose()
     assert guard._replayer is None or guard._replayer.done()
+
+
+async def test_callers_never_wait_out_a_probe_while_the_replay_can_probe(store: FakeStore) -> None:
+    clock = Clock()
+    guard = guarded(store, clock=clock, recovery_timeout=5, max_recovery_timeout=5)
+    store.failing = True
+    for n in range(3):
+        await guard.set("ns", f"k{n}", b"v", None)  # journaled; the breaker opens
+    assert guard.breaker.state is BreakerState.OPEN
+    store.calls.clear()
+    clock.now += 10  # the open period is over: the next call would be the probe
+    assert await guard.get("ns", "other") is SKIPPED  # the replay probes, not this caller
+    assert store.calls == []

@@ -45,6 +45,15 @@ _MISSING: Any = object()
 _FILE_SLOW_CALL_SECONDS = 1.0
 
 
+async def _settle(writes: asyncio.Future[Any]) -> None:
+    """Wait for writes a cancelled caller left running (a task, so aclose can stop them)."""
+    try:
+        await writes
+    except asyncio.CancelledError:
+        writes.cancel()
+        raise
+
+
 def build_stores(config: CacheConfig, clock: Callable[[], float]) -> list[Store]:
     """The stores of ``config.enabled_stores``, in chain order."""
     built: list[Store] = []
@@ -597,28 +606,27 @@ class AsyncToolCache(ToolShapedHelpers):
     ) -> list[Any]:
         """Run ``op`` on every remote layer concurrently; failures are counted, not raised.
 
-        Shielded from the caller's cancellation: a caller cancelled mid-write leaves every
-        store written (or the write journaled), never some with the new value and some with
-        the old; the write finishes in the background (aclose still stops it)."""
-        if not self._layers:
-            return []
-        write = asyncio.ensure_future(self._write_layers(op, namespace))
-        try:
-            return await asyncio.shield(write)
-        except asyncio.CancelledError:
-            if not write.done():
-                self._background.add(write)
-                write.add_done_callback(self._background.discard)
-            raise
-
-    async def _write_layers(
-        self, op: Callable[[GuardedStore], Awaitable[Any]], namespace: str | None
-    ) -> list[Any]:
+        A caller cancelled mid-write never leaves some stores with the new value and some with
+        the old: one layer's write runs in the caller's own task, so it has started (a Redis
+        write cut short is journaled, a file write finishes in its thread); several run
+        shielded and finish in the background (aclose still stops them)."""
         layers = self._layers
+        if not layers:
+            return []
         if len(layers) == 1:
             answers = [await op(layers[0])]
         else:
-            answers = list(await asyncio.gather(*(op(g) for g in layers)))
+            # gather wraps each write in a task that has not started yet: cancelling them with
+            # the caller would skip those stores altogether.
+            writes = asyncio.gather(*(op(g) for g in layers))
+            try:
+                answers = list(await asyncio.shield(writes))
+            except asyncio.CancelledError:
+                if not writes.done():
+                    finishing = asyncio.ensure_future(_settle(writes))
+                    self._background.add(finishing)
+                    finishing.add_done_callback(self._background.discard)
+                raise
         if namespace is not None and FAILED in answers:
             counters = self._stats.counters(namespace)
             for layer, answer in zip(layers, answers, strict=True):

@@ -112,9 +112,16 @@ class GuardedStore:
         return self._call(fn, args, self.deadline)
 
     async def _call(
-        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], deadline: float | None
+        self,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        deadline: float | None,
+        *,
+        replay: bool = False,
     ) -> T | Unreachable:
         breaker = self.breaker
+        if not replay and self.journal and self._replay_probes():
+            return SKIPPED
         if not breaker.allow():
             return SKIPPED
         started = time.monotonic()
@@ -327,13 +334,23 @@ class GuardedStore:
                 journal.landed(batch)
         logger.info("%s store: outage journal replayed", self.name)
 
+    def _replay_probes(self) -> bool:
+        """While a replay is pending, the replay alone probes a half-open store: a caller
+        never waits out a probe on a store that may still be down (it reads the next store)."""
+        replayer = self._replayer
+        return (
+            replayer is not None
+            and not replayer.done()
+            and self.breaker.state is BreakerState.HALF_OPEN
+        )
+
     def _deliver(self, journal: OutageJournal, batch: list[JournalOp]) -> Awaitable[Any]:
         first = batch[0]
         if isinstance(first, JournalClear):
-            return self._call(self.store.clear, (), None)
+            return self._call(self.store.clear, (), None, replay=True)
         if isinstance(first, JournalInvalidate):
-            return self.attempt(self.store.invalidate, first.namespace)
-        return self.attempt(self._write_batch, journal, batch)
+            return self._call(self.store.invalidate, (first.namespace,), self.deadline, replay=True)
+        return self._call(self._write_batch, (journal, batch), self.deadline, replay=True)
 
     async def _write_batch(self, journal: OutageJournal, batch: list[JournalOp]) -> None:
         """One pipelined ``set_many`` per namespace; deletes (and sets that expired while

@@ -3,7 +3,7 @@
 - In one process, concurrent misses of a key share one load (:class:`.SingleFlight`); every
   caller gets its result or its exception.
 - Across processes, a lock in Redis (:class:`.RedisLock`) elects one loader. The others poll the
-  cache with a short backoff until the value appears, take the lock over when it vanishes
+  cache (5 to 50 ms apart) until the value appears, take the lock over when it vanishes
   without a value (the holder died or failed), and load themselves after ``lock_timeout``.
 - Stale-while-revalidate: an entry past its TTL but inside its ``stale_ttl`` grace period is
   served at once while one background refresh runs. Early refresh (XFetch) renews hot keys
@@ -55,7 +55,7 @@ DEFAULT_LOCK_TTL: Final = 10.0
 DEFAULT_LOCK_TIMEOUT: Final = 30.0
 # Polling another process's load: every tenth of the time waited so far, within 5..50 ms, so
 # a waiter sees the value at most ~10 % (>= 5 ms) after it lands, and at most 50 ms for long
-# loads. Each poll is one read and one SET NX: a few per second per waiting process.
+# loads. Each poll is one read and one SET NX: at most 20 polls a second per waiting process.
 _MIN_POLL: Final = 0.005
 _MAX_POLL: Final = 0.05
 # Per-key memory of this coordinator (loader durations, failures), oldest dropped first.
