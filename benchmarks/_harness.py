@@ -306,6 +306,7 @@ def plot_results(report: Report, path: Path) -> bool:
         r.ratio_by == "ops/s" for r in results
     )
     groups = list(dict.fromkeys(r.group for r in results))
+    throughput_groups = {r.group for r in results if r.ratio_by == "ops/s" and r.ratio is not None}
     colours = plt.get_cmap("tab10")
     labels = [f"{r.group} · {r.name}" for r in results]
     height = max(2.5, 0.32 * len(results) + 1.2)
@@ -315,6 +316,8 @@ def plot_results(report: Report, path: Path) -> bool:
         colour = colours(groups.index(r.group) % 10)
         if throughput:
             ax.barh(y, r.ops_per_s, color=colour)
+            label = f" {r.ops_per_s:,.0f}/s"
+            at = r.ops_per_s
         else:
             ax.barh(
                 y,
@@ -323,9 +326,16 @@ def plot_results(report: Report, path: Path) -> bool:
                 xerr=[[0], [max(0.0, r.p99_us - r.p50_us)]],
                 error_kw={"ecolor": "#555", "capsize": 2, "elinewidth": 0.8},
             )
+            label = f" {_fmt_us(r.p50_us)} µs"
+            if r.group in throughput_groups:
+                label += f" · {r.ops_per_s:,.0f} ops/s"
+            at = r.p99_us
+        ax.text(at, y, label, va="center", fontsize=7, color="#333")
     ax.set_yticks(ys)
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    ax.set_xlim(low, high * 20)  # room for the labels
     ax.set_xlabel(
         "operations/s (higher is better)"
         if throughput

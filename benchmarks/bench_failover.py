@@ -60,10 +60,11 @@ class Timeline:
     @classmethod
     def for_run(cls, quick: bool) -> Timeline:
         if quick:
-            return cls(kill=1.0, restart=2.5, pause=4.5, resume=7.5, end=12.0)
-        # The black hole lasts longer than the baseline's 5 s socket timeout; the run goes on
-        # long enough after it for a breaker whose open period grew to 8 s.
-        return cls(kill=2.0, restart=4.0, pause=8.0, resume=14.0, end=23.0)
+            return cls(kill=1.0, restart=2.5, pause=7.5, resume=10.5, end=16.0)
+        # The black hole lasts longer than the baseline's 5 s socket timeout. After each fault
+        # the run waits long enough for a breaker whose open period has doubled twice (8 s),
+        # so one recovery never runs into the next fault.
+        return cls(kill=2.0, restart=4.0, pause=10.0, resume=16.0, end=26.0)
 
     def redis_at(self, second: float) -> str:
         if self.kill <= second < self.restart:

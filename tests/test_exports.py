@@ -13,8 +13,16 @@ def test_all_names_are_exported_and_exist() -> None:
 
 def test_design_names_are_public() -> None:
     required = {
-        "AsyncToolCache", "CacheConfig", "NamespacePolicy", "CircuitBreaker", "BreakerState",
-        "CacheStats", "CacheError", "SerializationError", "ValueTooLargeError", "ConfigError",
+        "AsyncToolCache",
+        "CacheConfig",
+        "NamespacePolicy",
+        "CircuitBreaker",
+        "BreakerState",
+        "CacheStats",
+        "CacheError",
+        "SerializationError",
+        "ValueTooLargeError",
+        "ConfigError",
         "BreakerOpenError",
     }
     assert required <= set(toolweaver_async.__all__)

@@ -288,7 +288,11 @@ async def test_invalidate_and_clear_during_outage_are_replayed_in_order(
     assert journal is not None
     assert journal.path is not None
     assert journal.path.is_relative_to(cache_dir)  # beside the file store ...
-    await eventually(lambda: journal.path is not None and journal.path.stat().st_size > 0)
+    await eventually(
+        lambda: (
+            journal.path is not None and journal.path.exists() and journal.path.stat().st_size > 0
+        )
+    )
     breaker.reset()  # ... and not removed by its clear()
     await eventually(recovered(cache))
     assert await reader.get("x") is None

@@ -339,3 +339,30 @@ def test_clear_op_is_a_clear() -> None:
     j = journal()
     j.record_clear()
     assert isinstance(j.next_batch()[0], JournalClear)
+
+
+async def test_journal_of_a_dead_process_is_adopted_and_its_file_removed(tmp_path: Path) -> None:
+    one, two = journal(folder=tmp_path), journal(folder=tmp_path)
+    await one.open()
+    await two.open()
+    one.record_delete("ns", "from-one")
+    two.record_set("ns", "from-two", b"v", None)
+    two.record_invalidate("other")
+    await one.aclose()
+    await two.aclose()  # both processes are gone; only one comes back
+    assert two.path is not None
+    assert two.path.stat().st_size > 0
+
+    back = journal(folder=tmp_path)
+    await back.open()
+    try:
+        assert back.path == one.path
+        assert set(ops(back)) == {
+            ("delete", "ns", "from-one"),
+            ("delete", "ns", "from-two"),
+            ("invalidate", "other"),
+        }
+        await back.aclose()
+        assert not two.path.exists()  # adopted, in back's log now, then replayed
+    finally:
+        await back.aclose()

@@ -85,6 +85,15 @@ async def test_share_objects_shares_per_requested_type(cache: AsyncToolCache) ->
     assert await cache.get("p", namespace="shared") is plain
 
 
+async def test_share_objects_recognises_a_type_expression_written_anew_each_call(
+    cache: AsyncToolCache,
+) -> None:
+    await cache.set("emb", [0.5, 0.25], namespace="shared")
+    first = await cache.get("emb", namespace="shared", type=list[float])
+    assert first == [0.5, 0.25]
+    assert await cache.get("emb", namespace="shared", type=list[float]) is first
+
+
 async def test_a_new_write_replaces_the_shared_object(cache: AsyncToolCache) -> None:
     await cache.set("k", [1], namespace="shared")
     old = await cache.get("k", namespace="shared")

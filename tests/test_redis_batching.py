@@ -202,7 +202,7 @@ async def test_a_key_that_cannot_be_encoded_fails_only_its_own_caller(store: Red
     assert results[2] == b"v"
 
 
-async def test_cache_get_many_reads_redis_in_one_round_trip(
+async def test_cache_set_many_and_get_many_take_one_redis_round_trip_each(
     redis_url: str, key_prefix: str, cache_dir: Path
 ) -> None:
     config = CacheConfig(
@@ -210,7 +210,11 @@ async def test_cache_get_many_reads_redis_in_one_round_trip(
         stores=("memory", "redis"),
     )  # fmt: skip
     async with AsyncToolCache(config) as writer:
+        writer_store = writer._layers[0].store
+        assert isinstance(writer_store, RedisStore)
+        before = writer_store._batcher.round_trips
         await writer.set_many({f"k{i}": i for i in range(100)})
+        assert writer_store._batcher.round_trips - before == 1
     async with AsyncToolCache(config) as reader:
         redis_store = reader._layers[0].store
         assert isinstance(redis_store, RedisStore)
@@ -232,3 +236,19 @@ async def test_a_hundred_concurrent_cache_gets_with_memory_off_each_see_their_va
         got = await asyncio.gather(*(cache.get(f"k{i}") for i in range(100)))
         assert got == [{"i": i} for i in range(100)]
         assert cache.stats().overall.hits["redis"] == 100
+
+
+async def test_batching_connections_use_the_urls_database(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    url = f"redis://{redis_server.host}:{redis_server.port}/3"
+    store = RedisStore(url=url, key_prefix=key_prefix)
+    db3 = Redis.from_url(url)
+    try:
+        await asyncio.gather(store.set(NS, "k", b"v", 60), store.set(NS, "j", b"w", 60))
+        assert await asyncio.gather(store.get(NS, "k"), store.get(NS, "j")) == [b"v", b"w"]
+        assert await db3.get(f"{key_prefix}:{NS}:0:k") == b"v"
+    finally:
+        await db3.delete(f"{key_prefix}:{NS}:0:k", f"{key_prefix}:{NS}:0:j")
+        await db3.aclose()
+        await store.aclose()

@@ -56,8 +56,10 @@ async def _clear(args: argparse.Namespace) -> int:
             await cache.invalidate(args.namespace)
         else:
             await cache.clear()
-        print(f"cleared prefix {cache.config.key_prefix!r}"
-              + (f" namespace {args.namespace!r}" if args.namespace else ""))
+        print(
+            f"cleared prefix {cache.config.key_prefix!r}"
+            + (f" namespace {args.namespace!r}" if args.namespace else "")
+        )
     return 0
 
 
@@ -111,8 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="quick set/get latency of the configured chain")
     bench.add_argument("-n", type=int, default=2000)
     args = parser.parse_args(argv)
-    handler = {"demo": _demo, "doctor": _doctor, "inspect": _inspect, "clear": _clear,
-               "bench": _bench}[args.command]
+    handler = {
+        "demo": _demo,
+        "doctor": _doctor,
+        "inspect": _inspect,
+        "clear": _clear,
+        "bench": _bench,
+    }[args.command]
     try:
         return asyncio.run(handler(args))
     except KeyboardInterrupt:

@@ -292,7 +292,8 @@ class AsyncToolCache(ToolShapedHelpers):
                 if header is not None and (header.expires_at is None or header.expires_at > now):
                     if reads.share:
                         shared = entry.shared
-                        if shared is not None and shared[0] is type:
+                        # `==` too: each `list[float]` written in a call is a new object
+                        if shared is not None and (shared[0] is type or shared[0] == type):
                             reads.hits["memory"] += 1
                             return shared[1]
                     elif type is None:
@@ -331,7 +332,7 @@ class AsyncToolCache(ToolShapedHelpers):
             return _MISSING  # stale: only get_or_set may serve it, and only while it refreshes
         if reads.share:
             shared = entry.shared
-            if shared is not None and shared[0] is type_:
+            if shared is not None and (shared[0] is type_ or shared[0] == type_):
                 reads.hits["memory"] += 1
                 return shared[1]
         try:

@@ -297,11 +297,6 @@ class GuardedStore:
         if self.journal is not None:
             await self.journal.aclose()
 
-    async def drained(self) -> None:
-        """Wait until the journal is empty (for tests, benchmarks and orderly shutdowns)."""
-        while self.journal and self._replayer is not None and not self._replayer.done():
-            await asyncio.shield(self._replayer)
-
     def _start_replay(self) -> None:
         if self._closed or (self._replayer is not None and not self._replayer.done()):
             return

@@ -1,7 +1,7 @@
 """The outage journal (hinted handoff): writes that could not reach Redis, replayed when it is back.
 
 While Redis is unreachable, every ``set``, ``delete``, ``invalidate`` and ``clear`` it missed is
-kept here, latest first-class: one operation per key (a newer write replaces an older one), an
+kept here, latest wins: one operation per key (a newer write replaces an older one), an
 invalidation of a namespace drops that namespace's earlier operations, a clear drops everything.
 The journal keeps them in the order they happened and hands them back in that order for replay.
 
@@ -17,17 +17,18 @@ clear; while a clear is pending, nothing else needs recording (Redis will hold n
 
 **Persistent.** With a folder, the journal is an append-only log of msgpack records, each framed
 by its length and CRC32, beside the file store (not inside its prefix folder, which ``clear``
-empties). Records are written by one worker-thread hop per batch of changes, never on the event
-loop; a process that dies loses only the records of its last hop, a torn tail is ignored on
-load. The log is compacted (rewritten to the live operations) when it grows past twice their
-size, and emptied when the journal drains. Each process claims one slot file with an exclusive
-``flock``, so processes sharing a cache folder keep separate journals and a restarted process
-adopts the journal a dead one left behind.
+empties). Records are written by one worker-thread hop per 10 ms of changes, never on the event
+loop; a process that dies loses at most the records of its last 10 ms, and a torn tail is
+ignored on load. The log is compacted (rewritten to the live operations, also in the worker
+thread) when it grows past twice their size, and emptied when the journal drains. Each process
+claims one slot file with an exclusive ``flock``, so processes sharing a cache folder keep
+separate journals; opening also adopts the journals dead processes left in the other slots.
 
 **Restarts.** A set loaded from disk is replayed as a *delete*: another process may have written
 a newer value to Redis while this one was down, and a delete can never bring back an older value.
 The written value itself is still in the file store beside the journal, and reads copy it back
-into Redis.
+into Redis. Loaded operations are then all removals, which commute, so journals of several dead
+processes merge in any order.
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ _DECODER: Final = msgspec.msgpack.Decoder(_Record)
 _COMPACT_AFTER: Final = 256 * 1024
 _OP_OVERHEAD: Final = 32  # rough framing and field cost of one record, for the size estimate
 SLOTS: Final = 16  # journal files per folder: at most this many processes keep theirs on disk
+_UNBOUNDED: Final = 1 << 62
+# Records are handed to the disk at most this often: one thread hop per 10 ms, not per write,
+# so a journal under load does not crowd the file store out of the worker threads. A process
+# that dies loses at most the records of its last 10 ms.
+_FLUSH_EVERY: Final = 0.01
 
 
 def _slot_of(op: JournalOp) -> _Slot:
@@ -175,28 +181,39 @@ class _JournalFile:
         self.name = name
         self.path: Path | None = None
         self._lock_fd: int | None = None
+        self._adopted: list[tuple[int, Path]] = []  # orphans, held until our log includes them
         self._io = threading.Lock()
 
-    def claim(self) -> bytes:
-        """Lock the first free slot and return what a previous owner left in it."""
+    def claim(self) -> list[bytes]:
+        """Lock the first free slot; return what a previous owner left in it, then what dead
+        processes left in the other unlocked slots (adopted: emptied after the next rewrite)."""
         with self._io:
             self.folder.mkdir(parents=True, exist_ok=True)
-            for n in range(SLOTS):
-                lock_path = self.folder / f"{self.name}-{n}.lock"
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            contents: list[bytes] = []
+            for n in range(SLOTS if fcntl is not None else 1):
+                fd = os.open(self.folder / f"{self.name}-{n}.lock", os.O_RDWR | os.O_CREAT, 0o600)
                 if fcntl is not None:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
+                    except BlockingIOError:  # a live process's journal
                         os.close(fd)
                         continue
-                self._lock_fd = fd
-                self.path = self.folder / f"{self.name}-{n}.jrnl"
+                path = self.folder / f"{self.name}-{n}.jrnl"
                 try:
-                    return self.path.read_bytes()
+                    content = path.read_bytes()
                 except FileNotFoundError:
-                    return b""
-            raise OSError(f"all {SLOTS} journal slots in {self.folder} are held by other processes")
+                    content = b""
+                if self.path is None:
+                    self._lock_fd, self.path = fd, path
+                    contents.append(content)
+                elif content:
+                    self._adopted.append((fd, path))
+                    contents.append(content)
+                else:
+                    os.close(fd)
+            if self.path is None:
+                raise OSError(f"all {SLOTS} journal slots in {self.folder} are held")
+            return contents
 
     def append(self, chunk: bytes) -> None:
         with self._io:
@@ -217,12 +234,26 @@ class _JournalFile:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
                 raise
+            # Our log now holds what we adopted: the orphans can go.
+            for fd, path in self._adopted:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                os.close(fd)
+            self._adopted.clear()
+
+    def rewrite_ops(self, ops: list[JournalOp]) -> int:
+        """:meth:`rewrite` with the log of ``ops``; returns its size."""
+        chunk = b"".join(_frame(op) for op in ops)
+        self.rewrite(chunk)
+        return len(chunk)
 
     def release(self) -> None:
         with self._io:
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)  # closing drops the flock
-                self._lock_fd = None
+            for fd in [fd for fd, _ in self._adopted] + [self._lock_fd or -1]:
+                if fd >= 0:
+                    os.close(fd)  # closing drops the flock
+            self._adopted.clear()
+            self._lock_fd = None
 
 
 async def _in_worker(fn: Callable[..., Any], *args: Any) -> Any:
@@ -258,6 +289,7 @@ class OutageJournal:
         self._cleared = False
         self._seq = 0
         self._live_bytes = 0
+        self._slot_by_seq: dict[int, _Slot] = {}  # only while reading a log
         # counters for health_check
         self.recorded = 0
         self.replayed = 0
@@ -468,43 +500,58 @@ class OutageJournal:
             return
         file = _JournalFile(self._folder, self.name)
         try:
-            content: bytes = await _in_worker(file.claim)
+            contents: list[bytes] = await _in_worker(file.claim)
         except OSError as exc:
             self._disk_failed(exc)
             return
         self._file = file
-        records, torn = _unframe(content)
         current = list(self._ops.values())
         self._reset()
-        seq_slots: dict[int, _Slot] = {}
-        for record in records:
-            self._seq = max(self._seq, record.seq)
-            if isinstance(record, _Landed):
-                slot = seq_slots.pop(record.seq, None)
-                op = None if slot is None else self._ops.get(slot)
-                if op is not None and op.seq == record.seq:
-                    self._remove(slot)  # type: ignore[arg-type]
-                continue
-            if isinstance(record, JournalSet):
-                record = JournalDelete(record.seq, record.namespace, record.key)
-            if self._apply(record):
-                seq_slots[record.seq] = _slot_of(record)
+        torn = False
+        for content in contents:
+            ops, torn_here = self._read_log(content)
+            torn = torn or torn_here
+            for op in ops:
+                # Renumbered: seqs of different files collide. A set becomes a delete (module
+                # doc); every loaded op is then a removal, and removals commute, so the files
+                # may be merged in any order.
+                if isinstance(op, JournalSet | JournalDelete):
+                    self._apply(JournalDelete(self._next_seq(), op.namespace, op.key))
+                elif isinstance(op, JournalInvalidate):
+                    self._apply(JournalInvalidate(self._next_seq(), op.namespace))
+                else:
+                    self._apply(JournalClear(self._next_seq()))
         loaded = len(self._ops)
         for op in current:
             self._apply(op)
         if loaded or torn:
             logger.warning(
-                "outage journal for %s: %d operations left by a previous run in %s%s",
+                "outage journal for %s: %d operations left by previous runs in %s%s",
                 self.name,
                 loaded,
-                file.path,
+                file.folder,
                 " (a torn tail was dropped)" if torn else "",
             )
-        self._log_bytes = len(content)
-        self._rewrite_due = bool(content) or bool(self._ops)
+        self._log_bytes = len(contents[0])
+        self._rewrite_due = any(contents) or bool(self._ops)
         self._schedule_flush()
         if self._ops and self.on_pending is not None:
             self.on_pending()
+
+    def _read_log(self, content: bytes) -> tuple[list[JournalOp], bool]:
+        """The live operations of one log, in order (as its writer had them), and whether it
+        ended in a torn frame."""
+        records, torn = _unframe(content)
+        log = OutageJournal(max_entries=_UNBOUNDED, clock=self._clock, name=self.name)
+        for record in records:
+            if isinstance(record, _Landed):
+                slot = log._slot_by_seq.pop(record.seq, None)
+                op = None if slot is None else log._ops.get(slot)
+                if slot is not None and op is not None and op.seq == record.seq:
+                    log._remove(slot)
+            elif log._apply(record):
+                log._slot_by_seq[record.seq] = _slot_of(record)
+        return list(log._ops.values()), torn
 
     async def aclose(self) -> None:
         """Write what is pending and release the journal file. Idempotent."""
@@ -516,7 +563,7 @@ class OutageJournal:
             with contextlib.suppress(Exception):
                 await asyncio.shield(flusher)
         if self._file is not None:
-            await self._flush()
+            await self._flush(linger=0)
             with contextlib.suppress(OSError):
                 await _in_worker(self._file.release)
 
@@ -537,27 +584,31 @@ class OutageJournal:
             return True
         return self._log_bytes > _COMPACT_AFTER and self._log_bytes > 2 * self._live_bytes
 
-    async def _flush(self) -> None:
-        """Write pending records in one hop per batch (records arriving during a hop wait for
-        the next one); rewrite the whole log instead when it is due for compaction."""
+    async def _flush(self, *, linger: float = _FLUSH_EVERY) -> None:
+        """Write pending records in one hop per batch, gathering what arrives for ``linger``
+        seconds first; rewrite the whole log instead when it is due for compaction."""
         file = self._file
         while file is not None and (self._pending or self._compaction_due()):
-            rewrite = self._compaction_due()
-            if rewrite:
-                chunk = b"".join(_frame(op) for op in self._ops.values())
-                self._pending.clear()
-                self._rewrite_due = False
-            else:
-                chunk = b"".join(self._pending)
-                self._pending.clear()
+            if linger and not self._closed:
+                await asyncio.sleep(linger)
             try:
-                await _in_worker(file.rewrite if rewrite else file.append, chunk)
+                if self._compaction_due():
+                    # The live operations (immutable) are encoded in the worker thread too: a
+                    # journal of thousands of 1 KB writes takes milliseconds to encode.
+                    live = list(self._ops.values())
+                    self._pending.clear()
+                    self._rewrite_due = False
+                    self._log_bytes = await _in_worker(file.rewrite_ops, live)
+                else:
+                    chunk = b"".join(self._pending)
+                    self._pending.clear()
+                    await _in_worker(file.append, chunk)
+                    self._log_bytes += len(chunk)
             except OSError as exc:
                 # The log may now end in a torn frame: the next flush rewrites it whole.
                 self._rewrite_due = True
                 self._disk_failed(exc)
                 return
-            self._log_bytes = len(chunk) if rewrite else self._log_bytes + len(chunk)
             if self.last_error is not None:
                 logger.info("outage journal for %s is written to disk again", self.name)
                 self.last_error = None

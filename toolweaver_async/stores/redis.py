@@ -228,7 +228,9 @@ class RedisStore:
     async def get(self, namespace: str, key: str) -> bytes | None:
         """The entry bytes under ``key``, or ``None``; one ``MGET`` while the generation holds
         (shared with the gets of other callers in the same event-loop turn)."""
-        ns = self._namespace(namespace)
+        ns = self._namespaces.get(namespace)
+        if ns is None or self._closing is not None:
+            ns = self._namespace(namespace)
         used = ns.generation
         mget = self._batcher.mget
         value: bytes | None
