@@ -401,12 +401,17 @@ async def test_typed_gets_decode_structs_dataclasses_and_embeddings(make_cache: 
     assert await reader.get("tool", type=Tool) == Tool("search", 2.0)
 
 
-async def test_wrong_type_is_a_counted_miss_that_keeps_the_entry(make_cache: MakeCache) -> None:
-    cache = make_cache()
+@pytest.mark.parametrize("chain", ["embedded", "full", "file-only"])
+async def test_wrong_type_is_one_counted_miss_that_keeps_the_entry(
+    make_cache: MakeCache, chain: str
+) -> None:
+    cache = make_cache(**CHAINS[chain])
     await cache.set("k", {"a": 1})
     assert await cache.get("k", type=list[int]) is None
+    assert await cache.get_many(["k"], type=list[int]) == {}
+    stats = cache.stats().overall
+    assert (stats.type_mismatches, stats.misses) == (2, 2)  # once per lookup, not per store
     assert await cache.get("k") == {"a": 1}
-    assert cache.stats().overall.type_mismatches >= 1
 
 
 async def test_get_many_and_set_many_hit_and_miss_per_key(make_cache: MakeCache) -> None:

@@ -403,6 +403,31 @@ async def test_negative_ttl_remembers_a_failure_for_that_long_only(
     assert failing.calls == 2
 
 
+@pytest.mark.parametrize("how", ["delete", "invalidate", "clear"])
+async def test_delete_invalidate_and_clear_forget_a_remembered_failure(
+    make_cache: MakeCache, how: str
+) -> None:
+    cache = make_cache(namespaces={"neg": NamespacePolicy(negative_ttl=60)})
+    failing = GatedLoader(error=LookupError("no such tool"))
+    failing.gate.set()
+    with pytest.raises(LookupError):
+        await cache.get_or_set("k", failing, namespace="neg")
+    with pytest.raises(LookupError):
+        await cache.get_or_set("k", failing, namespace="neg")
+    assert failing.calls == 1
+    if how == "delete":
+        await cache.delete("k", namespace="neg")
+    elif how == "invalidate":
+        await cache.invalidate("neg")
+    else:
+        await cache.clear()
+
+    async def works() -> str:
+        return "found"
+
+    assert await cache.get_or_set("k", works, namespace="neg") == "found"
+
+
 # -- across processes: the Redis lock ------------------------------------------------------------
 
 

@@ -41,6 +41,14 @@ R = TypeVar("R")
 logger = logging.getLogger("toolweaver_async.cache")
 
 _MISSING: Any = object()
+
+
+class _WrongType:
+    """Marks an entry that is ours and fresh but does not decode into the requested type."""
+
+
+_WRONG_TYPE = _WrongType()
+WRONG_TYPE: Any = _WRONG_TYPE  # the same marker, untyped, where values of any type flow
 # A file operation slower than this counts as a failure for the file store's breaker.
 _FILE_SLOW_CALL_SECONDS = 1.0
 
@@ -232,8 +240,8 @@ class AsyncToolCache(ToolShapedHelpers):
             await layer.open()
             outcome = await layer.attempt(layer.store.ping)
             if outcome is FAILED:
-                layer.breaker.trip()
-                logger.warning(
+                layer.breaker.trip()  # the breaker logs the state change once
+                logger.info(
                     "%s store unavailable at start (%s); continuing without it",
                     layer.name,
                     layer.last_error,
@@ -305,6 +313,9 @@ class AsyncToolCache(ToolShapedHelpers):
                             reads.hits["memory"] += 1
                             return value
                 value = self._from_memory(memory, namespace, key, type, reads)
+                if value is WRONG_TYPE:
+                    reads.counters.misses += 1
+                    return default
                 if value is not _MISSING:
                     return value
         if self._layers:
@@ -342,9 +353,9 @@ class AsyncToolCache(ToolShapedHelpers):
         except PayloadDecodeError as exc:
             if isinstance(exc, msgspec.ValidationError):
                 reads.counters.type_mismatches += 1
-            else:
-                reads.counters.corrupt += 1
-                memory.discard(namespace, key)
+                return WRONG_TYPE
+            reads.counters.corrupt += 1
+            memory.discard(namespace, key)
             return _MISSING
         if reads.share:
             entry.shared = (type_, value)
@@ -396,8 +407,9 @@ class AsyncToolCache(ToolShapedHelpers):
                     counters.errors[layer.name] += 1
                 return None
             envelope = self._fresh(data, namespace, key, type_, counters, layer)
-            if envelope is not None:
-                counters.hits[layer.name] += 1
+            if envelope is None or isinstance(envelope, _WrongType):
+                return None
+            counters.hits[layer.name] += 1
             return envelope
         token = self._reads.begin(namespace, key)
         try:
@@ -412,6 +424,8 @@ class AsyncToolCache(ToolShapedHelpers):
                 envelope = self._fresh(data, namespace, key, type_, counters, layer)
                 if envelope is None:
                     continue
+                if isinstance(envelope, _WrongType):
+                    return None  # the entry is there, in another shape: slower stores agree
                 counters.hits[layer.name] += 1
                 if self._reads.still_current(token):
                     self._promote(index, namespace, key, data, envelope)
@@ -428,22 +442,25 @@ class AsyncToolCache(ToolShapedHelpers):
         type_: Any,
         counters: NamespaceCounters,
         layer: GuardedStore | None,
-    ) -> Envelope[Any] | None:
-        """The decoded entry when it is ours, for this key, and fresh; else ``None`` (and a
-        corrupt entry is removed from the store it came from)."""
+        *,
+        until_hard_expiry: bool = False,
+    ) -> Envelope[Any] | _WrongType | None:
+        """The decoded entry when it is ours, for this key, and fresh (or, with
+        ``until_hard_expiry``, not yet past its grace period); ``WRONG_TYPE`` when it is ours
+        but does not fit ``type_``; else ``None`` (a corrupt entry is removed from its store)."""
         try:
             envelope = self._codec.decode(data, type_)
         except TypeMismatchError:
             counters.type_mismatches += 1
-            return None
+            return _WRONG_TYPE
         except Exception:
             envelope = None
         if envelope is None or envelope.key != key or envelope.namespace != namespace:
             counters.corrupt += 1
             self._remove_corrupt(namespace, key, layer)
             return None
-        expires_at = envelope.expires_at
-        if expires_at is not None and expires_at <= self._clock():
+        limit = envelope.hard_expires_at if until_hard_expiry else envelope.expires_at
+        if limit is not None and limit <= self._clock():
             return None
         return envelope
 
@@ -486,6 +503,8 @@ class AsyncToolCache(ToolShapedHelpers):
             )
             if value is _MISSING:
                 missing.append(key)
+            elif value is WRONG_TYPE:
+                counters.misses += 1
             else:
                 found[key] = value
         for index, layer in enumerate(self._layers):
@@ -505,6 +524,9 @@ class AsyncToolCache(ToolShapedHelpers):
                 )
                 if envelope is None or data is None:
                     still_missing.append(key)
+                    continue
+                if isinstance(envelope, _WrongType):
+                    counters.misses += 1
                     continue
                 counters.hits[layer.name] += 1
                 found[key] = envelope.payload
@@ -583,6 +605,7 @@ class AsyncToolCache(ToolShapedHelpers):
         self._check_namespace(namespace)
         self._reads.wrote(namespace, key)
         self._stats.counters(namespace).deletes += 1
+        self._loads.forget(namespace, key)  # a remembered loader failure goes with the entry
         removed = self._memory.discard(namespace, key) if self._memory is not None else False
         answers = await self._on_every_layer(lambda g: g.delete(namespace, key), namespace)
         return removed or any(a is True for a in answers)
@@ -591,6 +614,7 @@ class AsyncToolCache(ToolShapedHelpers):
         """Make every entry of ``namespace`` unreadable, in every store, at once."""
         self._check_namespace(namespace)
         self._reads.wrote_everything()
+        self._loads.forget_namespace(namespace)
         if self._memory is not None:
             self._memory.discard_namespace(namespace)
         await self._on_every_layer(lambda g: g.invalidate(namespace), namespace)
@@ -598,6 +622,7 @@ class AsyncToolCache(ToolShapedHelpers):
     async def clear(self) -> None:
         """Remove every entry of this cache (its key prefix) from every store; nothing else."""
         self._reads.wrote_everything()
+        self._loads.forget_namespace(None)
         if self._memory is not None:
             self._memory.discard_all()
         await self._on_every_layer(lambda g: g.clear(), None)
@@ -735,22 +760,10 @@ class AsyncToolCache(ToolShapedHelpers):
         counters: NamespaceCounters,
         layer: GuardedStore | None,
     ) -> Envelope[Any] | None:
-        """As :meth:`_fresh`, but an entry past its TTL is returned until its hard expiry."""
-        try:
-            envelope = self._codec.decode(data, type_)
-        except TypeMismatchError:
-            counters.type_mismatches += 1
-            return None
-        except Exception:
-            envelope = None
-        if envelope is None or envelope.key != key or envelope.namespace != namespace:
-            counters.corrupt += 1
-            self._remove_corrupt(namespace, key, layer)
-            return None
-        hard = envelope.hard_expires_at
-        if hard is not None and hard <= self._clock():
-            return None
-        return envelope
+        """As :meth:`_fresh`, but an entry past its TTL is returned until its hard expiry, and
+        one of another type is a miss (the loader then replaces it)."""
+        found = self._fresh(data, namespace, key, type_, counters, layer, until_hard_expiry=True)
+        return None if isinstance(found, _WrongType) else found
 
     def _drop_stale_memory_copy(self, namespace: str, key: str, found: Envelope[Any]) -> None:
         """Before promoting a fresh ``found``: promotion never overwrites, so a stale copy in

@@ -166,6 +166,12 @@ class LoadCoordinator:
         self._failures.pop((namespace, key), None)
         self._durations.pop((namespace, key), None)
 
+    def forget_namespace(self, namespace: str | None) -> None:
+        """``forget`` every key of ``namespace`` (of every namespace when ``None``)."""
+        for table in (self._failures, self._durations):
+            for flight in [f for f in table if namespace is None or f[0] == namespace]:
+                del table[flight]
+
     # -- serving what is there -----------------------------------------------------------------
 
     def _serve(
