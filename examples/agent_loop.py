@@ -155,7 +155,7 @@ def summary(name: str, latencies: list[float], wall: float, meter: Meter) -> str
     p50 = statistics.median(ordered) * 1000
     p95 = ordered[int(len(ordered) * 0.95) - 1] * 1000
     return (
-        f"{name:<14} {len(ordered):>5} {p50:>9.1f} {p95:>9.1f} {wall:>8.2f} "
+        f"{name:<14} {len(ordered):>5} {p50:>9.2f} {p95:>9.2f} {wall:>8.2f} "
         f"{meter.seconds:>12.2f} {meter.dollars:>9.3f}"
     )
 

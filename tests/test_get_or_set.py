@@ -428,6 +428,21 @@ async def test_delete_invalidate_and_clear_forget_a_remembered_failure(
     assert await cache.get_or_set("k", works, namespace="neg") == "found"
 
 
+async def test_loaded_value_is_in_every_store_once_the_cache_is_closed(
+    make_cache: MakeCache,
+) -> None:
+    cache = make_cache(use_redis=True)
+
+    async def load() -> dict[str, int]:
+        return {"v": 1}
+
+    assert await cache.get_or_set("k", load) == {"v": 1}
+    assert await cache.get("k") == {"v": 1}  # memory has it at once
+    await cache.aclose()  # the writes to Redis and files land before the stores close
+    assert await make_cache(use_redis=True, stores=("redis",)).get("k") == {"v": 1}
+    assert await make_cache(stores=("file",)).get("k") == {"v": 1}
+
+
 # -- across processes: the Redis lock ------------------------------------------------------------
 
 

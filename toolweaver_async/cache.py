@@ -41,6 +41,9 @@ R = TypeVar("R")
 logger = logging.getLogger("toolweaver_async.cache")
 
 _MISSING: Any = object()
+# aclose waits this long at most for loaded values still being written to the slower stores
+# (each write is bounded by its store's timeout anyway).
+_CLOSE_GRACE_SECONDS = 2.0
 
 
 class _WrongType:
@@ -168,7 +171,8 @@ class AsyncToolCache(ToolShapedHelpers):
         self._loads = LoadCoordinator(
             peek=self._peek_entry,
             read=self._read_entry,
-            write=self.set,
+            write=self._set_now,
+            write_behind=self._memory is not None,
             lock_for=self._lock_for,
             policy=self.config.policy,
             counters=self._stats.counters,
@@ -257,6 +261,9 @@ class AsyncToolCache(ToolShapedHelpers):
             return
         self._closed = True
         with anyio.CancelScope(shield=True):
+            landing = self._loads.writes_in_flight()
+            if landing:  # loaded values on their way to Redis and files: let them arrive
+                await asyncio.wait(landing, timeout=_CLOSE_GRACE_SECONDS)
             for task in list(self._background):
                 task.cancel()
             if self._background:
@@ -542,6 +549,13 @@ class AsyncToolCache(ToolShapedHelpers):
         """Cache ``value`` under ``key`` in every store. ``ttl`` in seconds; ``None`` takes
         the namespace policy. Raises ``SerializationError``/``ValueTooLargeError`` (nothing is
         written anywhere) and ``InvalidTTLError`` for ``ttl <= 0``."""
+        await self._set_now(key, value, namespace=namespace, ttl=ttl)
+
+    def _set_now(
+        self, key: str, value: Any, *, namespace: str, ttl: float | None
+    ) -> Awaitable[list[Any]]:
+        """The part of ``set`` that happens at once (checks, the one encode, memory); returns
+        the writes to the slower stores, still to be awaited."""
         key = check_key(key)
         self._check_namespace(namespace)
         data, store_ttl = self._encode(namespace, key, value, ttl)
@@ -549,7 +563,7 @@ class AsyncToolCache(ToolShapedHelpers):
         self._stats.counters(namespace).sets += 1
         if self._memory is not None:
             self._memory.put(namespace, key, data, store_ttl)
-        await self._on_every_layer(lambda g: g.set(namespace, key, data, store_ttl), namespace)
+        return self._on_every_layer(lambda g: g.set(namespace, key, data, store_ttl), namespace)
 
     async def set_many(
         self,

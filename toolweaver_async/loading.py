@@ -103,7 +103,9 @@ class _Failure:
 
 Peek = Callable[[str, str, Any, NamespaceCounters], Envelope[Any] | None]
 Read = Callable[[str, str, Any, NamespaceCounters], Awaitable[tuple[Envelope[Any], str] | None]]
-Write = Callable[..., Awaitable[None]]
+# Does the part of a write that cannot wait (validation, encoding, memory) at once, and returns
+# the writes to the slower stores, still to be awaited.
+Write = Callable[..., Awaitable[Any]]
 LockFor = Callable[[str, str, float], GuardedLock | None]
 
 
@@ -127,6 +129,7 @@ class LoadCoordinator:
         clock: Callable[[], float],
         random: Callable[[], float],
         track: Callable[[asyncio.Task[Any]], None] | None = None,
+        write_behind: bool = False,
     ) -> None:
         self._peek = peek
         self._read = read
@@ -137,6 +140,11 @@ class LoadCoordinator:
         self._clock = clock
         self._random = random
         self._track = track
+        # With a memory layer, a loaded value is readable in this process as soon as memory
+        # has it: the callers sharing a load are released then, and the writes to Redis and
+        # files land in the background (the Redis lock is held until they have).
+        self._write_behind = write_behind
+        self._landing: dict[FlightKey, asyncio.Task[Any]] = {}
         # a foreground load's outcome: the value, and whether it is a stale entry's
         self._loads: SingleFlight[FlightKey, tuple[Any, bool]] = SingleFlight(track)
         self._refreshes: SingleFlight[FlightKey, Any] = SingleFlight(track)
@@ -344,9 +352,9 @@ class LoadCoordinator:
         except BaseException:
             self._in_background(_let_go(lock, keeper))
             raise
-        # The value is stored: callers here need not wait for the release, and other
-        # processes poll for the value, not for the lock.
-        self._in_background(_let_go(lock, keeper))
+        # Callers here need not wait for the release; other processes poll for the value, not
+        # for the lock, which is let go only once the value has reached Redis.
+        self._in_background(_let_go(lock, keeper, self._landing.get((namespace, key))))
         return value
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
@@ -377,9 +385,25 @@ class LoadCoordinator:
             elapsed = time.monotonic() - started
             counters.loader_seconds += elapsed
         _remember(self._durations, flight, elapsed)
-        await self._write(key, value, namespace=namespace, ttl=options.ttl)
+        remote_writes = self._write(key, value, namespace=namespace, ttl=options.ttl)
         self._failures.pop(flight, None)
+        if not self._write_behind:
+            await remote_writes
+            return value
+        landing = asyncio.ensure_future(remote_writes)
+        if self._track is not None:
+            self._track(landing)
+        self._landing[flight] = landing
+        landing.add_done_callback(lambda done: self._forget_landing(flight, done))
         return value
+
+    def writes_in_flight(self) -> list[asyncio.Task[Any]]:
+        """Writes of loaded values to the slower stores that have not landed yet."""
+        return list(self._landing.values())
+
+    def _forget_landing(self, flight: FlightKey, done: asyncio.Task[Any]) -> None:
+        if self._landing.get(flight) is done:
+            del self._landing[flight]
 
     # -- negative caching ------------------------------------------------------------------
 
@@ -409,7 +433,11 @@ async def _keep_extending(lock: GuardedLock, key: str) -> None:
             return
 
 
-async def _let_go(lock: GuardedLock, keeper: asyncio.Task[None]) -> None:
+async def _let_go(
+    lock: GuardedLock, keeper: asyncio.Task[None], landing: asyncio.Task[Any] | None = None
+) -> None:
+    if landing is not None:
+        await asyncio.gather(landing, return_exceptions=True)
     keeper.cancel()
     await asyncio.gather(keeper, return_exceptions=True)
     await lock.release()
