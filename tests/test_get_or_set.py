@@ -21,6 +21,7 @@ from toolweaver_async import (
     InvalidTTLError,
     NamespacePolicy,
 )
+from toolweaver_async.stores.file import FileStore
 from toolweaver_async.stores.memory import MemoryStore
 from toolweaver_async.stores.redis import RedisStore
 
@@ -441,6 +442,54 @@ async def test_loaded_value_is_in_every_store_once_the_cache_is_closed(
     await cache.aclose()  # the writes to Redis and files land before the stores close
     assert await make_cache(use_redis=True, stores=("redis",)).get("k") == {"v": 1}
     assert await make_cache(stores=("file",)).get("k") == {"v": 1}
+
+
+class FirstWriteWaits(FileStore):
+    """A real file store whose first write waits for the test's go-ahead."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.go_ahead = asyncio.Event()
+        self.first_write_started = asyncio.Event()
+
+    async def set(self, namespace: str, key: str, data: bytes, ttl: float | None) -> None:
+        if not self.first_write_started.is_set():
+            self.first_write_started.set()
+            await self.go_ahead.wait()
+        await super().set(namespace, key, data, ttl)
+
+
+@pytest.mark.parametrize("then", ["set", "delete", "clear"])
+async def test_a_later_write_is_never_overtaken_by_a_loaded_value_still_landing(
+    cache_dir: Path, key_prefix: str, then: str
+) -> None:
+    files = FirstWriteWaits(root=cache_dir, key_prefix=key_prefix)
+    cache = AsyncToolCache(stores=[MemoryStore(), files])
+
+    async def load() -> str:
+        return "loaded"
+
+    try:
+        assert await cache.get_or_set("k", load) == "loaded"  # its file write is held
+        await files.first_write_started.wait()
+        if then == "set":
+            later = asyncio.create_task(cache.set("k", "newer"))
+        elif then == "delete":
+            later = asyncio.create_task(cache.delete("k"))
+        else:
+            later = asyncio.create_task(cache.clear())
+        # Were the later call not ordered behind the landing write, it would be done well
+        # within this bounded wait, and the held "loaded" write would then land over it.
+        await asyncio.wait({later}, timeout=0.3)
+        files.go_ahead.set()
+        await later
+    finally:
+        files.go_ahead.set()
+        await cache.aclose()  # every write has landed once it returns
+    expected = {"set": "newer", "delete": None, "clear": None}[then]
+    reader = AsyncToolCache(stores=[FileStore(root=cache_dir, key_prefix=key_prefix)])
+    assert await reader.get("k") == expected
+    await reader.aclose()
 
 
 # -- across processes: the Redis lock ------------------------------------------------------------

@@ -549,6 +549,8 @@ class AsyncToolCache(ToolShapedHelpers):
         """Cache ``value`` under ``key`` in every store. ``ttl`` in seconds; ``None`` takes
         the namespace policy. Raises ``SerializationError``/``ValueTooLargeError`` (nothing is
         written anywhere) and ``InvalidTTLError`` for ``ttl <= 0``."""
+        if self._loads.writes_pending(namespace, key):
+            await self._loads.settle_writes(namespace, key)
         await self._set_now(key, value, namespace=namespace, ttl=ttl)
 
     def _set_now(
@@ -574,6 +576,8 @@ class AsyncToolCache(ToolShapedHelpers):
     ) -> None:
         """Cache every item; all values are encoded first, so one bad value writes nothing."""
         self._check_namespace(namespace)
+        if self._loads.writes_pending(namespace):
+            await self._loads.settle_writes(namespace)
         items: list[StoreItem] = []
         for key, value in mapping.items():
             key = check_key(key)
@@ -618,6 +622,8 @@ class AsyncToolCache(ToolShapedHelpers):
         key = check_key(key)
         self._check_namespace(namespace)
         self._reads.wrote(namespace, key)
+        if self._loads.writes_pending(namespace, key):
+            await self._loads.settle_writes(namespace, key)
         self._stats.counters(namespace).deletes += 1
         self._loads.forget(namespace, key)  # a remembered loader failure goes with the entry
         removed = self._memory.discard(namespace, key) if self._memory is not None else False
@@ -627,6 +633,8 @@ class AsyncToolCache(ToolShapedHelpers):
     async def invalidate(self, namespace: str) -> None:
         """Make every entry of ``namespace`` unreadable, in every store, at once."""
         self._check_namespace(namespace)
+        if self._loads.writes_pending(namespace):
+            await self._loads.settle_writes(namespace)
         self._reads.wrote_everything()
         self._loads.forget_namespace(namespace)
         if self._memory is not None:
@@ -635,6 +643,8 @@ class AsyncToolCache(ToolShapedHelpers):
 
     async def clear(self) -> None:
         """Remove every entry of this cache (its key prefix) from every store; nothing else."""
+        if self._loads.writes_pending():
+            await self._loads.settle_writes()
         self._reads.wrote_everything()
         self._loads.forget_namespace(None)
         if self._memory is not None:

@@ -397,6 +397,25 @@ class LoadCoordinator:
         landing.add_done_callback(lambda done: self._forget_landing(flight, done))
         return value
 
+    def writes_pending(self, namespace: str | None = None, key: str | None = None) -> bool:
+        """Whether a loaded value of ``key`` (of ``namespace``, of anything) is still landing."""
+        if not self._landing:
+            return False
+        if key is not None:
+            return (namespace, key) in self._landing
+        return namespace is None or any(f[0] == namespace for f in self._landing)
+
+    async def settle_writes(self, namespace: str | None = None, key: str | None = None) -> None:
+        """Wait until loaded values of ``key`` (of ``namespace``, of anything) have reached
+        the slower stores, so a later write, delete or clear is not overtaken by them."""
+        if key is not None:
+            found = self._landing.get((namespace or "", key))
+            tasks = [] if found is None else [found]
+        else:
+            tasks = [t for f, t in self._landing.items() if namespace is None or f[0] == namespace]
+        if tasks:
+            await asyncio.wait(tasks)  # never cancels them, even when this caller is cancelled
+
     def writes_in_flight(self) -> list[asyncio.Task[Any]]:
         """Writes of loaded values to the slower stores that have not landed yet."""
         return list(self._landing.values())
