@@ -515,3 +515,18 @@ async def test_killed_redis_is_absorbed_and_values_survive_in_the_other_stores(
         async with AsyncToolCache(config) as other:
             assert await other.get("during") == 2  # through the file store
             assert other.stats().overall.hits["file"] == 1
+
+
+async def test_fresh_remote_value_replaces_a_stale_memory_copy_on_get(
+    make_cache: MakeCache, clock: FakeClock
+) -> None:
+    policy = {"swr": NamespacePolicy(ttl=10, stale_ttl=100)}
+    cache = make_cache(use_redis=True, namespaces=policy)
+    await cache.set("k", "old", namespace="swr")
+    clock.advance(11)  # memory keeps "old" for get_or_set's grace period
+    other = make_cache(use_redis=True, stores=("redis",), namespaces=policy)
+    await other.set("k", "new", namespace="swr")
+    assert await cache.get("k", namespace="swr") == "new"  # from Redis
+    assert await cache.get("k", namespace="swr") == "new"
+    hits = cache.stats().overall.hits
+    assert (hits["redis"], hits["memory"]) == (1, 1)  # the second read was served by memory

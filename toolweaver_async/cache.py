@@ -326,9 +326,9 @@ class AsyncToolCache(ToolShapedHelpers):
                 if value is not _MISSING:
                     return value
         if self._layers:
-            envelope = await self._read_through(namespace, key, type, reads.counters)
-            if envelope is not None:
-                return envelope.payload
+            found = await self._read_through(namespace, key, type, reads.counters)
+            if found is not None:
+                return found[0].payload
         reads.counters.misses += 1
         return default
 
@@ -401,8 +401,17 @@ class AsyncToolCache(ToolShapedHelpers):
         return reads
 
     async def _read_through(
-        self, namespace: str, key: str, type_: Any, counters: NamespaceCounters
-    ) -> Envelope[Any] | None:
+        self,
+        namespace: str,
+        key: str,
+        type_: Any,
+        counters: NamespaceCounters,
+        *,
+        until_hard_expiry: bool = False,
+    ) -> tuple[Envelope[Any], str] | None:
+        """The first usable entry of ``key`` in the slower stores and its store's name,
+        promoted into the faster ones. Fresh entries only, unless ``until_hard_expiry`` (what
+        get_or_set serves while it refreshes). An entry of another type ends the search."""
         layers = self._layers
         if self._memory is None and len(layers) == 1:
             # Nothing faster to promote into (Redis or file alone, as benchmarks run them), so
@@ -413,11 +422,13 @@ class AsyncToolCache(ToolShapedHelpers):
                 if data is FAILED:
                     counters.errors[layer.name] += 1
                 return None
-            envelope = self._fresh(data, namespace, key, type_, counters, layer)
+            envelope = self._fresh(
+                data, namespace, key, type_, counters, layer, until_hard_expiry=until_hard_expiry
+            )
             if envelope is None or isinstance(envelope, _WrongType):
                 return None
             counters.hits[layer.name] += 1
-            return envelope
+            return envelope, layer.name
         token = self._reads.begin(namespace, key)
         try:
             for index, layer in enumerate(layers):
@@ -428,15 +439,24 @@ class AsyncToolCache(ToolShapedHelpers):
                     continue
                 if data is None:
                     continue
-                envelope = self._fresh(data, namespace, key, type_, counters, layer)
+                envelope = self._fresh(
+                    data,
+                    namespace,
+                    key,
+                    type_,
+                    counters,
+                    layer,
+                    until_hard_expiry=until_hard_expiry,
+                )
                 if envelope is None:
                     continue
                 if isinstance(envelope, _WrongType):
                     return None  # the entry is there, in another shape: slower stores agree
                 counters.hits[layer.name] += 1
                 if self._reads.still_current(token):
+                    self._drop_stale_memory_copy(namespace, key, envelope)
                     self._promote(index, namespace, key, data, envelope)
-                return envelope
+                return envelope, layer.name
             return None
         finally:
             self._reads.end(namespace, key, token)
@@ -754,26 +774,7 @@ class AsyncToolCache(ToolShapedHelpers):
     ) -> tuple[Envelope[Any], str] | None:
         """The first entry of ``key`` in the slower stores, fresh or stale, and the name of
         its store; promoted like a ``get`` hit (a fresh one replaces a stale memory copy)."""
-        token = self._reads.begin(namespace, key)
-        try:
-            for index, layer in enumerate(self._layers):
-                data = await layer.get(namespace, key)
-                if isinstance(data, Unreachable):
-                    if data is FAILED:
-                        counters.errors[layer.name] += 1
-                    continue
-                if data is None:
-                    continue
-                envelope = self._usable_entry(data, namespace, key, type_, counters, layer)
-                if envelope is None:
-                    continue
-                if self._reads.still_current(token):
-                    self._drop_stale_memory_copy(namespace, key, envelope)
-                    self._promote(index, namespace, key, data, envelope)
-                return envelope, layer.name
-            return None
-        finally:
-            self._reads.end(namespace, key, token)
+        return await self._read_through(namespace, key, type_, counters, until_hard_expiry=True)
 
     def _usable_entry(
         self,

@@ -15,8 +15,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeVar, overload
 
-from .errors import ConfigError, UnhashableArgumentsError
-from .keys import check_key, stable_hash
+from .errors import ConfigError
+from .keys import check_key, named_key
 
 if TYPE_CHECKING:
     from .cache import AsyncToolCache
@@ -89,14 +89,7 @@ class CachedFunction(Generic[P, R]):
             receiver = arguments.pop(self._receiver, None)
             owner = receiver if isinstance(receiver, type) else type(receiver)
             name = f"{owner.__module__}.{owner.__qualname__}.{self.fn.__name__}"
-        try:
-            digest = stable_hash(arguments)
-        except UnhashableArgumentsError as exc:
-            raise UnhashableArgumentsError(
-                f"cannot build a cache key for {name}: {exc}; pass key= to @cached to build it",
-                value_type=exc.value_type,
-            ) from exc
-        return f"{name}:{digest}"
+        return named_key(name, arguments)
 
     async def invalidate(self, *args: Any, **kwargs: Any) -> bool:
         """Forget the cached result of these arguments in every store; ``True`` when any

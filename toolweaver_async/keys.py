@@ -20,6 +20,7 @@ __all__ = [
     "check_key",
     "embedding_key",
     "function_key",
+    "named_key",
     "result_key",
     "search_key",
     "stable_hash",
@@ -66,6 +67,12 @@ def function_key(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[
         arguments: Any = dict(bound.arguments)
     except (TypeError, ValueError):  # no signature, or arguments that do not fit it
         arguments = [list(args), dict(kwargs)]
+    return named_key(name, arguments)
+
+
+def named_key(name: str, arguments: Any) -> str:
+    """``<name>:<stable hash of arguments>``, with an error that says how to get around
+    arguments that cannot be hashed."""
     try:
         digest = stable_hash(arguments)
     except UnhashableArgumentsError as exc:
