@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
-from toolweaver_async.testing import RedisServer, find_free_port
+from toolweaver_async import AsyncToolCache, CacheConfig
+from toolweaver_async.testing import FakeClock, RedisServer, find_free_port
 
 # -- Redis ---------------------------------------------------------------------------------------
 
@@ -64,3 +67,46 @@ def free_port() -> Callable[[], int]:
 def cache_dir(tmp_path: Path) -> Path:
     """A cache folder that does not exist yet, inside the test's own temporary folder."""
     return tmp_path / "cache"
+
+
+# -- caches ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The wall clock entries expire by; it moves only when the test advances it."""
+    return FakeClock()
+
+
+@pytest.fixture
+async def make_cache(
+    cache_dir: Path, key_prefix: str, redis_url: str, clock: FakeClock
+) -> AsyncIterator[Callable[..., AsyncToolCache]]:
+    """Builds caches sharing one cache_dir, prefix, Redis and clock (``CacheConfig`` fields as
+    keywords, plus ``clock=`` and ``random=``); closes them all afterwards."""
+    made: list[AsyncToolCache] = []
+
+    def make(**changes: Any) -> AsyncToolCache:
+        settings: dict[str, Any] = {
+            "cache_dir": cache_dir,
+            "key_prefix": key_prefix,
+            "redis_url": redis_url,
+        }
+        settings.update(changes)
+        use_clock = settings.pop("clock", clock)
+        random = settings.pop("random", None)
+        cache = AsyncToolCache(CacheConfig(**settings), clock=use_clock, random=random)
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        await cache.aclose()
+
+
+@pytest.fixture
+async def raw_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis.asyncio client on the shared server, to look behind the cache's back."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()

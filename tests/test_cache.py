@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,58 +22,9 @@ from toolweaver_async import (
     SerializationError,
     ValueTooLargeError,
 )
-from toolweaver_async.testing import RedisServer
+from toolweaver_async.testing import FakeClock, RedisServer
 
 MakeCache = Callable[..., AsyncToolCache]
-
-
-class FakeClock:
-    """Wall clock for entry expiry that only moves when a test says so."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def make_cache(
-    cache_dir: Path, key_prefix: str, redis_url: str, clock: FakeClock
-) -> AsyncIterator[MakeCache]:
-    """Builds caches sharing one cache_dir, prefix, Redis and clock; closes them afterwards."""
-    made: list[AsyncToolCache] = []
-
-    def make(**changes: Any) -> AsyncToolCache:
-        settings: dict[str, Any] = {
-            "cache_dir": cache_dir,
-            "key_prefix": key_prefix,
-            "redis_url": redis_url,
-        }
-        settings.update(changes)
-        use_clock = settings.pop("clock", clock)
-        cache = AsyncToolCache(CacheConfig(**settings), clock=use_clock)
-        made.append(cache)
-        return cache
-
-    yield make
-    for cache in made:
-        await cache.aclose()
-
-
-@pytest.fixture
-async def raw_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 CHAINS = {

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from toolweaver_async import AsyncToolCache, BreakerSettings, BreakerState, CacheConfig
 from toolweaver_async.guard import GuardedStore
-from toolweaver_async.testing import RedisServer
+from toolweaver_async.testing import FakeClock, RedisServer
 
 from .tcp_proxy import TcpProxy
 
@@ -36,16 +36,6 @@ FAST: dict[str, Any] = {
         failure_threshold=3, recovery_timeout=0.05, max_recovery_timeout=0.2
     ),
 }
-
-
-class FakeClock:
-    """Wall clock for entry expiry that only moves when a test says so."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

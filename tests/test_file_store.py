@@ -21,17 +21,10 @@ from toolweaver_async.errors import ConfigError, StoreError
 from toolweaver_async.stores import file as file_module
 from toolweaver_async.stores.base import Store
 from toolweaver_async.stores.file import FileStore
+from toolweaver_async.testing import FakeClock
 
 NS = "default"
 PREFIX = "tw"
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,22 +24,10 @@ from toolweaver_async import (
 from toolweaver_async.stores.file import FileStore
 from toolweaver_async.stores.memory import MemoryStore
 from toolweaver_async.stores.redis import RedisStore
+from toolweaver_async.testing import FakeClock
 
 MakeCache = Callable[..., AsyncToolCache]
 T = TypeVar("T")
-
-
-class FakeClock:
-    """Wall clock for entry expiry that only moves when a test says so."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Draws:
@@ -108,42 +96,6 @@ async def let_tasks_start() -> None:
     """A few loop turns: every task created so far has run up to its first real wait."""
     for _ in range(5):
         await asyncio.sleep(0)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def make_cache(
-    cache_dir: Path, key_prefix: str, redis_url: str, clock: FakeClock
-) -> AsyncIterator[MakeCache]:
-    made: list[AsyncToolCache] = []
-
-    def make(**changes: Any) -> AsyncToolCache:
-        settings: dict[str, Any] = {
-            "cache_dir": cache_dir,
-            "key_prefix": key_prefix,
-            "redis_url": redis_url,
-        }
-        settings.update(changes)
-        use_clock = settings.pop("clock", clock)
-        random = settings.pop("random", None)
-        cache = AsyncToolCache(CacheConfig(**settings), clock=use_clock, random=random)
-        made.append(cache)
-        return cache
-
-    yield make
-    for cache in made:
-        await cache.aclose()
-
-
-@pytest.fixture
-async def raw_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 CHAINS = {

@@ -11,14 +11,7 @@ import msgspec
 import pytest
 
 from toolweaver_async import AsyncToolCache, CacheConfig, NamespacePolicy
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from toolweaver_async.testing import FakeClock
 
 
 class Point(msgspec.Struct):

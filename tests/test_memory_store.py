@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 from toolweaver_async import MemoryStore
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from toolweaver_async.testing import FakeClock
 
 
 async def test_round_trip_and_delete() -> None:

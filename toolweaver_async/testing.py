@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["RedisServer", "find_free_port", "redis_server_binary"]
+__all__ = ["FakeClock", "RedisServer", "find_free_port", "redis_server_binary"]
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
@@ -199,3 +199,19 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class FakeClock:
+    """A wall clock that moves only when a test says so: pass it as ``AsyncToolCache(clock=...)``
+    to expire entries without sleeping. ``reads`` counts how often it was read."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
