@@ -24,6 +24,7 @@ from toolweaver_async import AsyncToolCache, BreakerSettings, BreakerState, Cach
 from toolweaver_async.guard import GuardedStore
 from toolweaver_async.testing import FakeClock, RedisServer
 
+from .polling import eventually
 from .tcp_proxy import TcpProxy
 
 MakeCache = Callable[..., Awaitable[AsyncToolCache]]
@@ -72,14 +73,6 @@ async def proxy(redis_server: RedisServer) -> AsyncIterator[TcpProxy]:
 def redis_layer(cache: AsyncToolCache) -> GuardedStore:
     [layer] = [g for g in cache._layers if g.name == "redis"]
     return layer
-
-
-async def eventually(check: Callable[[], bool], *, within: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {within} s: {what or check}")
-        await asyncio.sleep(0.005)
 
 
 def recovered(cache: AsyncToolCache) -> Callable[[], bool]:

@@ -26,6 +26,8 @@ from toolweaver_async.stores.memory import MemoryStore
 from toolweaver_async.stores.redis import RedisStore
 from toolweaver_async.testing import FakeClock
 
+from .polling import eventually
+
 MakeCache = Callable[..., AsyncToolCache]
 T = TypeVar("T")
 
@@ -62,18 +64,6 @@ class GatedLoader:
         if self.error is not None:
             raise self.error
         return self.value
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], within: float = 2.0) -> None:
-    """Poll ``check`` until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        outcome = check()
-        if outcome if isinstance(outcome, bool) else await outcome:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.002)
 
 
 def holds(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from toolweaver_async.errors import StoreError
 from toolweaver_async.stores.redis import RedisStore
 from toolweaver_async.testing import RedisServer
 
+from .polling import eventually
 from .tcp_proxy import TcpProxy
 
 NS = "default"
@@ -33,19 +34,6 @@ async def raw(redis_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_url)
     yield client
     await client.aclose()
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], within: float = 2.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        outcome = check()
-        if not isinstance(outcome, bool):
-            outcome = await outcome
-        if outcome:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.002)
 
 
 async def mget_calls(raw: Redis) -> int:

@@ -7,7 +7,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -21,6 +21,8 @@ from toolweaver_async.errors import ConfigError, StoreError
 from toolweaver_async.stores.base import Store
 from toolweaver_async.stores.redis import RedisStore, build_client
 from toolweaver_async.testing import RedisServer
+
+from .polling import eventually
 
 NS = "default"
 
@@ -38,15 +40,6 @@ async def raw(redis_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_url)
     yield client
     await client.aclose()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 2.0) -> None:
-    """Poll an async check until it holds, failing after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.005)
 
 
 # -- protocol and round trips --------------------------------------------------------------------
