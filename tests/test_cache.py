@@ -481,3 +481,15 @@ async def test_fresh_remote_value_replaces_a_stale_memory_copy_on_get(
     assert await cache.get("k", namespace="swr") == "new"
     hits = cache.stats().overall.hits
     assert (hits["redis"], hits["memory"]) == (1, 1)  # the second read was served by memory
+
+
+async def test_a_hit_is_not_promoted_into_a_store_whose_breaker_is_open(
+    make_cache: MakeCache, free_port: Callable[[], int]
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    cache = make_cache(use_redis=True, redis_url=url, stores=("redis", "file"))
+    await cache.connect()  # nothing listens: the Redis breaker starts open
+    await make_cache(stores=("file",)).set("k", "v")
+    tasks_before = len(asyncio.all_tasks())
+    assert await cache.get("k") == "v"
+    assert len(asyncio.all_tasks()) == tasks_before  # no background write was started

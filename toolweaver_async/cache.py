@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 import msgspec
 
-from .breaker import CircuitBreaker
+from .breaker import BreakerState, CircuitBreaker
 from .config import CacheConfig, check_name, redact_url
 from .decorator import CachedFunction
 from .errors import InvalidTTLError
@@ -511,7 +511,11 @@ class AsyncToolCache(ToolShapedHelpers):
         if self._memory is not None:
             self._memory.put_if_absent(namespace, key, data, remaining)
         for layer in self._layers[:found_at]:
-            self._spawn(layer.add(namespace, key, data, remaining))
+            # Only into a healthy store: during an outage a task per hit would only be refused
+            # by the open breaker (~15 us of loop time each), and a half-open store's probe
+            # slot belongs to real traffic.
+            if layer.breaker.state is BreakerState.CLOSED:
+                self._spawn(layer.add(namespace, key, data, remaining))
 
     async def get_many(
         self, keys: Iterable[str], *, namespace: str = "default", type: Any = None
