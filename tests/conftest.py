@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from toolweaver_async import AsyncToolCache, CacheConfig
+from toolweaver_async.stores.redis import RedisStore
 from toolweaver_async.testing import FakeClock, RedisServer, find_free_port
 
 # -- Redis ---------------------------------------------------------------------------------------
@@ -110,3 +111,11 @@ async def raw_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def redis_store(redis_url: str, key_prefix: str) -> AsyncIterator[RedisStore]:
+    """A RedisStore of its own on the shared server, under the test's own prefix."""
+    store = RedisStore(url=redis_url, key_prefix=key_prefix)
+    yield store
+    await store.aclose()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,31 +22,22 @@ NS = "default"
 
 
 @pytest.fixture
-async def store(redis_url: str, key_prefix: str) -> AsyncIterator[RedisStore]:
-    redis_store = RedisStore(url=redis_url, key_prefix=key_prefix)
-    yield redis_store
-    await redis_store.aclose()
+def store(redis_store: RedisStore) -> RedisStore:
+    return redis_store
 
 
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-async def mget_calls(raw: Redis) -> int:
-    stats = await raw.info("commandstats")
+async def mget_calls(raw_redis: Redis) -> int:
+    stats = await raw_redis.info("commandstats")
     return int(stats.get("cmdstat_mget", {}).get("calls", 0))
 
 
 async def test_concurrent_gets_each_get_their_own_value_in_fewer_round_trips(
-    store: RedisStore, raw: Redis
+    store: RedisStore, raw_redis: Redis
 ) -> None:
     keys = [f"k{i}" for i in range(300)]
     await store.set_many(NS, [(key, f"value of {key}".encode(), 60) for key in keys])
     batcher = store._batcher
-    trips_before, mgets_before = batcher.round_trips, await mget_calls(raw)
+    trips_before, mgets_before = batcher.round_trips, await mget_calls(raw_redis)
 
     got = await asyncio.gather(*(store.get(NS, key) for key in [*keys, "missing"]))
 
@@ -55,10 +45,10 @@ async def test_concurrent_gets_each_get_their_own_value_in_fewer_round_trips(
     trips = batcher.round_trips - trips_before
     assert trips <= 10  # 301 callers: one went alone, the rest shared MGETs
     # the server saw exactly the MGETs the batcher sent (the raw client sent none)
-    assert await mget_calls(raw) - mgets_before == trips
+    assert await mget_calls(raw_redis) - mgets_before == trips
 
 
-async def test_concurrent_gets_of_one_key_send_it_once(store: RedisStore, raw: Redis) -> None:
+async def test_concurrent_gets_of_one_key_send_it_once(store: RedisStore, raw_redis: Redis) -> None:
     await store.set(NS, "hot", b"v", 60)
     got = await asyncio.gather(*(store.get(NS, "hot") for _ in range(200)))
     assert got == [b"v"] * 200
@@ -76,13 +66,13 @@ async def test_a_lone_get_goes_out_at_once_without_waiting_for_a_batch(store: Re
 
 
 async def test_concurrent_sets_share_pipelines_and_all_land(
-    store: RedisStore, raw: Redis, key_prefix: str
+    store: RedisStore, raw_redis: Redis, key_prefix: str
 ) -> None:
     batcher = store._batcher
     before = batcher.round_trips
     await asyncio.gather(*(store.set(NS, f"k{i}", str(i).encode(), 60) for i in range(200)))
     assert batcher.round_trips - before <= 10
-    values = await raw.mget([f"{key_prefix}:{NS}:0:k{i}" for i in range(200)])
+    values = await raw_redis.mget([f"{key_prefix}:{NS}:0:k{i}" for i in range(200)])
     assert values == [str(i).encode() for i in range(200)]
 
 

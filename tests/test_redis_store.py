@@ -7,7 +7,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,18 +28,8 @@ NS = "default"
 
 
 @pytest.fixture
-async def store(redis_url: str, key_prefix: str) -> AsyncIterator[RedisStore]:
-    redis_store = RedisStore(url=redis_url, key_prefix=key_prefix)
-    yield redis_store
-    await redis_store.aclose()
-
-
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Redis]:
-    """A plain client to look at what the store wrote."""
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
+def store(redis_store: RedisStore) -> RedisStore:
+    return redis_store
 
 
 # -- protocol and round trips --------------------------------------------------------------------
@@ -61,10 +51,10 @@ async def test_get_of_missing_key_returns_none(store: RedisStore) -> None:
 
 
 async def test_entries_live_under_prefix_namespace_generation_key(
-    store: RedisStore, raw: Redis, key_prefix: str
+    store: RedisStore, raw_redis: Redis, key_prefix: str
 ) -> None:
     await store.set("tools", "search:v1", b"data", ttl=None)
-    assert await raw.get(f"{key_prefix}:tools:0:search:v1") == b"data"
+    assert await raw_redis.get(f"{key_prefix}:tools:0:search:v1") == b"data"
 
 
 async def test_namespaces_do_not_share_entries(store: RedisStore) -> None:
@@ -79,22 +69,26 @@ async def test_get_many_returns_values_in_order_with_none_for_missing(store: Red
     assert await store.get_many(NS, []) == []
 
 
-async def test_set_many_with_no_items_writes_nothing(store: RedisStore, raw: Redis) -> None:
+async def test_set_many_with_no_items_writes_nothing(store: RedisStore, raw_redis: Redis) -> None:
     await store.set_many(NS, [])
-    assert await raw.keys(f"{store._prefix}:*") == []
+    assert await raw_redis.keys(f"{store._prefix}:*") == []
 
 
 async def test_set_with_ttl_expires_in_whole_milliseconds_rounded_up(
-    store: RedisStore, raw: Redis, key_prefix: str
+    store: RedisStore, raw_redis: Redis, key_prefix: str
 ) -> None:
     await store.set(NS, "ten", b"v", ttl=10)
     await store.set(NS, "tiny", b"v", ttl=0.0001)
     await store.set(NS, "forever", b"v", ttl=None)
     await store.set_many(NS, [("many", b"v", 2.5)])
-    assert 9_000 < await raw.pttl(f"{key_prefix}:{NS}:0:ten") <= 10_000
-    assert await raw.pttl(f"{key_prefix}:{NS}:0:tiny") in {-2, 0, 1}  # 1 ms, maybe gone already
-    assert await raw.pttl(f"{key_prefix}:{NS}:0:forever") == -1
-    assert 2_000 < await raw.pttl(f"{key_prefix}:{NS}:0:many") <= 2_500
+    assert 9_000 < await raw_redis.pttl(f"{key_prefix}:{NS}:0:ten") <= 10_000
+    assert await raw_redis.pttl(f"{key_prefix}:{NS}:0:tiny") in {
+        -2,
+        0,
+        1,
+    }  # 1 ms, maybe gone already
+    assert await raw_redis.pttl(f"{key_prefix}:{NS}:0:forever") == -1
+    assert 2_000 < await raw_redis.pttl(f"{key_prefix}:{NS}:0:many") <= 2_500
 
 
 async def test_delete_returns_whether_the_entry_existed(store: RedisStore) -> None:
@@ -104,11 +98,13 @@ async def test_delete_returns_whether_the_entry_existed(store: RedisStore) -> No
     assert await store.delete(NS, "k") is False
 
 
-async def test_add_stores_only_where_no_entry_is_present(store: RedisStore, raw: Redis) -> None:
+async def test_add_stores_only_where_no_entry_is_present(
+    store: RedisStore, raw_redis: Redis
+) -> None:
     assert await store.add(NS, "k", b"first", ttl=60) is True
     assert await store.add(NS, "k", b"second", ttl=60) is False
     assert await store.get(NS, "k") == b"first"
-    assert 59_000 < await raw.pttl(f"{store._prefix}:{NS}:0:k") <= 60_000
+    assert 59_000 < await raw_redis.pttl(f"{store._prefix}:{NS}:0:k") <= 60_000
 
 
 async def test_ping_returns_when_redis_answers(store: RedisStore) -> None:
@@ -152,7 +148,7 @@ async def test_invalidate_by_another_store_is_seen_on_the_next_read(
 
 
 async def test_writes_by_a_store_with_a_stale_generation_land_in_the_live_one(
-    store: RedisStore, redis_url: str, key_prefix: str, raw: Redis
+    store: RedisStore, redis_url: str, key_prefix: str, raw_redis: Redis
 ) -> None:
     other = RedisStore(url=redis_url, key_prefix=key_prefix)
     try:
@@ -160,7 +156,7 @@ async def test_writes_by_a_store_with_a_stale_generation_land_in_the_live_one(
         await store.invalidate(NS)
         await other.set(NS, "k", b"after invalidate", ttl=60)
         assert await store.get(NS, "k") == b"after invalidate"
-        assert await raw.exists(f"{key_prefix}:{NS}:0:k") == 0  # the misplaced copy is gone
+        assert await raw_redis.exists(f"{key_prefix}:{NS}:0:k") == 0  # the misplaced copy is gone
 
         await store.invalidate(NS)
         await other.set_many(NS, [("m1", b"1", 60), ("m2", b"2", None)])
@@ -184,14 +180,14 @@ async def test_writes_by_a_store_with_a_stale_generation_land_in_the_live_one(
 
 
 async def test_a_fresh_store_finds_the_live_generation_on_its_first_call(
-    store: RedisStore, redis_url: str, key_prefix: str, raw: Redis
+    store: RedisStore, redis_url: str, key_prefix: str, raw_redis: Redis
 ) -> None:
     await store.invalidate(NS)
     await store.invalidate(NS)
     fresh = RedisStore(url=redis_url, key_prefix=key_prefix)
     try:
         await fresh.set_many(NS, [("a", b"1", 60), ("b", b"2", 60)])
-        assert sorted(await raw.keys(f"{key_prefix}:{NS}:*:*")) == [
+        assert sorted(await raw_redis.keys(f"{key_prefix}:{NS}:*:*")) == [
             f"{key_prefix}:{NS}:2:a".encode(),
             f"{key_prefix}:{NS}:2:b".encode(),
         ]
@@ -201,22 +197,24 @@ async def test_a_fresh_store_finds_the_live_generation_on_its_first_call(
 
 
 async def test_invalidate_removes_old_generation_keys_in_the_background(
-    store: RedisStore, raw: Redis, key_prefix: str
+    store: RedisStore, raw_redis: Redis, key_prefix: str
 ) -> None:
     await store.set_many(NS, [(f"k{i}", b"v", None) for i in range(1500)])
     await store.invalidate(NS)
 
     async def old_generation_gone() -> bool:
-        return not [k async for k in raw.scan_iter(match=f"{key_prefix}:{NS}:0:*", count=1000)]
+        return not [
+            k async for k in raw_redis.scan_iter(match=f"{key_prefix}:{NS}:0:*", count=1000)
+        ]
 
     await eventually(old_generation_gone)
-    assert await raw.get(f"{key_prefix}:{NS}:gen") == b"1"
+    assert await raw_redis.get(f"{key_prefix}:{NS}:gen") == b"1"
 
 
 async def test_non_integer_generation_counter_is_a_store_error(
-    store: RedisStore, raw: Redis, key_prefix: str
+    store: RedisStore, raw_redis: Redis, key_prefix: str
 ) -> None:
-    await raw.set(f"{key_prefix}:{NS}:gen", b"not a number")
+    await raw_redis.set(f"{key_prefix}:{NS}:gen", b"not a number")
     with pytest.raises(StoreError, match="not an integer"):
         await store.get(NS, "k")
 
@@ -230,11 +228,11 @@ async def test_namespace_that_could_break_the_key_layout_is_rejected(store: Redi
 
 
 async def test_clear_removes_this_prefix_and_nothing_else(
-    store: RedisStore, raw: Redis, key_prefix: str
+    store: RedisStore, raw_redis: Redis, key_prefix: str
 ) -> None:
     foreign = ["other:key", f"{key_prefix}x:{NS}:0:k", f"{key_prefix}x", key_prefix]
     for key in foreign:
-        await raw.set(key, b"foreign")
+        await raw_redis.set(key, b"foreign")
     await store.set_many(NS, [(f"k{i}", b"v", None) for i in range(1200)])
     await store.set("tools", "t", b"v", ttl=60)
     await store.invalidate("tools")
@@ -244,11 +242,11 @@ async def test_clear_removes_this_prefix_and_nothing_else(
 
     assert await store.get(NS, "k0") is None
     assert await store.get("tools", "t") is None
-    left = sorted([k async for k in raw.scan_iter(match=f"{key_prefix}:*", count=1000)])
+    left = sorted([k async for k in raw_redis.scan_iter(match=f"{key_prefix}:*", count=1000)])
     assert left == [f"{key_prefix}:tools:gen".encode()]  # generations never go backwards
     for key in foreign:
-        assert await raw.get(key) == b"foreign"
-    await raw.delete(*foreign)
+        assert await raw_redis.get(key) == b"foreign"
+    await raw_redis.delete(*foreign)
 
 
 # -- construction and configuration ---------------------------------------------------------------
@@ -268,7 +266,7 @@ def test_from_config_rejects_a_url_with_the_wrong_scheme() -> None:
 
 
 async def test_from_config_applies_timeouts_pool_size_and_prefix(
-    redis_url: str, key_prefix: str, raw: Redis
+    redis_url: str, key_prefix: str, raw_redis: Redis
 ) -> None:
     config = CacheConfig(
         use_redis=True,
@@ -287,7 +285,7 @@ async def test_from_config_applies_timeouts_pool_size_and_prefix(
         assert pool.connection_kwargs["socket_connect_timeout"] == 0.1
         assert pool.connection_kwargs["retry"].get_retries() == 0
         await store.set(NS, "k", b"v", ttl=60)
-        assert await raw.get(f"{key_prefix}:{NS}:0:k") == b"v"
+        assert await raw_redis.get(f"{key_prefix}:{NS}:0:k") == b"v"
     finally:
         await store.aclose()
 
@@ -402,12 +400,12 @@ async def test_calls_after_aclose_fail_and_aclose_is_idempotent(
 
 
 async def test_an_injected_client_is_used_and_left_open(
-    redis_url: str, key_prefix: str, raw: Redis
+    redis_url: str, key_prefix: str, raw_redis: Redis
 ) -> None:
-    store = RedisStore(url="redis://unused.invalid:1/0", key_prefix=key_prefix, client=raw)
+    store = RedisStore(url="redis://unused.invalid:1/0", key_prefix=key_prefix, client=raw_redis)
     await store.set(NS, "k", b"v", ttl=60)
     await store.aclose()
-    assert await raw.get(f"{key_prefix}:{NS}:0:k") == b"v"
+    assert await raw_redis.get(f"{key_prefix}:{NS}:0:k") == b"v"
 
 
 # -- concurrency and cancellation -----------------------------------------------------------------
