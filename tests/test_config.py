@@ -63,6 +63,7 @@ def test_from_env_reads_the_documented_variables(tmp_path: Path) -> None:
         ({"use_redis": True, "redis_url": "redis://"}, "no host"),
         ({"memory_max_entries": 0}, "memory_max_entries"),
         ({"redis_command_timeout": -1}, "redis_command_timeout"),
+        ({"file_timeout": 0}, "file_timeout"),
         ({"namespaces": {"bad/name": NamespacePolicy()}}, "namespace"),
     ],
 )

@@ -22,6 +22,8 @@ import pytest
 
 from toolweaver_async import AsyncToolCache, BreakerSettings, CacheConfig
 
+from .polling import eventually
+
 MakeCache = Callable[..., Awaitable[AsyncToolCache]]
 
 BREAKER = BreakerSettings(failure_threshold=3, recovery_timeout=0.05, max_recovery_timeout=0.1)
@@ -233,3 +235,52 @@ async def test_folder_deleted_underneath_is_a_miss_then_heals(
     await cache.set("again", "written")  # the folders are made again
     assert await reader.get("again") == "written"
     assert file_health(await cache.health_check())["ok"] is True
+
+
+async def test_a_hung_file_read_costs_at_most_file_timeout_and_falls_through_to_redis(
+    make_cache: MakeCache, cache_dir: Path
+) -> None:
+    """A FIFO in place of an entry file blocks its reader's thread in open(), like a dead
+    network mount. The caller is released after file_timeout and is served by Redis; while the
+    step hangs, file calls fail at once instead of queueing behind it."""
+    writer = await make_cache(cache_dir)
+    await writer.set("hung", "from redis")
+    (entry,) = [
+        Path(folder, name)
+        for folder, _, names in os.walk(cache_dir)
+        for name in names
+        if "~" not in folder
+    ]
+    entry.unlink()
+    os.mkfifo(entry)
+    reader = await make_cache(cache_dir, stores=("file", "redis"), file_timeout=0.1)
+    try:
+        async with asyncio.timeout(5):  # a hang fails here, not at pytest-timeout
+            assert await reader.get("hung") == "from redis"
+            await reader.set("meanwhile", "kept")  # the file write fails at once; no exception
+        assert await writer.get("meanwhile") == "kept"  # Redis took it
+        health = file_health(await reader.health_check())
+        assert "deadline 0.1 s" in health["last_error"]
+        assert health["failures"] >= 2
+        assert reader.stats().overall.errors["file"] >= 2
+    finally:
+        await eventually(
+            lambda: _release_fifo_reader(entry) or not entry.exists(),
+            what="the released read to drop the FIFO as a broken entry",
+        )
+    file_only = await make_cache(cache_dir, stores=("file",), file_timeout=0.1)
+
+    async def file_store_works_again() -> bool:
+        await reader.set("after", "on disk")
+        return await file_only.get("after") == "on disk"
+
+    await eventually(file_store_works_again, what="the file store to serve again")
+
+
+def _release_fifo_reader(fifo: Path) -> None:
+    """Open the FIFO's write end and close it: the blocked reader sees an empty file."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # no reader waiting (ENXIO): nothing is blocked
+        return
+    os.close(fd)

@@ -600,3 +600,24 @@ async def test_no_operation_blocks_the_event_loop(
     await store.invalidate(NS)
     await store.clear()
     await store.aclose()
+
+
+def test_one_store_serves_one_event_loop_after_another(tmp_path: Path) -> None:
+    """Tests and scripts often call asyncio.run more than once with one long-lived store."""
+    store = FileStore(root=tmp_path, key_prefix="p")
+    asyncio.run(store.set("ns", "k", b"first loop", None))
+    assert asyncio.run(store.get("ns", "k")) == b"first loop"
+
+
+async def test_concurrent_reads_and_writes_each_get_their_own_answer(tmp_path: Path) -> None:
+    """Steps share worker hops (WorkerLane); every caller still gets its own key's answer."""
+    store = FileStore(root=tmp_path, key_prefix="p")
+    await asyncio.gather(*(store.set("ns", f"k{n}", b"v%d" % n, None) for n in range(200)))
+    reads = await asyncio.gather(*(store.get("ns", f"k{n}") for n in range(220)))
+    assert reads == [b"v%d" % n for n in range(200)] + [None] * 20
+
+
+def test_step_timeout_must_be_positive_or_none(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="step_timeout"):
+        FileStore(root=tmp_path, key_prefix="p", step_timeout=0)
+    assert FileStore(root=tmp_path, key_prefix="p", step_timeout=None).step_timeout is None

@@ -52,8 +52,6 @@ class _WrongType:
 
 _WRONG_TYPE = _WrongType()
 WRONG_TYPE: Any = _WRONG_TYPE  # the same marker, untyped, where values of any type flow
-# A file operation slower than this counts as a failure for the file store's breaker.
-_FILE_SLOW_CALL_SECONDS = 1.0
 
 
 async def _settle(writes: asyncio.Future[Any]) -> None:
@@ -210,7 +208,7 @@ class AsyncToolCache(ToolShapedHelpers):
         )
 
     def _breaker_for(self, store: Store) -> CircuitBreaker:
-        slow = {"redis": self.config.redis_command_timeout, "file": _FILE_SLOW_CALL_SECONDS}
+        slow = {"redis": self.config.redis_command_timeout, "file": self.config.file_timeout}
         return CircuitBreaker.from_settings(
             self.config.breaker, name=store.name, slow_call_timeout=slow.get(store.name)
         )

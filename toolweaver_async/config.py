@@ -139,6 +139,8 @@ class CacheConfig:
     memory_max_bytes: int = 64 * 1024 * 1024
     # file layer
     file_max_bytes: int = 1024 * 1024 * 1024
+    # a read, write or delete not done by then fails (and counts against the file breaker)
+    file_timeout: float = 1.0
     # any value
     max_value_bytes: int = 16 * 1024 * 1024
     # Redis: a dead or black-holed server must cost milliseconds, not seconds
@@ -183,7 +185,7 @@ class CacheConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("redis_connect_timeout", "redis_command_timeout"):
+        for name in ("redis_connect_timeout", "redis_command_timeout", "file_timeout"):
             value = getattr(self, name)
             if not (_is_number(value) and value > 0):
                 raise ConfigError(f"{name} must be > 0 seconds, got {value!r}")

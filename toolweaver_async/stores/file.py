@@ -2,11 +2,14 @@
 
 The file name is a hash of the key, so any key is safe and of any length; the file records the
 full key, so a collision or a foreign file reads as a miss, never as someone else's value. Every
-operation is one plain synchronous function run in one worker-thread hop.
+operation is one plain synchronous function run on a worker thread: reads, writes and deletes
+in a ``WorkerLane`` (concurrent ones share a hop), the long ones (eviction, invalidate, clear)
+in a hop of their own so that they never hold up a read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
@@ -25,6 +28,7 @@ import aiofiles.os
 from ..config import CacheConfig, check_name
 from ..errors import ConfigError, StoreError
 from .base import StoreItem
+from .worker_lane import WorkerLane
 
 __all__ = ["FileStore"]
 
@@ -476,11 +480,15 @@ class FileStore:
         root: Path,
         key_prefix: str,
         max_bytes: int = 1024 * 1024 * 1024,
+        step_timeout: float | None = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         check_name(key_prefix, what="key_prefix")
         if not isinstance(max_bytes, int) or max_bytes < 1:
             raise ConfigError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+        if step_timeout is not None and not step_timeout > 0:
+            raise ConfigError(f"step_timeout must be None or > 0 seconds, got {step_timeout!r}")
+        self.step_timeout = step_timeout
         self.root = Path(root)
         self.key_prefix = key_prefix
         self.max_bytes = max_bytes
@@ -489,6 +497,7 @@ class FileStore:
         self._clock = clock  # wall clock: expiry times are persisted and shared by processes
         self._folders: dict[str, str] = {}
         self._ledger = _Ledger()
+        self._lane: WorkerLane | None = None
 
     @classmethod
     def from_config(
@@ -499,6 +508,7 @@ class FileStore:
             root=config.cache_dir,
             key_prefix=config.key_prefix,
             max_bytes=config.file_max_bytes,
+            step_timeout=config.file_timeout,
             clock=clock if clock is not None else time.time,
         )
 
@@ -521,13 +531,13 @@ class FileStore:
 
     async def get(self, namespace: str, key: str) -> bytes | None:
         folder = self._folder(namespace)
-        return await self._run("read", _read_entry, self._ledger, folder, key, self._clock())
+        return await self._step("read", _read_entry, self._ledger, folder, key, self._clock())
 
     async def get_many(self, namespace: str, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
         folder = self._folder(namespace)
-        return await self._run("read", _read_entries, self._ledger, folder, keys, self._clock())
+        return await self._step("read", _read_entries, self._ledger, folder, keys, self._clock())
 
     async def set(self, namespace: str, key: str, data: bytes, ttl: float | None) -> None:
         await self.set_many(namespace, ((key, data, ttl),))
@@ -536,7 +546,7 @@ class FileStore:
         folder = self._folder(namespace)
         now = self._clock()
         expires_at = _NEVER if ttl is None else now + ttl
-        added = await self._run(
+        added = await self._step(
             "write", _add_entry, self._ledger, folder, key, data, expires_at, now
         )
         if added:
@@ -549,12 +559,12 @@ class FileStore:
         folder = self._folder(namespace)
         now = self._clock()
         rows = [(key, data, _NEVER if ttl is None else now + ttl) for key, data, ttl in items]
-        await self._run("write", _write_entries, self._ledger, folder, rows)
+        await self._step("write", _write_entries, self._ledger, folder, rows)
         await self._keep_bounded()
 
     async def delete(self, namespace: str, key: str) -> bool:
         folder = self._folder(namespace)
-        return await self._run("delete", _delete_entry, self._ledger, folder, key)
+        return await self._step("delete", _delete_entry, self._ledger, folder, key)
 
     async def invalidate(self, namespace: str) -> None:
         self._folder(namespace)
@@ -564,7 +574,7 @@ class FileStore:
         await self._run("clear", _trash_folders, self._ledger, self._base, None)
 
     async def ping(self) -> None:
-        await self._run("write a probe file", _probe, self._base)
+        await self._step("write a probe file", _probe, self._base)
 
     async def aclose(self) -> None:
         """Nothing to release: no file stays open between calls and the threads are the loop's."""
@@ -584,12 +594,27 @@ class FileStore:
             folder = self._folders[namespace] = os.path.join(self._base, namespace)
         return folder
 
+    async def _step(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """A short step (one entry, or one batch of entries) in this loop's lane, bounded by
+        ``step_timeout``."""
+        loop = asyncio.get_running_loop()
+        lane = self._lane
+        if lane is None or lane.loop is not loop:  # first call, or the store moved to a new loop
+            lane = self._lane = WorkerLane(loop, deadline=self.step_timeout)
+        try:
+            result: T = await lane.run(fn, *args)
+        except OSError as exc:  # TimeoutError included
+            raise self._error(what, exc) from exc
+        return result
+
     async def _run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
-        """The one hop and the one seam where OS errors become ``StoreError``."""
+        """A long step (maintenance, invalidate, clear) in a hop of its own, unbounded."""
         try:
             result: T = await _in_worker(fn, *args)
         except OSError as exc:
-            raise StoreError(
-                f"file store could not {what} in {self._base}: {exc}", store="file"
-            ) from exc
+            raise self._error(what, exc) from exc
         return result
+
+    def _error(self, what: str, exc: OSError) -> StoreError:
+        """The one seam where OS errors become ``StoreError``."""
+        return StoreError(f"file store could not {what} in {self._base}: {exc}", store="file")

@@ -1,0 +1,200 @@
+"""WorkerLane: concurrent blocking steps share worker-thread hops, in order, each with its own
+result or error; a step past the deadline releases everyone and stalls the lane until it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from toolweaver_async.stores.worker_lane import WorkerLane
+
+from .polling import eventually
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """Counts hops: each submit is one trip to a worker thread."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=4)
+        self.hops = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.hops += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.fixture
+def executor() -> Iterator[CountingExecutor]:
+    pool = CountingExecutor()
+    yield pool
+    pool.shutdown(wait=True)
+
+
+def _lane(executor: CountingExecutor, deadline: float | None = None) -> WorkerLane:
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(executor)
+    return WorkerLane(loop, deadline=deadline)
+
+
+class Gate:
+    """A step that blocks its worker thread until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def __call__(self, value: Any = "gate") -> Any:
+        self.entered.set()
+        if not self.opened.wait(timeout=10):
+            raise AssertionError("gate never opened")
+        return value
+
+
+async def _wait_entered(gate: Gate) -> None:
+    await eventually(gate.entered.is_set, what="the gated step to start")
+
+
+async def test_a_lone_step_goes_out_at_once_in_one_hop(executor: CountingExecutor) -> None:
+    lane = _lane(executor)
+    assert await lane.run(lambda a, b: a + b, 2, 3) == 5
+    assert executor.hops == 1
+
+
+async def test_steps_asked_during_a_hop_share_the_next_hop_in_order(
+    executor: CountingExecutor,
+) -> None:
+    lane = _lane(executor)
+    order: list[int] = []
+    gate = Gate()
+    first = lane.run(gate)
+    await _wait_entered(gate)
+    later = [lane.run(lambda n=n: order.append(n) or n) for n in range(10)]
+    assert executor.hops == 1  # all ten wait for the hop in flight
+    gate.opened.set()
+    assert await first == "gate"
+    assert await asyncio.gather(*later) == list(range(10))
+    assert order == list(range(10))
+    assert executor.hops == 2
+
+
+async def test_a_hop_takes_at_most_64_steps(executor: CountingExecutor) -> None:
+    lane = _lane(executor)
+    gate = Gate()
+    first = lane.run(gate)
+    await _wait_entered(gate)
+    later = [lane.run(lambda n=n: n) for n in range(100)]
+    gate.opened.set()
+    await first
+    assert await asyncio.gather(*later) == list(range(100))
+    assert executor.hops == 3  # the gate, then 64, then 36
+
+
+async def test_a_failing_step_fails_only_its_own_waiter(executor: CountingExecutor) -> None:
+    lane = _lane(executor)
+    gate = Gate()
+    first = lane.run(gate)
+    await _wait_entered(gate)
+
+    def boom() -> None:
+        raise PermissionError("no entry for you")
+
+    before, failing, after = lane.run(lambda: 1), lane.run(boom), lane.run(lambda: 3)
+    gate.opened.set()
+    await first
+    assert await before == 1
+    with pytest.raises(PermissionError, match="no entry"):
+        await failing
+    assert await after == 3
+
+
+async def test_a_cancelled_waiter_stops_waiting_but_its_step_still_runs(
+    executor: CountingExecutor,
+) -> None:
+    lane = _lane(executor)
+    gate = Gate()
+    ran: list[str] = []
+    first = lane.run(gate)
+    await _wait_entered(gate)
+    cancelled = lane.run(lambda: ran.append("cancelled one"))
+    kept = lane.run(lambda: ran.append("kept") or "kept")
+    cancelled.cancel()
+    gate.opened.set()
+    await first
+    assert await kept == "kept"
+    assert ran == ["cancelled one", "kept"]
+
+
+async def test_a_step_past_the_deadline_releases_every_waiter_and_stalls_the_lane(
+    executor: CountingExecutor,
+) -> None:
+    lane = _lane(executor, deadline=0.05)
+    gate = Gate()
+    stuck = lane.run(gate)
+    await _wait_entered(gate)
+    queued = lane.run(lambda: "queued")
+    with pytest.raises(TimeoutError, match=r"deadline 0\.05 s"):
+        await stuck
+    with pytest.raises(TimeoutError):
+        await queued
+    assert lane.stalled
+    hops = executor.hops
+    refused = lane.run(lambda: "not run")
+    assert refused.done()  # failed at once, no waiting behind the hung step
+    with pytest.raises(TimeoutError, match="has been running"):
+        await refused
+    assert executor.hops == hops
+    gate.opened.set()
+    await eventually(lambda: not lane.stalled, what="the stuck step to return")
+    assert await lane.run(lambda: "again") == "again"
+
+
+async def test_a_step_that_escapes_with_a_base_exception_fails_its_hop_not_the_lane(
+    executor: CountingExecutor,
+) -> None:
+    class Escape(BaseException):
+        pass
+
+    def escape() -> None:
+        raise Escape
+
+    lane = _lane(executor)
+    gate = Gate()
+    first = lane.run(gate)
+    await _wait_entered(gate)
+    doomed, neighbour = lane.run(escape), lane.run(lambda: "neighbour")
+    gate.opened.set()
+    await first
+    for waiter in (doomed, neighbour):
+        with pytest.raises(RuntimeError, match="worker step died"):
+            await waiter
+    assert await lane.run(lambda: "still working") == "still working"
+
+
+async def test_a_shut_down_executor_fails_the_steps_instead_of_hanging() -> None:
+    pool = ThreadPoolExecutor(max_workers=1)
+    pool.shutdown()
+    lane = WorkerLane(asyncio.get_running_loop())
+    asyncio.get_running_loop().set_default_executor(pool)
+    with pytest.raises(RuntimeError):
+        await lane.run(lambda: "never")
+    fresh = CountingExecutor()
+    try:
+        asyncio.get_running_loop().set_default_executor(fresh)
+        assert await lane.run(lambda: "recovered") == "recovered"
+    finally:
+        fresh.shutdown(wait=True)
+
+
+def test_the_deadline_must_be_positive() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(ValueError, match="deadline"):
+            WorkerLane(loop, deadline=0)
+    finally:
+        loop.close()

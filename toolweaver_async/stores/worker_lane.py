@@ -1,0 +1,138 @@
+"""A lane of short blocking steps run on worker threads, one hop at a time, per event loop.
+
+A lone step goes out at once, in one hop to the loop's default executor. Steps that arrive
+while that hop runs wait and then share the next hop, in the order they were asked. Fifty agents
+reading files cost a few hops instead of fifty: each hop is a thread wake-up, a GIL handover and a
+wake-up of the loop, and those, not the reads, were most of a contended file get (issue 3: at
+about 6 000 gets/s, p50 2.2 ms / p99 5.7 ms with a hop per step, 0.7 / 2.0 ms in a lane).
+
+A step that runs past ``deadline`` releases its waiters with ``TimeoutError`` and stalls the lane:
+until it returns, new steps fail at once instead of queueing behind a hung disk, so callers (and
+the file store's breaker) see the failure in ``deadline`` seconds, not never.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["WorkerLane"]
+
+T = TypeVar("T")
+
+# Steps per hop at most: a waiter gets its result when its whole hop is done, so a hop of
+# hundreds of steps would make the first ones wait for the last.
+_MAX_STEPS_PER_HOP = 64
+
+_Step = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+
+
+class _Failed:
+    """A step's exception, carried back from the worker thread beside the other results."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _run_steps(steps: list[_Step]) -> list[Any]:
+    """The hop: every step in order, each one's result or exception, none stopping the next."""
+    results: list[Any] = []
+    for fn, args, _waiter in steps:
+        try:
+            results.append(fn(*args))
+        except Exception as exc:
+            results.append(_Failed(exc))
+    return results
+
+
+class WorkerLane:
+    """Runs blocking steps on ``loop``'s default executor, one hop in flight at a time."""
+
+    __slots__ = ("_deadline", "_hop", "_pending", "_stalled_since", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, deadline: float | None = None) -> None:
+        if deadline is not None and not deadline > 0:
+            raise ValueError(f"deadline must be None or > 0 seconds, got {deadline!r}")
+        self.loop = loop
+        self._deadline = deadline
+        self._pending: list[_Step] = []
+        self._hop: list[_Step] | None = None  # the steps of the hop in flight
+        self._stalled_since: float | None = None
+
+    def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """``fn(*args)`` on a worker thread; the future is its result. A cancelled waiter only
+        stops waiting: a step that has been asked runs all the same, like any executor job."""
+        waiter: asyncio.Future[T] = self.loop.create_future()
+        if self._stalled_since is not None:
+            waiter.set_exception(self._stall_error())
+            return waiter
+        self._pending.append((fn, args, waiter))
+        if self._hop is None:
+            self._dispatch()
+        return waiter
+
+    @property
+    def stalled(self) -> bool:
+        """True while a step has run past the deadline and not returned yet."""
+        return self._stalled_since is not None
+
+    def _dispatch(self) -> None:
+        steps = self._pending[:_MAX_STEPS_PER_HOP]
+        del self._pending[:_MAX_STEPS_PER_HOP]
+        self._hop = steps
+        try:
+            done = self.loop.run_in_executor(None, _run_steps, steps)
+        except RuntimeError as exc:  # the executor is shut down: the loop is closing
+            self._hop = None
+            self._fail(steps + self._pending, exc)
+            self._pending = []
+            return
+        watchdog = None
+        if self._deadline is not None:
+            watchdog = self.loop.call_later(self._deadline, self._overdue, steps)
+        done.add_done_callback(lambda hop: self._landed(steps, hop, watchdog))
+
+    def _landed(self, steps: list[_Step], hop: asyncio.Future[list[Any]], watchdog: Any) -> None:
+        if watchdog is not None:
+            watchdog.cancel()
+        self._hop = None
+        self._stalled_since = None
+        error = hop.exception()
+        if error is not None:  # only a BaseException gets past _run_steps
+            self._fail(steps, RuntimeError(f"worker step died: {error!r}"))
+        else:
+            for (_fn, _args, waiter), result in zip(steps, hop.result(), strict=True):
+                if waiter.done():
+                    continue  # cancelled, or released by the watchdog
+                if isinstance(result, _Failed):
+                    waiter.set_exception(result.error)
+                else:
+                    waiter.set_result(result)
+        if self._pending:
+            self._dispatch()
+
+    def _overdue(self, steps: list[_Step]) -> None:
+        """The hop in flight ran past the deadline: release its waiters and everyone queued
+        behind it, and refuse new steps until it returns."""
+        if self._hop is not steps:
+            return
+        self._stalled_since = self.loop.time() - (self._deadline or 0.0)
+        error = self._stall_error()
+        self._fail(steps + self._pending, error)
+        self._pending = []
+
+    def _stall_error(self) -> TimeoutError:
+        assert self._stalled_since is not None
+        running = self.loop.time() - self._stalled_since
+        return TimeoutError(
+            f"a step has been running for {running:.1f} s (deadline {self._deadline} s)"
+        )
+
+    @staticmethod
+    def _fail(steps: list[_Step], error: BaseException) -> None:
+        for _fn, _args, waiter in steps:
+            if not waiter.done():
+                waiter.set_exception(error)
