@@ -173,11 +173,14 @@ async def drive(
             _, what, action = events.pop(0)
             if what in ("restart", "resume"):
                 run_.down = False  # writes from here on may land directly
+            # Recovery counts from before the restart call: Redis may answer (and the breaker
+            # close) before start() has returned, so its end would understate the time.
+            begun = time.perf_counter()
             await loop.run_in_executor(None, action)
             if what in ("kill", "pause"):
                 run_.down = True
             if what in ("restart", "resume"):
-                healed[what] = run_.healed_at[what] = time.perf_counter()
+                healed[what] = run_.healed_at[what] = begun
                 run_.open_period[what] = open_period()
                 run_.recovery[what] = None
         for what, at in healed.items():
@@ -430,7 +433,8 @@ async def main() -> None:
                 took is not None and took <= limit,
                 note=(
                     f"the breaker's open period when Redis came back was {period:.2f} s (2 s, "
-                    f"doubled per failed probe); closed after "
+                    f"doubled per failed probe), cut short by the health ping (every "
+                    f"{defaults.health_check_interval} s while open); closed after "
                     f"{'—' if closed is None else f'{closed:.2f} s'}, journal replayed "
                     f"{replay} later"
                 ),

@@ -307,6 +307,44 @@ def test_probe_failure_reopens_with_doubled_timeout_capped_at_max(clock: FakeClo
     assert breaker.current_recovery_timeout == 1.0  # back to base after closing
 
 
+def test_end_open_period_makes_the_next_call_the_probe_and_keeps_the_growth(
+    clock: FakeClock,
+) -> None:
+    breaker = make_breaker(
+        clock, failure_threshold=1, recovery_timeout=10.0, max_recovery_timeout=100.0
+    )
+    breaker.end_open_period()  # closed: nothing to end
+    assert breaker.state is CLOSED
+    breaker.record_failure()
+    assert not breaker.allow()
+    breaker.end_open_period("pinged")
+    assert breaker.state is HALF_OPEN  # no clock advance needed
+    assert breaker.allow()
+    breaker.record_failure()  # it answered the ping, not the probe
+    assert breaker.state is OPEN
+    assert breaker.current_recovery_timeout == 20.0  # grown, as after any failed probe
+    breaker.end_open_period()
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state is CLOSED
+
+
+def test_epoch_changes_with_every_state_change_and_reset(clock: FakeClock) -> None:
+    breaker = make_breaker(clock, failure_threshold=1, recovery_timeout=1.0)
+    seen = [breaker.epoch]
+    breaker.record_failure()  # open
+    seen.append(breaker.epoch)
+    clock.advance(1.0)
+    assert breaker.state is HALF_OPEN
+    seen.append(breaker.epoch)
+    breaker.reset()
+    seen.append(breaker.epoch)
+    breaker.record_success()  # closed + success: no change
+    seen.append(breaker.epoch)
+    assert seen[:4] == sorted(set(seen[:4]))
+    assert seen[4] == seen[3]
+
+
 @pytest.mark.parametrize("r", [0.0, 0.25, 0.5, 0.75, 0.999999])
 def test_recovery_timeout_is_jittered_within_bounds(clock: FakeClock, r: float) -> None:
     breaker = make_breaker(

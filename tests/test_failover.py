@@ -88,7 +88,12 @@ async def test_open_breaker_skips_redis_with_no_io_at_all(
     make_cache: MakeCache, proxy: TcpProxy
 ) -> None:
     cache = await make_cache(
-        redis_url=proxy.url, breaker=BreakerSettings(recovery_timeout=60, max_recovery_timeout=60)
+        redis_url=proxy.url,
+        breaker=BreakerSettings(
+            recovery_timeout=60,
+            max_recovery_timeout=60,
+            health_check_interval=None,  # no background ping either: this test counts bytes
+        ),
     )
     await cache.set("warm", 1)
     redis_layer(cache).breaker.trip()
@@ -136,6 +141,32 @@ async def test_half_open_redis_gets_probe_traffic_only(
     assert len(reached) == probes
     assert 1 <= proxy.count(b"MGET") <= probes  # concurrent gets may share one MGET
     assert layer.breaker.state is BreakerState.CLOSED
+
+
+async def test_redis_is_used_again_soon_after_it_returns_however_long_the_open_period(
+    make_cache: MakeCache, own_redis_server: RedisServer
+) -> None:
+    """The breaker's open period has grown to a minute; the background health ping still
+    brings Redis back (journal replayed) within a fraction of a second of its restart."""
+    cache = await make_cache(
+        redis_url=own_redis_server.url,
+        stores=("redis", "file"),
+        breaker=BreakerSettings(
+            failure_threshold=1,
+            recovery_timeout=60,
+            max_recovery_timeout=60,
+            health_check_interval=0.05,
+        ),
+    )
+    reader = await make_cache(redis_url=own_redis_server.url, stores=("redis",))
+    own_redis_server.kill()
+    await cache.set("k", "written while Redis was away")  # fails, opens the breaker, journaled
+    breaker = redis_layer(cache).breaker
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.snapshot()["seconds_until_probe"] > 50
+    own_redis_server.start()
+    await eventually(recovered(cache), within=5, what="breaker closed and journal replayed")
+    assert await reader.get("k") == "written while Redis was away"
 
 
 async def test_paused_redis_costs_at_most_the_command_timeout_per_call_then_nothing(

@@ -241,3 +241,51 @@ async def test_callers_never_wait_out_a_probe_while_the_replay_can_probe(store: 
     clock.now += 10  # the open period is over: the next call would be the probe
     assert await guard.get("ns", "other") is SKIPPED  # the replay probes, not this caller
     assert store.calls == []
+
+
+async def test_a_late_answer_from_before_the_trip_does_not_count_as_the_probe(
+    store: FakeStore,
+) -> None:
+    clock = Clock()
+    guard = guarded(store, journal=False, clock=clock, recovery_timeout=5, max_recovery_timeout=5)
+    store.gate, store.gated = asyncio.Event(), {"get"}
+    early = asyncio.ensure_future(guard.get("ns", "k"))  # admitted while closed, held
+    async with asyncio.timeout(1):
+        while not store.calls:
+            await asyncio.sleep(0.001)
+    guard.breaker.trip()
+    clock.now += 5
+    assert guard.breaker.state is BreakerState.HALF_OPEN
+    store.gate.set()
+    assert await early is None  # the caller still gets its answer
+    assert guard.breaker.state is BreakerState.HALF_OPEN  # but the breaker did not close
+
+
+async def test_an_open_store_is_pinged_off_the_callers_path_and_back_soon(
+    store: FakeStore,
+) -> None:
+    """recovery_timeout is a minute: only the watch's ping can bring it back this soon."""
+    guard = GuardedStore(
+        store,
+        CircuitBreaker(
+            name="redis", failure_threshold=1, recovery_timeout=60, max_recovery_timeout=60
+        ),
+        journal=None,
+        watch_interval=0.01,
+    )
+    store.failing = True
+    assert await guard.get("ns", "k") is FAILED
+    assert guard.breaker.state is BreakerState.OPEN
+    async with asyncio.timeout(2):
+        while sum(call[0] == "ping" for call in store.calls) < 3:
+            await asyncio.sleep(0.002)  # pings keep failing: the breaker stays open
+    assert guard.breaker.state is BreakerState.OPEN
+    store.failing = False
+    async with asyncio.timeout(2):
+        while guard.breaker.state is BreakerState.OPEN:
+            await asyncio.sleep(0.002)
+    assert guard.breaker.state is BreakerState.HALF_OPEN
+    store.data[("ns", "k")] = b"back"
+    assert await guard.get("ns", "k") == b"back"  # the probe
+    assert guard.breaker.state is BreakerState.CLOSED
+    await guard.aclose()

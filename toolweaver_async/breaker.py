@@ -204,6 +204,13 @@ class CircuitBreaker:
         return self._opened_at
 
     @property
+    def epoch(self) -> int:
+        """Changes with every state change and reset. A caller pairing ``allow()`` with
+        ``record_*`` itself drops an outcome whose call was admitted in an older epoch: it
+        describes a store the breaker has judged since (as :meth:`call` does)."""
+        return self._epoch
+
+    @property
     def current_recovery_timeout(self) -> float:
         """Length of the current (or, when closed, the next base) open period in seconds."""
         return self._open_period
@@ -283,6 +290,14 @@ class CircuitBreaker:
         """Force OPEN now, e.g. for a store that did not answer at start-up."""
         if self._state is not _OPEN:
             self._enter(_OPEN, "forced")
+
+    def end_open_period(self, reason: str = "store answered a health check") -> None:
+        """Evidence that the store is back (a health check it answered): end the open period
+        now, so the next call is the half-open probe. The count of failed probes stays, so a
+        probe that still fails reopens the breaker for longer, as after any failed probe."""
+        if self._state is _OPEN:
+            self._probe_at = self._clock()
+            self._apply(_Event.RECOVERY_DUE, reason)
 
     def add_listener(self, listener: BreakerListener) -> None:
         self._listeners.append(listener)

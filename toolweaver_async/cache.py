@@ -184,9 +184,10 @@ class AsyncToolCache(ToolShapedHelpers):
         gets an outage journal (on disk beside the file store when the chain has one) so that
         it never serves a value older than one written while it was down, and a deadline per
         call unless the store bounds its calls itself."""
-        if store.name != "redis":
-            return GuardedStore(store, self._breaker_for(store))
         config = self.config
+        watch = config.breaker.health_check_interval
+        if store.name != "redis":
+            return GuardedStore(store, self._breaker_for(store), watch_interval=watch)
         folder = None
         if "file" in config.enabled_stores:
             # Beside the prefix folder, not in it: FileStore.clear() empties that one. '~' cannot
@@ -205,6 +206,7 @@ class AsyncToolCache(ToolShapedHelpers):
             self._breaker_for(store),
             journal=journal,
             deadline=None if bounded else config.redis_command_timeout,
+            watch_interval=watch,
         )
 
     def _breaker_for(self, store: Store) -> CircuitBreaker:

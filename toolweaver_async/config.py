@@ -101,6 +101,9 @@ class BreakerSettings:
     failure_rate_threshold: float = 0.5
     window_size: int = 50
     minimum_calls: int = 20
+    # While open, ping the store this often off the agents' path; an answer ends the open
+    # period early (see recovery_watch.py). None: wait out the open period.
+    health_check_interval: float | None = 0.5
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1 or self.half_open_max_calls < 1:
@@ -111,6 +114,9 @@ class BreakerSettings:
             raise ConfigError("failure_rate_threshold must be in (0, 1]")
         if self.window_size < 1 or not 1 <= self.minimum_calls <= self.window_size:
             raise ConfigError("need window_size >= 1 and 1 <= minimum_calls <= window_size")
+        interval = self.health_check_interval
+        if interval is not None and not (_is_number(interval) and interval > 0):
+            raise ConfigError(f"health_check_interval must be None or > 0, got {interval!r}")
 
 
 def _default_cache_dir() -> Path:

@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar
 
 from .breaker import BreakerState, CircuitBreaker
 from .journal import JournalClear, JournalDelete, JournalInvalidate, JournalOp, OutageJournal
+from .recovery_watch import RecoveryWatch
 from .stores.base import Store, StoreItem
 
 __all__ = ["FAILED", "SKIPPED", "GuardedStore", "Unreachable"]
@@ -74,6 +75,7 @@ class GuardedStore:
         "_closed",
         "_replayer",
         "_wake",
+        "_watch",
         "breaker",
         "deadline",
         "failures",
@@ -90,6 +92,7 @@ class GuardedStore:
         *,
         journal: OutageJournal | None = None,
         deadline: float | None = None,
+        watch_interval: float | None = None,
     ) -> None:
         self.store = store
         self.breaker = breaker
@@ -104,6 +107,11 @@ class GuardedStore:
         if journal is not None:
             journal.on_pending = self._start_replay
             breaker.add_listener(self._breaker_changed)
+        self._watch = None
+        if watch_interval is not None:
+            self._watch = RecoveryWatch(
+                breaker, store.ping, interval=watch_interval, name=store.name
+            )
 
     # -- the one seam ----------------------------------------------------------------------
 
@@ -124,6 +132,9 @@ class GuardedStore:
             return SKIPPED
         if not breaker.allow():
             return SKIPPED
+        # An outcome that arrives after the breaker changed state (a call admitted before a
+        # trip, answering during the half-open probe) must not count as the probe.
+        epoch = breaker.epoch
         started = time.monotonic()
         try:
             if deadline is None:
@@ -132,7 +143,8 @@ class GuardedStore:
                 async with asyncio.timeout(deadline):
                     result = await fn(*args)
         except Exception as exc:
-            breaker.record_failure()
+            if breaker.epoch == epoch:
+                breaker.record_failure()
             self.failures += 1
             if isinstance(exc, TimeoutError) and not str(exc):
                 self.last_error = f"TimeoutError: no answer within {deadline} s"
@@ -141,9 +153,11 @@ class GuardedStore:
             logger.debug("%s store call failed: %s", self.name, self.last_error)
             return FAILED
         except BaseException:
-            breaker.release()  # cancelled: neither a success nor a failure
+            if breaker.epoch == epoch:
+                breaker.release()  # cancelled: neither a success nor a failure
             raise
-        breaker.record_success(time.monotonic() - started)
+        if breaker.epoch == epoch:
+            breaker.record_success(time.monotonic() - started)
         return result
 
     # -- reads -----------------------------------------------------------------------------
@@ -288,8 +302,10 @@ class GuardedStore:
             await self.journal.open()
 
     async def aclose(self) -> None:
-        """Stop replaying and write the journal to disk. The store itself stays open."""
+        """Stop replaying and watching, write the journal to disk. The store stays open."""
         self._closed = True
+        if self._watch is not None:
+            await self._watch.aclose()
         replayer = self._replayer
         if replayer is not None and not replayer.done():
             replayer.cancel()
