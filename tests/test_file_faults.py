@@ -211,8 +211,10 @@ async def test_corrupt_and_truncated_entries_fall_through_to_redis(
     reader = await make_cache(cache_dir, stores=("file", "redis"))  # the file store first
     assert await reader.get("torn") == "from redis"
     assert await reader.get("garbled") == "from redis"
+    assert reader.stats().overall.corrupt == 2  # counted in stats() ...
+    assert reader.stats().namespaces["default"].corrupt == 2
     health = file_health(await reader.health_check())
-    assert health["corrupt_removed"] == 2
+    assert health["corrupt_removed"] == 2  # ... and shown by health_check()
     assert health["ok"] is True  # broken entries are not a broken store
 
 

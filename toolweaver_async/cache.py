@@ -828,7 +828,17 @@ class AsyncToolCache(ToolShapedHelpers):
     # -- introspection --------------------------------------------------------------------
     def stats(self) -> CacheStats:
         """Counters per namespace and overall: hits per store, misses, errors, loaders ..."""
-        return self._stats.snapshot()
+        return self._stats.snapshot(self._corrupt_in_stores())
+
+    def _corrupt_in_stores(self) -> dict[str, int]:
+        """Broken entries stores found and dropped themselves (the file store judges its own
+        headers), per namespace; the coordinator counts the broken payloads it decodes."""
+        found: dict[str, int] = {}
+        for layer in self._layers:
+            counts = getattr(layer.store, "corrupt_by_namespace", None)
+            for namespace, count in (counts or {}).items():
+                found[namespace] = found.get(namespace, 0) + count
+        return found
 
     async def health_check(self) -> dict[str, Any]:
         """Which stores answer now, their breaker states, and why Redis is not in use."""
@@ -842,7 +852,7 @@ class AsyncToolCache(ToolShapedHelpers):
                 "entries": len(self._memory),
                 "bytes": self._memory.size_bytes,
             }
-        errors = self._stats.snapshot().overall.errors
+        errors = self.stats().overall.errors
 
         async def ping(layer: GuardedStore) -> None:
             error: str | None = None

@@ -114,21 +114,28 @@ class StatsRecorder:
             found = self._by_namespace[namespace] = NamespaceCounters(self._store_names)
         return found
 
-    def snapshot(self) -> CacheStats:
-        per_namespace = {name: _freeze(c) for name, c in sorted(self._by_namespace.items())}
+    def snapshot(self, corrupt_in_stores: Mapping[str, int] | None = None) -> CacheStats:
+        """Frozen counters; ``corrupt_in_stores`` adds broken entries that a store found and
+        dropped itself, per namespace (the file store checks its own file headers)."""
+        for namespace in corrupt_in_stores or ():
+            self.counters(namespace)
+        per_namespace = {
+            name: _freeze(c, (corrupt_in_stores or {}).get(name, 0))
+            for name, c in sorted(self._by_namespace.items())
+        }
         return CacheStats(
             overall=_sum(per_namespace.values(), self._store_names), namespaces=per_namespace
         )
 
 
-def _freeze(c: NamespaceCounters) -> NamespaceStats:
+def _freeze(c: NamespaceCounters, corrupt_in_stores: int) -> NamespaceStats:
     return NamespaceStats(
         hits=dict(c.hits),
         misses=c.misses,
         sets=c.sets,
         deletes=c.deletes,
         errors=dict(c.errors),
-        corrupt=c.corrupt,
+        corrupt=c.corrupt + corrupt_in_stores,
         type_mismatches=c.type_mismatches,
         stale_served=c.stale_served,
         coalesced=c.coalesced,

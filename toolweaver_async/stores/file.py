@@ -74,6 +74,8 @@ class _Ledger:
         # awaiting caller that is cancelled would release an anyio.Lock while its thread still runs.
         self.maintenance = threading.Lock()
         self.corrupt_removed = 0
+        # Broken entries met by reads, per namespace, for the cache's stats()
+        self.corrupt_read: dict[str, int] = {}
         self.expired_removed = 0
         self.evicted = 0
         self.size: int | None = None  # None until the first scan
@@ -135,11 +137,15 @@ def _read_entry(ledger: _Ledger, folder: str, key: str, now: float) -> bytes | N
         judged = os.fstat(fd)
     finally:
         os.close(fd)
-    if _discard(path, judged):
-        if expired:
+    if expired:
+        if _discard(path, judged):
             ledger.record(expired=1, freed=judged.st_size)
-        else:
-            ledger.record(corrupt=1, freed=judged.st_size)
+        return None
+    with ledger.lock:  # the reader met a broken entry, whoever removes it
+        namespace = os.path.basename(folder)
+        ledger.corrupt_read[namespace] = ledger.corrupt_read.get(namespace, 0) + 1
+    if _discard(path, judged):
+        ledger.record(corrupt=1, freed=judged.st_size)
     return None
 
 
@@ -515,6 +521,12 @@ class FileStore:
     @property
     def corrupt_removed(self) -> int:
         return self._ledger.corrupt_removed
+
+    @property
+    def corrupt_by_namespace(self) -> dict[str, int]:
+        """Broken entry files (torn, foreign, another key's) that reads met, per namespace."""
+        with self._ledger.lock:
+            return dict(self._ledger.corrupt_read)
 
     @property
     def expired_removed(self) -> int:
