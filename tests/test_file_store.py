@@ -621,3 +621,12 @@ def test_step_timeout_must_be_positive_or_none(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="step_timeout"):
         FileStore(root=tmp_path, key_prefix="p", step_timeout=0)
     assert FileStore(root=tmp_path, key_prefix="p", step_timeout=None).step_timeout is None
+
+
+async def test_bulk_calls_larger_than_one_step_keep_every_entry_in_order(tmp_path: Path) -> None:
+    """set_many/get_many of hundreds of entries go to the lane in steps of 64."""
+    store = FileStore(root=tmp_path, key_prefix="p")
+    items = [(f"k{n}", b"v%d" % n, None) for n in range(300)]
+    await store.set_many("ns", items)
+    keys = [f"k{n}" for n in range(299, -1, -1)] + ["missing"]
+    assert await store.get_many("ns", keys) == [b"v%d" % n for n in range(299, -1, -1)] + [None]

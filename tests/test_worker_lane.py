@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -152,6 +153,22 @@ async def test_a_step_past_the_deadline_releases_every_waiter_and_stalls_the_lan
     gate.opened.set()
     await eventually(lambda: not lane.stalled, what="the stuck step to return")
     assert await lane.run(lambda: "again") == "again"
+
+
+async def test_a_long_hop_that_keeps_finishing_steps_is_not_cut_short(
+    executor: CountingExecutor,
+) -> None:
+    """Six steps of 0.1 s share one hop of 0.6 s; the deadline (0.5 s) bounds a step, not a
+    hop. The sleep is the steps' work (a slow disk), not a wait for a race."""
+    lane = _lane(executor, deadline=0.5)
+    gate = Gate()
+    first = lane.run(gate)
+    await _wait_entered(gate)
+    slow = [lane.run(lambda n=n: time.sleep(0.1) or n) for n in range(6)]
+    gate.opened.set()
+    await first
+    assert await asyncio.gather(*slow) == list(range(6))
+    assert not lane.stalled
 
 
 async def test_a_step_that_escapes_with_a_base_exception_fails_its_hop_not_the_lane(

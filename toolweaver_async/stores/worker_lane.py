@@ -6,14 +6,17 @@ reading files cost a few hops instead of fifty: each hop is a thread wake-up, a 
 wake-up of the loop, and those, not the reads, were most of a contended file get (issue 3: at
 about 6 000 gets/s, p50 2.2 ms / p99 5.7 ms with a hop per step, 0.7 / 2.0 ms in a lane).
 
-A step that runs past ``deadline`` releases its waiters with ``TimeoutError`` and stalls the lane:
-until it returns, new steps fail at once instead of queueing behind a hung disk, so callers (and
-the file store's breaker) see the failure in ``deadline`` seconds, not never.
+A step that runs ``deadline`` seconds without finishing releases the waiters of its hop and of
+the steps queued behind it with ``TimeoutError``, and stalls the lane: until it returns, new steps
+fail at once instead of queueing behind a hung disk, so callers (and the file store's breaker)
+see the failure in ``deadline`` seconds, not never. A long hop that keeps finishing steps is
+never cut short.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -37,15 +40,26 @@ class _Failed:
         self.error = error
 
 
-def _run_steps(steps: list[_Step]) -> list[Any]:
-    """The hop: every step in order, each one's result or exception, none stopping the next."""
-    results: list[Any] = []
-    for fn, args, _waiter in steps:
-        try:
-            results.append(fn(*args))
-        except Exception as exc:
-            results.append(_Failed(exc))
-    return results
+class _Hop:
+    """The steps of one hop; the worker thread stamps ``progress_at`` after each step."""
+
+    __slots__ = ("progress_at", "steps", "watchdog")
+
+    def __init__(self, steps: list[_Step]) -> None:
+        self.steps = steps
+        self.progress_at = time.monotonic()
+        self.watchdog: asyncio.TimerHandle | None = None
+
+    def run(self) -> list[Any]:
+        """On the worker thread: every step in order, each one's result or exception."""
+        results: list[Any] = []
+        for fn, args, _waiter in self.steps:
+            try:
+                results.append(fn(*args))
+            except Exception as exc:
+                results.append(_Failed(exc))
+            self.progress_at = time.monotonic()  # one float store: atomic under the GIL
+        return results
 
 
 class WorkerLane:
@@ -59,8 +73,8 @@ class WorkerLane:
         self.loop = loop
         self._deadline = deadline
         self._pending: list[_Step] = []
-        self._hop: list[_Step] | None = None  # the steps of the hop in flight
-        self._stalled_since: float | None = None
+        self._hop: _Hop | None = None
+        self._stalled_since: float | None = None  # time.monotonic() the stuck step started
 
     def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """``fn(*args)`` on a worker thread; the future is its result. A cancelled waiter only
@@ -80,31 +94,30 @@ class WorkerLane:
         return self._stalled_since is not None
 
     def _dispatch(self) -> None:
-        steps = self._pending[:_MAX_STEPS_PER_HOP]
+        hop = _Hop(self._pending[:_MAX_STEPS_PER_HOP])
         del self._pending[:_MAX_STEPS_PER_HOP]
-        self._hop = steps
+        self._hop = hop
         try:
-            done = self.loop.run_in_executor(None, _run_steps, steps)
+            done = self.loop.run_in_executor(None, hop.run)
         except RuntimeError as exc:  # the executor is shut down: the loop is closing
             self._hop = None
-            self._fail(steps + self._pending, exc)
+            self._fail(hop.steps + self._pending, exc)
             self._pending = []
             return
-        watchdog = None
         if self._deadline is not None:
-            watchdog = self.loop.call_later(self._deadline, self._overdue, steps)
-        done.add_done_callback(lambda hop: self._landed(steps, hop, watchdog))
+            hop.watchdog = self.loop.call_later(self._deadline, self._check, hop)
+        done.add_done_callback(lambda future: self._landed(hop, future))
 
-    def _landed(self, steps: list[_Step], hop: asyncio.Future[list[Any]], watchdog: Any) -> None:
-        if watchdog is not None:
-            watchdog.cancel()
+    def _landed(self, hop: _Hop, future: asyncio.Future[list[Any]]) -> None:
+        if hop.watchdog is not None:
+            hop.watchdog.cancel()
         self._hop = None
         self._stalled_since = None
-        error = hop.exception()
-        if error is not None:  # only a BaseException gets past _run_steps
-            self._fail(steps, RuntimeError(f"worker step died: {error!r}"))
+        error = future.exception()
+        if error is not None:  # only a BaseException gets past _Hop.run
+            self._fail(hop.steps, RuntimeError(f"worker step died: {error!r}"))
         else:
-            for (_fn, _args, waiter), result in zip(steps, hop.result(), strict=True):
+            for (_fn, _args, waiter), result in zip(hop.steps, future.result(), strict=True):
                 if waiter.done():
                     continue  # cancelled, or released by the watchdog
                 if isinstance(result, _Failed):
@@ -114,19 +127,24 @@ class WorkerLane:
         if self._pending:
             self._dispatch()
 
-    def _overdue(self, steps: list[_Step]) -> None:
-        """The hop in flight ran past the deadline: release its waiters and everyone queued
-        behind it, and refuse new steps until it returns."""
-        if self._hop is not steps:
+    def _check(self, hop: _Hop) -> None:
+        """The watchdog: a hop still finishing steps gets more time; one whose current step has
+        run ``deadline`` seconds releases its waiters and everyone queued behind it, and the lane
+        refuses new steps until that step returns."""
+        if self._hop is not hop or self._deadline is None:
             return
-        self._stalled_since = self.loop.time() - (self._deadline or 0.0)
+        idle = time.monotonic() - hop.progress_at
+        if idle < self._deadline:
+            hop.watchdog = self.loop.call_later(self._deadline - idle, self._check, hop)
+            return
+        self._stalled_since = hop.progress_at
         error = self._stall_error()
-        self._fail(steps + self._pending, error)
+        self._fail(hop.steps + self._pending, error)
         self._pending = []
 
     def _stall_error(self) -> TimeoutError:
         assert self._stalled_since is not None
-        running = self.loop.time() - self._stalled_since
+        running = time.monotonic() - self._stalled_since
         return TimeoutError(
             f"a step has been running for {running:.1f} s (deadline {self._deadline} s)"
         )
