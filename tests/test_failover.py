@@ -169,6 +169,29 @@ async def test_redis_is_used_again_soon_after_it_returns_however_long_the_open_p
     assert await reader.get("k") == "written while Redis was away"
 
 
+async def test_a_cache_started_before_redis_uses_it_soon_after_it_starts(
+    make_cache: MakeCache, own_redis_server: RedisServer
+) -> None:
+    own_redis_server.kill()
+    cache = await make_cache(
+        redis_url=own_redis_server.url,
+        stores=("redis",),
+        breaker=BreakerSettings(
+            recovery_timeout=60, max_recovery_timeout=60, health_check_interval=0.05
+        ),
+    )
+    breaker = redis_layer(cache).breaker
+    assert breaker.state is BreakerState.OPEN  # down at connect(): no agent waits on it
+    await cache.set("k", "v")  # journaled
+    own_redis_server.start()
+
+    async def serving() -> bool:
+        return await cache.get("other") is None and breaker.state is BreakerState.CLOSED
+
+    await eventually(serving, within=5, what="Redis in use long before the 60 s open period")
+    await eventually(recovered(cache), within=5, what="journal replayed")
+
+
 async def test_paused_redis_costs_at_most_the_command_timeout_per_call_then_nothing(
     make_cache: MakeCache, own_redis_server: RedisServer
 ) -> None:
