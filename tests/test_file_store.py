@@ -630,3 +630,22 @@ async def test_bulk_calls_larger_than_one_step_keep_every_entry_in_order(tmp_pat
     await store.set_many("ns", items)
     keys = [f"k{n}" for n in range(299, -1, -1)] + ["missing"]
     assert await store.get_many("ns", keys) == [b"v%d" % n for n in range(299, -1, -1)] + [None]
+
+
+async def test_aclose_stops_the_worker_thread_and_a_later_call_starts_a_new_one(
+    tmp_path: Path,
+) -> None:
+    def file_workers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("toolweaver-file")}
+
+    others = file_workers()  # of stores other tests left open
+    store = FileStore(root=tmp_path, key_prefix="p")
+    await store.set("ns", "k", b"v", None)
+    workers = file_workers() - others
+    assert len(workers) == 1
+    await store.aclose()
+    for worker in workers:
+        await asyncio.to_thread(worker.join, 5)
+        assert not worker.is_alive()
+    assert await store.get("ns", "k") == b"v"
+    await store.aclose()

