@@ -70,7 +70,7 @@ class WorkerLane:
     One hop in flight means one worker thread is all the executor needs. The hop hands its
     results straight to the loop (``call_soon_threadsafe``) rather than through an asyncio
     future wrapping the executor's: one loop wake-up fewer, which made a lone file get ~8 us
-    faster than a plain ``run_in_executor`` hop (113 against 121 us, interleaved A/B).
+    faster than a plain ``run_in_executor`` hop (113 against 116-122 us, interleaved A/B).
     """
 
     __slots__ = ("_deadline", "_executor", "_hop", "_pending", "_stalled_since", "loop")
