@@ -183,7 +183,8 @@ class AsyncToolCache(ToolShapedHelpers):
         """``store`` behind its breaker. Redis, shared by processes and prone to outages, also
         gets an outage journal (on disk beside the file store when the chain has one) so that
         it never serves a value older than one written while it was down, and a deadline per
-        call unless the store bounds its calls itself."""
+        call unless the store bounds its calls itself. Every guarded store is pinged while its
+        breaker is open (``BreakerSettings.health_check_interval``)."""
         config = self.config
         watch = config.breaker.health_check_interval
         if store.name != "redis":

@@ -66,6 +66,9 @@ class GuardedStore:
     """Wraps one store with its breaker (and optionally an outage journal); records outcomes
     and the last error for health.
 
+    ``watch_interval``, when set, pings the store that often while the breaker is open and
+    ends the open period at the first answer (see ``recovery_watch.py``).
+
     ``deadline``, when set, bounds every call but ``clear`` (a scan that may legitimately take
     longer), for stores that do not bound their calls themselves (``RedisStore`` does, with one
     shared timer, cheaper than an ``asyncio.timeout`` per call).
