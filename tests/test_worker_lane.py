@@ -12,6 +12,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from toolweaver_async.stores.worker_lane import WorkerLane
 
@@ -208,3 +210,37 @@ def test_the_deadline_must_be_positive(executor: CountingExecutor) -> None:
             WorkerLane(loop, executor, deadline=0)
     finally:
         loop.close()
+
+
+@given(st.lists(st.tuples(st.integers(), st.booleans()), max_size=150))
+@settings(max_examples=60, deadline=None)
+def test_any_burst_of_steps_runs_in_order_and_each_caller_gets_its_own_outcome(
+    steps: list[tuple[int, bool]],
+) -> None:
+    """Any mix of succeeding and failing steps, asked at once, across however many hops:
+    the thread runs them in the order asked, and each waiter sees exactly its own outcome."""
+    ran: list[int] = []
+
+    def step(value: int, fails: bool) -> int:
+        ran.append(value)
+        if fails:
+            raise ValueError(value)
+        return value
+
+    async def burst() -> list[Any]:
+        pool = CountingExecutor()
+        try:
+            lane = WorkerLane(asyncio.get_running_loop(), pool, deadline=5.0)
+            waiters = [lane.run(step, value, fails) for value, fails in steps]
+            return await asyncio.gather(*waiters, return_exceptions=True)
+        finally:
+            pool.shutdown(wait=True)
+
+    outcomes = asyncio.run(burst())
+    assert ran == [value for value, _ in steps]
+    for (value, fails), outcome in zip(steps, outcomes, strict=True):
+        if fails:
+            assert isinstance(outcome, ValueError)
+            assert outcome.args == (value,)
+        else:
+            assert outcome == value
