@@ -724,3 +724,13 @@ BreakerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestBreakerStateMachine = BreakerMachine.TestCase
+
+
+@pytest.mark.parametrize("interval", [0, -1.0, math.nan, "0.5"])
+def test_a_bad_health_check_interval_is_a_config_error(interval: Any) -> None:
+    with pytest.raises(ConfigError, match="health_check_interval"):
+        BreakerSettings(health_check_interval=interval)
+
+
+def test_health_check_interval_none_turns_the_ping_off() -> None:
+    assert BreakerSettings(health_check_interval=None).health_check_interval is None
