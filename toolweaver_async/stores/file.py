@@ -562,14 +562,9 @@ class FileStore:
             return []
         folder = self._folder(namespace)
         now = self._clock()
-        if len(keys) <= _ENTRIES_PER_STEP:
-            return await self._step("read", _read_entries, self._ledger, folder, keys, now)
-        chunks = await self._steps(
-            "read",
-            _read_entries,
-            [(self._ledger, folder, part, now) for part in _chunked(keys)],
-        )
-        return [data for chunk in chunks for data in chunk]
+        calls = [(self._ledger, folder, part, now) for part in _chunked(keys)]
+        chunks = await self._steps("read", _read_entries, calls)
+        return chunks[0] if len(chunks) == 1 else [data for chunk in chunks for data in chunk]
 
     async def set(self, namespace: str, key: str, data: bytes, ttl: float | None) -> None:
         await self.set_many(namespace, ((key, data, ttl),))
@@ -591,12 +586,8 @@ class FileStore:
         folder = self._folder(namespace)
         now = self._clock()
         rows = [(key, data, _NEVER if ttl is None else now + ttl) for key, data, ttl in items]
-        if len(rows) <= _ENTRIES_PER_STEP:
-            await self._step("write", _write_entries, self._ledger, folder, rows)
-        else:
-            await self._steps(
-                "write", _write_entries, [(self._ledger, folder, part) for part in _chunked(rows)]
-            )
+        calls = [(self._ledger, folder, part) for part in _chunked(rows)]
+        await self._steps("write", _write_entries, calls)
         await self._keep_bounded()
 
     async def delete(self, namespace: str, key: str) -> bool:
@@ -650,6 +641,8 @@ class FileStore:
     ) -> list[T]:
         """``fn`` once per argument tuple, as consecutive steps of the lane (so a bulk call
         shows progress to the lane's watchdog step by step); the first error fails the call."""
+        if len(calls) == 1:  # a single set: no gather on the hot path
+            return [await self._step(what, fn, *calls[0])]
         lane = self._lane_here()
         try:
             return list(await asyncio.gather(*(lane.run(fn, *args) for args in calls)))
