@@ -23,6 +23,8 @@ from toolweaver_async.stores.base import Store
 from toolweaver_async.stores.file import FileStore
 from toolweaver_async.testing import FakeClock
 
+from .polling import eventually
+
 NS = "default"
 PREFIX = "tw"
 
@@ -649,3 +651,28 @@ async def test_aclose_stops_the_worker_thread_and_a_later_call_starts_a_new_one(
         assert not worker.is_alive()
     assert await store.get("ns", "k") == b"v"
     await store.aclose()
+
+
+async def test_a_bulk_write_does_not_hold_up_other_callers_until_it_is_done(
+    tmp_path: Path,
+) -> None:
+    """A set_many of 2 000 entries goes step by step, so a get asked while it runs is answered
+    after the step in flight, not after all 2 000 writes (the lane is first come, first served)."""
+    store = FileStore(root=tmp_path, key_prefix="p")
+    await store.set("ns", "other", b"answer", None)
+    folder = store._folder("ns")
+    paths = [file_module._entry_path(folder, f"bulk{n}")[0] for n in range(2000)]
+    bulk = asyncio.ensure_future(
+        store.set_many("ns", [(f"bulk{n}", b"x" * 100, None) for n in range(2000)])
+    )
+    await eventually(lambda: os.path.exists(paths[0]), what="the first bulk step")
+    assert await store.get("ns", "other") == b"answer"
+    assert _existing(paths) < len(paths), "the get waited for the whole bulk write"
+    await bulk
+    assert _existing(paths) == len(paths)
+
+
+def _existing(paths: Sequence[str]) -> int:
+    """How many of ``paths`` exist; synchronous on purpose: the loop (and so the bulk write)
+    stands still while it counts."""
+    return sum(os.path.exists(path) for path in paths)
