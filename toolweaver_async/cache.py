@@ -21,7 +21,7 @@ from .breaker import BreakerState, CircuitBreaker
 from .config import CacheConfig, check_name, redact_url
 from .decorator import CachedFunction
 from .errors import InvalidTTLError
-from .guard import FAILED, GuardedStore, Unreachable
+from .guard import FAILED, GuardedStore, Unreachable, answered_at_once
 from .journal import OutageJournal
 from .keys import check_key
 from .loading import DEFAULT_LOCK_TIMEOUT, DEFAULT_LOCK_TTL, LoadCoordinator, LoadOptions
@@ -688,12 +688,15 @@ class AsyncToolCache(ToolShapedHelpers):
         layers = self._layers
         if not layers:
             return []
-        if len(layers) == 1:
-            answers = [await op(layers[0])]
+        calls = [op(g) for g in layers]
+        if sum(not answered_at_once(call) for call in calls) <= 1:
+            # At most one store does I/O (the others journaled the write or were skipped):
+            # it runs in the caller's task, as a lone store's write does.
+            answers = [await call for call in calls]
         else:
             # gather wraps each write in a task that has not started yet: cancelling them with
             # the caller would skip those stores altogether.
-            writes = asyncio.gather(*(op(g) for g in layers))
+            writes = asyncio.gather(*calls)
             try:
                 answers = list(await asyncio.shield(writes))
             except asyncio.CancelledError:

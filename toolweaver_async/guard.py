@@ -25,7 +25,7 @@ from .journal import JournalClear, JournalDelete, JournalInvalidate, JournalOp, 
 from .recovery_watch import RecoveryWatch
 from .stores.base import Store, StoreItem
 
-__all__ = ["FAILED", "SKIPPED", "GuardedStore", "Unreachable"]
+__all__ = ["FAILED", "SKIPPED", "GuardedStore", "Unreachable", "answered_at_once"]
 
 T = TypeVar("T")
 logger = logging.getLogger("toolweaver_async.cache")
@@ -60,6 +60,12 @@ class _Now:
 
 
 _SKIPPED_NOW: Final = _Now(SKIPPED)
+
+
+def answered_at_once(call: Awaitable[Any]) -> bool:
+    """Whether a guarded call was answered without I/O (breaker open, write journaled): awaiting
+    it returns at once, so it needs no task of its own."""
+    return isinstance(call, _Now)
 
 
 class GuardedStore:
@@ -119,7 +125,10 @@ class GuardedStore:
     # -- the one seam ----------------------------------------------------------------------
 
     def attempt(self, fn: Callable[..., Awaitable[T]], *args: Any) -> Awaitable[T | Unreachable]:
-        """Run ``fn(*args)`` if the breaker allows it; never raises what the store raised."""
+        """Run ``fn(*args)`` if the breaker allows it; never raises what the store raised.
+        A store the breaker refuses is answered at once, without a coroutine."""
+        if self._refusing():
+            return _SKIPPED_NOW
         return self._call(fn, args, self.deadline)
 
     async def _call(
@@ -200,8 +209,13 @@ class GuardedStore:
         journal = self.journal
         if journal is None:
             return self.attempt(self.store.set, namespace, key, data, ttl)
+        if journal.covers(namespace, key) or self._refusing():
+            # Journaled at once, no task: during an outage every write takes this path
+            # (~40 us less per cache.set, issue 3).
+            journal.record_set(namespace, key, data, ttl)
+            return _SKIPPED_NOW
         return self._journaled(
-            journal.covers(namespace, key),
+            False,
             lambda: journal.record_set(namespace, key, data, ttl),
             self.store.set,
             (namespace, key, data, ttl),
@@ -246,8 +260,11 @@ class GuardedStore:
         journal = self.journal
         if journal is None:
             return self.attempt(self.store.delete, namespace, key)
+        if journal.covers(namespace, key) or self._refusing():
+            journal.record_delete(namespace, key)
+            return _SKIPPED_NOW
         return self._journaled(
-            journal.covers(namespace, key),
+            False,
             lambda: journal.record_delete(namespace, key),
             self.store.delete,
             (namespace, key),
@@ -347,6 +364,13 @@ class GuardedStore:
             else:
                 journal.landed(batch)
         logger.info("%s store: outage journal replayed", self.name)
+
+    def _refusing(self) -> bool:
+        """Whether a call would be skipped now without I/O (breaker open, or the replay is the
+        half-open probe), so a write can be journaled at once, with no task."""
+        return self.breaker.state is BreakerState.OPEN or (
+            self.journal is not None and self._replay_probes()
+        )
 
     def _replay_probes(self) -> bool:
         """While a replay is pending, the replay alone probes a half-open store: a caller
