@@ -138,12 +138,9 @@ class GuardedStore:
         fn: Callable[..., Awaitable[T]],
         args: tuple[Any, ...],
         deadline: float | None,
-        *,
-        replay: bool = False,
     ) -> T | Unreachable:
+        """The call itself, if the breaker admits it (callers asked ``_refusing`` first)."""
         breaker = self.breaker
-        if not replay and self.journal and self._replay_probes():
-            return SKIPPED
         if not breaker.allow():
             return SKIPPED
         # An outcome that arrives after the breaker changed state (a call admitted before a
@@ -255,7 +252,7 @@ class GuardedStore:
                 journal.record_set(namespace, *item)
 
         return await self._journaled(
-            False, record, self.store.set_many, (namespace, direct), self.deadline
+            self._refusing(), record, self.store.set_many, (namespace, direct), self.deadline
         )
 
     def delete(self, namespace: str, key: str) -> Awaitable[bool | Unreachable]:
@@ -280,7 +277,7 @@ class GuardedStore:
         # Behind journaled operations of this namespace: a replayed write landing after the
         # invalidation could otherwise move an older value into the new generation.
         return self._journaled(
-            journal.touches(namespace),
+            journal.touches(namespace) or self._refusing(),
             lambda: journal.record_invalidate(namespace),
             self.store.invalidate,
             (namespace,),
@@ -291,7 +288,9 @@ class GuardedStore:
         journal = self.journal
         if journal is None:
             return self._call(self.store.clear, (), None)
-        return self._journaled(bool(journal), journal.record_clear, self.store.clear, (), None)
+        return self._journaled(
+            bool(journal) or self._refusing(), journal.record_clear, self.store.clear, (), None
+        )
 
     async def _journaled(
         self,
@@ -301,9 +300,10 @@ class GuardedStore:
         args: tuple[Any, ...],
         deadline: float | None,
     ) -> T | Unreachable:
-        """Send a write, or journal it: when ``queue`` (it must stay behind journaled ones,
-        so only the replay may deliver it), when the store is unreachable, and when the caller
-        is cancelled mid-call (it may or may not have landed; replaying it again is harmless)."""
+        """Send a write, or journal it: when ``queue`` (it must stay behind journaled ones, so
+        only the replay may deliver it, or the guard refuses calls now), when the call fails,
+        and when the caller is cancelled mid-call (it may or may not have landed; replaying it
+        again is harmless)."""
         if queue:
             record()
             return SKIPPED
@@ -388,10 +388,10 @@ class GuardedStore:
     def _deliver(self, journal: OutageJournal, batch: list[JournalOp]) -> Awaitable[Any]:
         first = batch[0]
         if isinstance(first, JournalClear):
-            return self._call(self.store.clear, (), None, replay=True)
+            return self._call(self.store.clear, (), None)
         if isinstance(first, JournalInvalidate):
-            return self._call(self.store.invalidate, (first.namespace,), self.deadline, replay=True)
-        return self._call(self._write_batch, (journal, batch), self.deadline, replay=True)
+            return self._call(self.store.invalidate, (first.namespace,), self.deadline)
+        return self._call(self._write_batch, (journal, batch), self.deadline)
 
     async def _write_batch(self, journal: OutageJournal, batch: list[JournalOp]) -> None:
         """One pipelined ``set_many`` per namespace; deletes (and sets that expired while
