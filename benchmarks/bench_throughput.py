@@ -149,7 +149,7 @@ async def main() -> None:
             notes=[
                 "p50/p99 are the latency each get saw under that load.",
                 "The cache sends gets that arrive while a round trip is in flight as one MGET "
-                "(see toolweaver_async/stores/redis_batching.py); callers still await one key each.",
+                "(see toolweaver_async/stores/redis/batching.py); callers still await one key each.",
             ],
         ),
         args,

@@ -21,7 +21,7 @@ from toolweaver_async import (
     CircuitBreaker,
     ConfigError,
 )
-from toolweaver_async.breaker import _Event, _next_state
+from toolweaver_async.resilience.breaker import _Event, _next_state
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 

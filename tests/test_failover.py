@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from toolweaver_async import AsyncToolCache, BreakerSettings, BreakerState, CacheConfig
-from toolweaver_async.guard import GuardedStore
+from toolweaver_async.resilience.guard import GuardedStore
 from toolweaver_async.testing import FakeClock, RedisServer
 
 from .polling import eventually

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from toolweaver_async import BreakerState, CircuitBreaker, StoreError
-from toolweaver_async.guard import FAILED, SKIPPED, GuardedStore
-from toolweaver_async.journal import OutageJournal
+from toolweaver_async.resilience.guard import FAILED, SKIPPED, GuardedStore
+from toolweaver_async.resilience.journal import OutageJournal
 from toolweaver_async.stores.base import StoreItem
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toolweaver_async.journal import (
+from toolweaver_async.resilience.journal import (
     JournalClear,
     JournalDelete,
     JournalInvalidate,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from toolweaver_async import BreakerState, CircuitBreaker
-from toolweaver_async.recovery_watch import RecoveryWatch
+from toolweaver_async.resilience.recovery_watch import RecoveryWatch
 from toolweaver_async.testing import FakeClock
 
 from .polling import eventually

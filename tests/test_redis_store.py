@@ -19,7 +19,7 @@ from redis.asyncio.connection import SSLConnection
 from toolweaver_async.config import CacheConfig
 from toolweaver_async.errors import ConfigError, StoreError
 from toolweaver_async.stores.base import Store
-from toolweaver_async.stores.redis import RedisStore, build_client
+from toolweaver_async.stores.redis.store import RedisStore, build_client
 from toolweaver_async.testing import RedisServer
 
 from .polling import eventually

@@ -8,10 +8,8 @@ circuit breaker, msgspec on the hot path::
         user = await cache.get("user:123")
 """
 
-from .breaker import BreakerListener, BreakerState, CircuitBreaker
 from .cache import AsyncToolCache
 from .config import DEFAULT_NAMESPACES, BreakerSettings, CacheConfig, NamespacePolicy, redact_url
-from .decorator import BoundCachedFunction, CachedFunction
 from .errors import (
     BreakerOpenError,
     CacheError,
@@ -26,11 +24,13 @@ from .errors import (
     ValueTooLargeError,
 )
 from .keys import stable_hash
+from .loading.decorator import BoundCachedFunction, CachedFunction
+from .resilience.breaker import BreakerListener, BreakerState, CircuitBreaker
 from .stats import CacheStats, NamespaceStats
 from .stores.base import Store
 from .stores.file import FileStore
 from .stores.memory import MemoryStore
-from .stores.redis import RedisStore
+from .stores.redis.store import RedisStore
 
 __version__ = "0.1.0"
 

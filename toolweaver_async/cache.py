@@ -17,22 +17,27 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 import msgspec
 
-from .breaker import BreakerState, CircuitBreaker
+from .compat.helpers import ToolShapedHelpers
 from .config import CacheConfig, check_name, redact_url
-from .decorator import CachedFunction
 from .errors import InvalidTTLError
-from .guard import FAILED, GuardedStore, Unreachable, answered_at_once
-from .journal import OutageJournal
 from .keys import check_key
-from .loading import DEFAULT_LOCK_TIMEOUT, DEFAULT_LOCK_TTL, LoadCoordinator, LoadOptions
-from .locks import GuardedLock
+from .loading.coordinator import (
+    DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_LOCK_TTL,
+    LoadCoordinator,
+    LoadOptions,
+)
+from .loading.decorator import CachedFunction
+from .loading.locks import GuardedLock
+from .resilience.breaker import BreakerState, CircuitBreaker
+from .resilience.guard import FAILED, GuardedStore, Unreachable, answered_at_once
+from .resilience.journal import OutageJournal
 from .serialization import EntryCodec, Envelope, PayloadDecodeError, TypeMismatchError
 from .stats import CacheStats, NamespaceCounters, StatsRecorder
 from .stores.base import Store, StoreItem
 from .stores.file import FileStore
 from .stores.memory import MemoryEntry, MemoryStore
-from .stores.redis import RedisStore
-from .tools import ToolShapedHelpers
+from .stores.redis.store import RedisStore
 
 __all__ = ["AsyncToolCache"]
 

@@ -102,7 +102,7 @@ class BreakerSettings:
     window_size: int = 50
     minimum_calls: int = 20
     # While open, ping the store this often off the agents' path; an answer ends the open
-    # period early (see recovery_watch.py). None: wait out the open period.
+    # period early (see resilience/recovery_watch.py). None: wait out the open period.
     health_check_interval: float | None = 0.5
 
     def __post_init__(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Store", "StoreItem"]
+__all__ = ["KeyLock", "Store", "StoreItem"]
 
 # (key, entry bytes, seconds until the store may drop it or None for never)
 StoreItem = tuple[str, bytes, float | None]
@@ -62,4 +62,22 @@ class Store(Protocol):
 
     async def aclose(self) -> None:
         """Release connections, threads and files. Idempotent."""
+        ...
+
+
+class KeyLock(Protocol):
+    """A lock on one cache key, held for at most ``ttl`` seconds unless extended."""
+
+    ttl: float
+
+    async def acquire(self) -> bool:
+        """Take the lock if nobody holds it; ``True`` when taken. Never waits."""
+        ...
+
+    async def extend(self) -> bool:
+        """Give the held lock a full ``ttl`` again; ``False`` when it is no longer ours."""
+        ...
+
+    async def release(self) -> bool:
+        """Let go of the lock; ``False`` when it was no longer ours."""
         ...

@@ -27,12 +27,12 @@ from typing import Any, Final, TypeVar
 
 import anyio
 
-from .config import NamespacePolicy
-from .errors import ConfigError, InvalidTTLError
+from ..config import NamespacePolicy
+from ..errors import ConfigError, InvalidTTLError
+from ..serialization import Envelope
+from ..stats import NamespaceCounters
 from .locks import GuardedLock
-from .serialization import Envelope
 from .singleflight import SingleFlight
-from .stats import NamespaceCounters
 
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from .keys import catalog_key, embedding_key, result_key, search_key, tool_key
+from ..keys import catalog_key, embedding_key, result_key, search_key, tool_key
 
 __all__ = ["ToolShapedHelpers"]
 

@@ -19,8 +19,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ParamSpec, Protocol, TypeVar, assert_never
 
-from .config import BreakerSettings
-from .errors import BreakerOpenError, ConfigError
+from ..config import BreakerSettings
+from ..errors import BreakerOpenError, ConfigError
 
 __all__ = ["BreakerListener", "BreakerState", "CircuitBreaker"]
 

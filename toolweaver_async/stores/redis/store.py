@@ -7,7 +7,7 @@ then removed in the background.
 
 Each store caches the generation it last saw per namespace and checks it on every round trip:
 reads are one ``MGET <genkey> <datakey...>``, writes and deletes a pipeline ending in
-``GET <genkey>``. Concurrent calls share round trips (:mod:`.redis_batching`): reads arriving in
+``GET <genkey>``. Concurrent calls share round trips (:mod:`.batching`): reads arriving in
 one event-loop turn go out as one ``MGET``, writes as one pipeline, while a lone call goes out at
 once. When the reply shows a newer generation, the store adopts it and repeats the
 call once, so an invalidation by another process is honoured on the very next call, without an
@@ -29,11 +29,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from ..config import CacheConfig, _check_redis_url, check_name, redact_url
-from ..errors import ConfigError, StoreError
-from ..locks import RedisLock
-from .base import StoreItem
-from .redis_batching import RoundTripBatcher
+from ...config import CacheConfig, _check_redis_url, check_name, redact_url
+from ...errors import ConfigError, StoreError
+from ..base import StoreItem
+from .batching import RoundTripBatcher
+from .lock import RedisLock
 
 __all__ = ["RedisStore", "build_client"]
 

@@ -20,10 +20,10 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, Final, TypeVar
 
+from ..stores.base import Store, StoreItem
 from .breaker import BreakerState, CircuitBreaker
 from .journal import JournalClear, JournalDelete, JournalInvalidate, JournalOp, OutageJournal
 from .recovery_watch import RecoveryWatch
-from .stores.base import Store, StoreItem
 
 __all__ = ["FAILED", "SKIPPED", "GuardedStore", "Unreachable", "answered_at_once"]
 

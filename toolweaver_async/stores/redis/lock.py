@@ -11,14 +11,11 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
-from .errors import ConfigError
-from .guard import Unreachable
+from ...errors import ConfigError
 
-__all__ = ["GuardedLock", "KeyLock", "RedisLock"]
-
-T = TypeVar("T")
+__all__ = ["RedisLock"]
 
 # KEYS[1] lock name, ARGV[1] token: delete only while we hold it.
 _RELEASE = """
@@ -37,27 +34,10 @@ return 0
 """
 
 
-class KeyLock(Protocol):
-    """A lock on one cache key, held for at most ``ttl`` seconds unless extended."""
-
-    ttl: float
-
-    async def acquire(self) -> bool:
-        """Take the lock if nobody holds it; ``True`` when taken. Never waits."""
-        ...
-
-    async def extend(self) -> bool:
-        """Give the held lock a full ``ttl`` again; ``False`` when it is no longer ours."""
-        ...
-
-    async def release(self) -> bool:
-        """Let go of the lock; ``False`` when it was no longer ours."""
-        ...
-
-
 class RedisLock:
-    """A :class:`KeyLock` in Redis. ``command`` runs one Redis command and reports failures as
-    :class:`~toolweaver_async.errors.StoreError` (the store's own translation seam)."""
+    """A :class:`~toolweaver_async.stores.base.KeyLock` in Redis. ``command`` runs one Redis
+    command and reports failures as :class:`~toolweaver_async.errors.StoreError` (the
+    store's own translation seam)."""
 
     __slots__ = ("_command", "_px", "name", "token", "ttl")
 
@@ -81,38 +61,3 @@ class RedisLock:
 
     async def release(self) -> bool:
         return bool(await self._command("EVAL", _RELEASE, 1, self.name, self.token))
-
-
-class GuardedLock:
-    """A :class:`KeyLock` whose calls go through its store's circuit breaker.
-
-    Each method answers ``None`` when the store could not be asked (breaker open, or the call
-    failed and was counted): the caller then coordinates within its own process only.
-    """
-
-    __slots__ = ("_attempt", "lock")
-
-    def __init__(
-        self,
-        lock: KeyLock,
-        attempt: Callable[[Callable[[], Awaitable[bool]]], Awaitable[bool | Unreachable]],
-    ) -> None:
-        self.lock = lock
-        self._attempt = attempt
-
-    @property
-    def ttl(self) -> float:
-        return self.lock.ttl
-
-    async def acquire(self) -> bool | None:
-        return _answer(await self._attempt(self.lock.acquire))
-
-    async def extend(self) -> bool | None:
-        return _answer(await self._attempt(self.lock.extend))
-
-    async def release(self) -> bool | None:
-        return _answer(await self._attempt(self.lock.release))
-
-
-def _answer(outcome: bool | Unreachable) -> bool | None:
-    return None if isinstance(outcome, Unreachable) else outcome

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, Generic, TypeVar
 
-from .errors import CacheError
+from ..errors import CacheError
 
 __all__ = ["SingleFlight"]
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, Self, TypeVar, overload
 
-from .errors import ConfigError
-from .keys import check_key, named_key
+from ..errors import ConfigError
+from ..keys import check_key, named_key
 
 if TYPE_CHECKING:
-    from .cache import AsyncToolCache
-    from .loading import LoadCoordinator, LoadOptions
+    from .coordinator import LoadCoordinator, LoadOptions
 
 __all__ = ["BoundCachedFunction", "CachedFunction"]
 
@@ -28,6 +27,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _RECEIVERS = frozenset({"self", "cls"})
+
+
+class _DeletesKeys(Protocol):
+    """What a cached function needs of its cache: removing one key from every store."""
+
+    async def delete(self, key: str, *, namespace: str = ...) -> bool: ...
 
 
 class CachedFunction(Generic[P, R]):
@@ -42,7 +47,7 @@ class CachedFunction(Generic[P, R]):
         self,
         fn: Callable[P, Awaitable[R]],
         *,
-        cache: AsyncToolCache,
+        cache: _DeletesKeys,
         loads: LoadCoordinator,
         namespace: str,
         key: Callable[..., str] | None,

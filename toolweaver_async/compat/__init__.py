@@ -1,0 +1,1 @@
+"""ToolWeaver's shapes: the tool-shaped helpers and key layouts its users port from."""
