@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 import anyio.to_thread
 import pytest
@@ -167,5 +165,3 @@ def test_sync_cache_honours_an_injected_clock(config: CacheConfig) -> None:
         cache.set("k", 1, ttl=5)
         clock.advance(6)
         assert cache.get("k") is None
-
-
