@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from random import random as uniform_random
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 
 from ._chain import build_chain
+from ._listing import list_keys
 from ._reads import MISSING, WRONG_TYPE, ReadPath
 from ._writes import WritePath
 from .compat.helpers import ToolShapedHelpers
@@ -75,7 +76,7 @@ class AsyncToolCache(ToolShapedHelpers):
         self._background: set[asyncio.Future[Any]] = set()
         self._closed = False
         policy = self.config.policy
-        codec = EntryCodec(max_value_bytes=self.config.max_value_bytes)
+        self._codec = codec = EntryCodec(max_value_bytes=self.config.max_value_bytes)
         self._reader = reader = ReadPath(
             chain,
             codec=codec,
@@ -337,6 +338,20 @@ class AsyncToolCache(ToolShapedHelpers):
         task.add_done_callback(self._background.discard)
 
     # -- introspection --------------------------------------------------------------------
+    def keys(self, *, namespace: str = "default", prefix: str = "") -> AsyncIterator[str]:
+        """Each key of a fresh entry of ``namespace`` that starts with ``prefix``, once,
+        whichever stores hold it; streamed in pages (see :mod:`toolweaver_async._listing`)."""
+        self._check_namespace(namespace)
+        return list_keys(
+            memory=self._memory,
+            layers=self._layers,
+            codec=self._codec,
+            clock=self._clock,
+            counters=self._stats.counters(namespace),
+            namespace=namespace,
+            prefix=check_key(prefix),
+        )
+
     def stats(self) -> CacheStats:
         """Counters per namespace and overall: hits per store, misses, errors, loaders ..."""
         return self._stats.snapshot(self._chain.corrupt_in_stores())

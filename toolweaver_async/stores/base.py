@@ -12,12 +12,14 @@ checks them once, when it is built (``_chain.py``); nothing later asks which sto
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 __all__ = [
     "CorruptionCountingStore",
+    "EntryPage",
     "HousekeepingStore",
+    "KeyListingStore",
     "KeyLock",
     "LockingStore",
     "RemoteStore",
@@ -29,6 +31,8 @@ __all__ = [
 
 # (key, entry bytes, seconds until the store may drop it or None for never)
 StoreItem = tuple[str, bytes, float | None]
+# (key, entry bytes) pairs a listing store hands back a page at a time
+EntryPage = Sequence[tuple[str, bytes]]
 
 
 @runtime_checkable
@@ -77,6 +81,17 @@ class Store(Protocol):
 
     async def aclose(self) -> None:
         """Release connections, threads and files. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class KeyListingStore(Protocol):
+    """A store that can list its entries (optional; ``AsyncToolCache.keys`` uses it)."""
+
+    def list_entries(self, namespace: str, prefix: str) -> AsyncIterator[EntryPage]:
+        """Pages of ``(key, entry bytes)`` of ``namespace`` whose key starts with ``prefix``,
+        streamed: never every entry at once. An entry present for the whole listing appears
+        once; the caller judges freshness from the bytes."""
         ...
 
 
