@@ -25,6 +25,7 @@ from ._reads import MISSING, WRONG_TYPE, ReadPath
 from ._writes import WritePath
 from .compat.helpers import ToolShapedHelpers
 from .config import CacheConfig, check_name
+from .errors import ConfigError
 from .keys import check_key
 from .loading.coordinator import (
     DEFAULT_LOCK_TIMEOUT,
@@ -33,6 +34,7 @@ from .loading.coordinator import (
     LoadOptions,
 )
 from .loading.decorator import CachedFunction
+from .resilience.breaker import CircuitBreaker
 from .resilience.guard import FAILED, GuardedStore
 from .serialization import EntryCodec, PayloadDecodeError
 from .stats import CacheStats, StatsRecorder
@@ -63,7 +65,12 @@ class AsyncToolCache(ToolShapedHelpers):
         clock: Callable[[], float] | None = None,
         stores: Sequence[Store] | None = None,
         random: Callable[[], float] | None = None,
+        **settings: Any,
     ) -> None:
+        if settings:  # AsyncToolCache(redis_url=..., cache_dir=...): CacheConfig fields
+            if config is not None:
+                raise ConfigError("pass either a CacheConfig or its fields as keywords, not both")
+            config = CacheConfig.from_fields(**settings)
         self.config = config if config is not None else CacheConfig()
         self._clock = clock if clock is not None else time.time
         # uniform in [0, 1): TTL jitter and early-refresh draws; injectable for tests
@@ -154,6 +161,11 @@ class AsyncToolCache(ToolShapedHelpers):
         async with anyio.create_task_group() as tg:
             for layer in self._layers:
                 tg.start_soon(probe, layer)
+        logger.info("cache %s", self.config.describe_chain())
+
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """The circuit breaker of every guarded store (Redis, file), by store name."""
+        return {layer.name: layer.breaker for layer in self._layers}
 
     async def aclose(self) -> None:
         """Stop background work and release every store. Idempotent."""
