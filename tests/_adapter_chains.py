@@ -16,7 +16,9 @@ CHAINS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_chain_cache(chain: str, redis_url: str, folder: Path, **changes: Any) -> AsyncToolCache:
+def make_chain_cache(
+    chain: str, redis_url: str, folder: Path, *, clock: Any = None, **changes: Any
+) -> AsyncToolCache:
     """A new cache on ``chain`` with a key prefix and folder of its own (so it starts empty)."""
     settings: dict[str, Any] = {
         "cache_dir": folder / "cache",
@@ -25,4 +27,4 @@ def make_chain_cache(chain: str, redis_url: str, folder: Path, **changes: Any) -
         **CHAINS[chain],
         **changes,
     }
-    return AsyncToolCache(CacheConfig(**settings))
+    return AsyncToolCache(CacheConfig(**settings), clock=clock)
