@@ -200,7 +200,11 @@ class AsyncToolCache(ToolShapedHelpers):
             # appear in a key prefix, so no cache's folder can be this one.
             folder = config.cache_dir / "~journal" / config.key_prefix
         journal = OutageJournal(
-            max_entries=config.journal_max_entries, clock=self._clock, folder=folder
+            max_entries=config.journal_max_entries,
+            clock=self._clock,
+            folder=folder,
+            # The server (and db) it is for: a journal never replays onto any other.
+            server=getattr(store, "identity", store.name),
         )
         # [read hot path, issue 5] A store that bounds every call itself (RedisStore: one
         # shared watchdog timer, queue wait included) needs no second bound here:

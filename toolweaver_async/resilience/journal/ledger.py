@@ -20,6 +20,7 @@ from .records import (
     JournalOp,
     JournalSet,
     Landed,
+    Origin,
     Record,
     Slot,
     size_of,
@@ -263,6 +264,8 @@ def live_operations(
     ledger = JournalLedger(max_entries=UNBOUNDED, clock=clock, name=name)
     slot_by_seq: dict[int, Slot] = {}
     for record in records:
+        if isinstance(record, Origin):
+            continue
         if isinstance(record, Landed):
             slot = slot_by_seq.pop(record.seq, None)
             op = None if slot is None else ledger._ops.get(slot)
