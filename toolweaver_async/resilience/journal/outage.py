@@ -98,6 +98,7 @@ class OutageJournal(JournalLedger):
         current = list(self._ops.values())
         self._reset()
         torn = False
+        left: list[JournalOp] = []
         for content in contents:
             records, torn_here = unframe(content)
             torn = torn or torn_here
@@ -108,8 +109,10 @@ class OutageJournal(JournalLedger):
                     file.folder,
                 )
                 continue
-            for op in live_operations(records, clock=self._clock, name=self.name):
-                self._apply(self._as_removal(op))
+            left += live_operations(records, clock=self._clock, name=self.name)
+        # Numbered below every operation of this run, which come after them.
+        for seq, op in enumerate(left, start=-len(left)):
+            self._apply(self._as_removal(op, seq))
         loaded = len(self._ops)
         for op in current:
             self._apply(op)
@@ -127,15 +130,16 @@ class OutageJournal(JournalLedger):
         if self._ops and self.on_pending is not None:
             self.on_pending()
 
-    def _as_removal(self, op: JournalOp) -> JournalOp:
-        """A loaded operation, renumbered (seqs of different files collide). A set becomes a
-        delete (package doc); every loaded op is then a removal, and removals commute, so the
-        files may be merged in any order."""
+    @staticmethod
+    def _as_removal(op: JournalOp, seq: int) -> JournalOp:
+        """A loaded operation, renumbered ``seq`` (seqs of different files collide). A set
+        becomes a delete (package doc); every loaded op is then a removal, and removals
+        commute, so the files may be merged in any order."""
         if isinstance(op, JournalSet | JournalDelete):
-            return JournalDelete(self._next_seq(), op.namespace, op.key)
+            return JournalDelete(seq, op.namespace, op.key)
         if isinstance(op, JournalInvalidate):
-            return JournalInvalidate(self._next_seq(), op.namespace)
-        return JournalClear(self._next_seq())
+            return JournalInvalidate(seq, op.namespace)
+        return JournalClear(seq)
 
     async def aclose(self) -> None:
         """Write what is pending and release the journal file. Idempotent."""
