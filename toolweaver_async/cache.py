@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from random import random as uniform_random
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
@@ -17,6 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 import msgspec
 
+from ._listing import list_keys
 from .compat.helpers import ToolShapedHelpers
 from .config import CacheConfig, check_name, redact_url
 from .errors import InvalidTTLError
@@ -835,6 +836,20 @@ class AsyncToolCache(ToolShapedHelpers):
         task.add_done_callback(self._background.discard)
 
     # -- introspection --------------------------------------------------------------------
+    def keys(self, *, namespace: str = "default", prefix: str = "") -> AsyncIterator[str]:
+        """Each key of a fresh entry of ``namespace`` that starts with ``prefix``, once,
+        whichever stores hold it; streamed in pages (see :mod:`toolweaver_async._listing`)."""
+        self._check_namespace(namespace)
+        return list_keys(
+            memory=self._memory,
+            layers=self._layers,
+            codec=self._codec,
+            clock=self._clock,
+            counters=self._stats.counters(namespace),
+            namespace=namespace,
+            prefix=check_key(prefix),
+        )
+
     def stats(self) -> CacheStats:
         """Counters per namespace and overall: hits per store, misses, errors, loaders ..."""
         return self._stats.snapshot(self._corrupt_in_stores())
