@@ -20,7 +20,7 @@ import msgspec
 from ._listing import list_keys
 from .compat.helpers import ToolShapedHelpers
 from .config import CacheConfig, check_name, redact_url
-from .errors import InvalidTTLError
+from .errors import ConfigError, InvalidTTLError
 from .keys import check_key
 from .loading.coordinator import (
     DEFAULT_LOCK_TIMEOUT,
@@ -149,7 +149,12 @@ class AsyncToolCache(ToolShapedHelpers):
         clock: Callable[[], float] | None = None,
         stores: Sequence[Store] | None = None,
         random: Callable[[], float] | None = None,
+        **settings: Any,
     ) -> None:
+        if settings:  # AsyncToolCache(redis_url=..., cache_dir=...): CacheConfig fields
+            if config is not None:
+                raise ConfigError("pass either a CacheConfig or its fields as keywords, not both")
+            config = CacheConfig.from_fields(**settings)
         self.config = config if config is not None else CacheConfig()
         self._clock = clock if clock is not None else time.time
         self._codec = EntryCodec(max_value_bytes=self.config.max_value_bytes)
@@ -261,6 +266,11 @@ class AsyncToolCache(ToolShapedHelpers):
         async with anyio.create_task_group() as tg:
             for layer in self._layers:
                 tg.start_soon(probe, layer)
+        logger.info("cache %s", self.config.describe_chain())
+
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """The circuit breaker of every guarded store (Redis, file), by store name."""
+        return {layer.name: layer.breaker for layer in self._layers}
 
     async def aclose(self) -> None:
         """Stop background work and release every store. Idempotent."""
