@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from random import random as uniform_random
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
@@ -17,9 +17,10 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 import msgspec
 
+from ._listing import list_keys
 from .compat.helpers import ToolShapedHelpers
 from .config import CacheConfig, check_name, redact_url
-from .errors import InvalidTTLError
+from .errors import ConfigError, InvalidTTLError
 from .keys import check_key
 from .loading.coordinator import (
     DEFAULT_LOCK_TIMEOUT,
@@ -148,7 +149,12 @@ class AsyncToolCache(ToolShapedHelpers):
         clock: Callable[[], float] | None = None,
         stores: Sequence[Store] | None = None,
         random: Callable[[], float] | None = None,
+        **settings: Any,
     ) -> None:
+        if settings:  # AsyncToolCache(redis_url=..., cache_dir=...): CacheConfig fields
+            if config is not None:
+                raise ConfigError("pass either a CacheConfig or its fields as keywords, not both")
+            config = CacheConfig.from_fields(**settings)
         self.config = config if config is not None else CacheConfig()
         self._clock = clock if clock is not None else time.time
         self._codec = EntryCodec(max_value_bytes=self.config.max_value_bytes)
@@ -260,6 +266,11 @@ class AsyncToolCache(ToolShapedHelpers):
         async with anyio.create_task_group() as tg:
             for layer in self._layers:
                 tg.start_soon(probe, layer)
+        logger.info("cache %s", self.config.describe_chain())
+
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """The circuit breaker of every guarded store (Redis, file), by store name."""
+        return {layer.name: layer.breaker for layer in self._layers}
 
     async def aclose(self) -> None:
         """Stop background work and release every store. Idempotent."""
@@ -835,6 +846,20 @@ class AsyncToolCache(ToolShapedHelpers):
         task.add_done_callback(self._background.discard)
 
     # -- introspection --------------------------------------------------------------------
+    def keys(self, *, namespace: str = "default", prefix: str = "") -> AsyncIterator[str]:
+        """Each key of a fresh entry of ``namespace`` that starts with ``prefix``, once,
+        whichever stores hold it; streamed in pages (see :mod:`toolweaver_async._listing`)."""
+        self._check_namespace(namespace)
+        return list_keys(
+            memory=self._memory,
+            layers=self._layers,
+            codec=self._codec,
+            clock=self._clock,
+            counters=self._stats.counters(namespace),
+            namespace=namespace,
+            prefix=check_key(prefix),
+        )
+
     def stats(self) -> CacheStats:
         """Counters per namespace and overall: hits per store, misses, errors, loaders ..."""
         return self._stats.snapshot(self._corrupt_in_stores())

@@ -7,13 +7,15 @@ values, decide order or fall back. A store reports any failure as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol, runtime_checkable
 
-__all__ = ["KeyLock", "Store", "StoreItem"]
+__all__ = ["EntryPage", "KeyListingStore", "KeyLock", "Store", "StoreItem"]
 
 # (key, entry bytes, seconds until the store may drop it or None for never)
 StoreItem = tuple[str, bytes, float | None]
+# (key, entry bytes) pairs a listing store hands back a page at a time
+EntryPage = Sequence[tuple[str, bytes]]
 
 
 @runtime_checkable
@@ -62,6 +64,17 @@ class Store(Protocol):
 
     async def aclose(self) -> None:
         """Release connections, threads and files. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class KeyListingStore(Protocol):
+    """A store that can list its entries (optional; ``AsyncToolCache.keys`` uses it)."""
+
+    def list_entries(self, namespace: str, prefix: str) -> AsyncIterator[EntryPage]:
+        """Pages of ``(key, entry bytes)`` of ``namespace`` whose key starts with ``prefix``,
+        streamed: never every entry at once. An entry present for the whole listing appears
+        once; the caller judges freshness from the bytes."""
         ...
 
 
