@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, Final, TypeVar
 
-from ..stores.base import Store, StoreItem
+from ..stores.base import HousekeepingStore, Store, StoreItem
 from .breaker import BreakerState, CircuitBreaker
 from .journal import OutageJournal
 from .recovery_watch import RecoveryWatch
@@ -82,6 +82,7 @@ class GuardedStore:
 
     __slots__ = (
         "_closed",
+        "_housekeeping",
         "_watch",
         "breaker",
         "deadline",
@@ -109,6 +110,7 @@ class GuardedStore:
         self.failures = 0
         self.deadline = deadline
         self.journal = journal
+        self._housekeeping = store if isinstance(store, HousekeepingStore) else None
         self._closed = False
         self.replay: JournalReplay | None = None
         if journal is not None:
@@ -354,12 +356,13 @@ class GuardedStore:
             "last_error": self.last_error,
             "breaker": self.breaker.snapshot(),
         }
-        # Counters some stores keep for the coordinator (the file store's broken, expired and
-        # evicted entries, dropped by the store itself and never seen as corrupt here).
-        for counter in ("corrupt_removed", "expired_removed", "evicted"):
-            value = getattr(self.store, counter, None)
-            if isinstance(value, int):
-                info[counter] = value
+        # Counters a store that removes entries by itself keeps (the file store's broken,
+        # expired and evicted entries, dropped by the store and never seen as corrupt here).
+        store = self._housekeeping
+        if store is not None:
+            info["corrupt_removed"] = store.corrupt_removed
+            info["expired_removed"] = store.expired_removed
+            info["evicted"] = store.evicted
         if self.journal is not None:
             info["journal"] = self.journal.describe()
         return info

@@ -532,6 +532,11 @@ class FileStore:
         )
 
     @property
+    def call_timeout(self) -> float | None:
+        """The time budget of one call (its breaker's slow-call limit): ``step_timeout``."""
+        return self.step_timeout
+
+    @property
     def corrupt_removed(self) -> int:
         return self._ledger.corrupt_removed
 

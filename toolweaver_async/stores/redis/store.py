@@ -164,6 +164,8 @@ class RedisStore:
     # ``command_timeout`` after each round trip it needs was asked for (queue wait included);
     # other commands are bounded by the client's pool-wait, connect and socket timeouts.
     bounds_calls: Final = True
+    # Reached over the network and shared by processes: the chain gives it an outage journal.
+    remote: Final = True
 
     def __init__(
         self,
@@ -195,6 +197,7 @@ class RedisStore:
                 tls_verify=tls_verify,
             )
         )
+        self.call_timeout = command_timeout  # also its breaker's slow-call limit
         # Bound once: the hot path skips two attribute lookups, and redis-py leaves it untyped.
         self._execute: Callable[..., Awaitable[Any]] = self._client.execute_command
         self._batcher = RoundTripBatcher(
