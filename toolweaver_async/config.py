@@ -101,7 +101,10 @@ DEFAULT_NAMESPACES: Mapping[str, NamespacePolicy] = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BreakerSettings:
-    """Circuit-breaker settings shared by every fallible store (see :class:`CircuitBreaker`)."""
+    """Circuit-breaker settings shared by every fallible store (see :class:`CircuitBreaker`).
+
+    Validated here and only here: a :class:`CircuitBreaker` keeps this object as it is.
+    """
 
     failure_threshold: int = 5
     recovery_timeout: float = 2.0
@@ -110,19 +113,38 @@ class BreakerSettings:
     failure_rate_threshold: float = 0.5
     window_size: int = 50
     minimum_calls: int = 20
+    # Each open period is spread by +/- this share, so breakers that tripped together (one per
+    # process) do not all probe the store in the same instant.
+    jitter: float = 0.1
     # While open, ping the store this often off the agents' path; an answer ends the open
     # period early (see resilience/recovery_watch.py). None: wait out the open period.
     health_check_interval: float | None = 0.5
 
     def __post_init__(self) -> None:
+        counts = (
+            self.failure_threshold,
+            self.half_open_max_calls,
+            self.window_size,
+            self.minimum_calls,
+        )
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
+            raise ConfigError(
+                "failure_threshold, half_open_max_calls, window_size and minimum_calls must be "
+                f"integers, got {counts!r}"
+            )
         if self.failure_threshold < 1 or self.half_open_max_calls < 1:
             raise ConfigError("failure_threshold and half_open_max_calls must be >= 1")
-        if not (self.recovery_timeout > 0 and self.max_recovery_timeout >= self.recovery_timeout):
-            raise ConfigError("need 0 < recovery_timeout <= max_recovery_timeout")
-        if not 0 < self.failure_rate_threshold <= 1:
+        base, cap = self.recovery_timeout, self.max_recovery_timeout
+        if not (_is_number(base) and _is_number(cap) and 0 < base <= cap):
+            raise ConfigError(
+                f"need 0 < recovery_timeout <= max_recovery_timeout < inf, got {base!r}, {cap!r}"
+            )
+        if not (_is_number(self.failure_rate_threshold) and 0 < self.failure_rate_threshold <= 1):
             raise ConfigError("failure_rate_threshold must be in (0, 1]")
         if self.window_size < 1 or not 1 <= self.minimum_calls <= self.window_size:
             raise ConfigError("need window_size >= 1 and 1 <= minimum_calls <= window_size")
+        if not (_is_number(self.jitter) and 0 <= self.jitter < 1):
+            raise ConfigError(f"jitter must be in [0, 1), got {self.jitter!r}")
         interval = self.health_check_interval
         if interval is not None and not (_is_number(interval) and interval > 0):
             raise ConfigError(f"health_check_interval must be None or > 0, got {interval!r}")
