@@ -7,6 +7,7 @@ decide whether a call may go out (:mod:`.guard`), the codec turns values into by
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -17,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 import msgspec
 
+from .coherence import coherence_for
 from .compat.helpers import ToolShapedHelpers
 from .config import CacheConfig, check_name, redact_url
 from .errors import InvalidTTLError
@@ -165,6 +167,10 @@ class AsyncToolCache(ToolShapedHelpers):
         ]
         self._stats = StatsRecorder(names)
         self._reads = _ReadTracker()
+        # What the memory layer may trust while other processes write (see coherence.py).
+        self._coherence = coherence_for(
+            self.config, self._memory, self._reads, [g.name for g in self._layers]
+        )
         self._known_namespaces: set[str] = set()
         self._namespace_reads: dict[str, _NamespaceReads] = {}  # read hot path, see get()
         self._background: set[asyncio.Task[Any]] = set()
@@ -260,6 +266,13 @@ class AsyncToolCache(ToolShapedHelpers):
         async with anyio.create_task_group() as tg:
             for layer in self._layers:
                 tg.start_soon(probe, layer)
+        # Open the invalidation channel and give it a moment, so the first reads are already
+        # vouched for; a Redis that is down leaves the memory layer in window mode.
+        self._coherence.start()
+        if all(layer.breaker.state is BreakerState.CLOSED for layer in self._layers):
+            await self._coherence.wait_live(
+                self.config.redis_connect_timeout + self.config.redis_command_timeout
+            )
 
     async def aclose(self) -> None:
         """Stop background work and release every store. Idempotent."""
@@ -270,6 +283,7 @@ class AsyncToolCache(ToolShapedHelpers):
             landing = self._loads.writes_in_flight()
             if landing:  # loaded values on their way to Redis and files: let them arrive
                 await asyncio.wait(landing, timeout=_CLOSE_GRACE_SECONDS)
+            await self._coherence.aclose()
             for task in list(self._background):
                 task.cancel()
             if self._background:
@@ -837,7 +851,8 @@ class AsyncToolCache(ToolShapedHelpers):
     # -- introspection --------------------------------------------------------------------
     def stats(self) -> CacheStats:
         """Counters per namespace and overall: hits per store, misses, errors, loaders ..."""
-        return self._stats.snapshot(self._corrupt_in_stores())
+        snapshot = self._stats.snapshot(self._corrupt_in_stores())
+        return dataclasses.replace(snapshot, coherence=self._coherence.counters())
 
     def _corrupt_in_stores(self) -> dict[str, int]:
         """Broken entries stores found and dropped themselves (the file store judges its own
@@ -893,6 +908,7 @@ class AsyncToolCache(ToolShapedHelpers):
                 else f"FAILED: {redis['error']}"
             ),
             "stores": {name: stores[name] for name in self._store_order() if name in stores},
+            "coherence": self._coherence.describe(),
         }
         return report
 
