@@ -92,6 +92,7 @@ async def make_cache(
             "cache_dir": cache_dir,
             "key_prefix": key_prefix,
             "redis_url": redis_url,
+            "use_redis": False,  # a given redis_url alone would turn Redis on
         }
         settings.update(changes)
         use_clock = settings.pop("clock", clock)

@@ -9,6 +9,7 @@ the window itself is tested with a short one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -35,7 +36,8 @@ class Peer:
     """The peer process: one JSON request per line in, one answer per line out."""
 
     def __init__(self) -> None:
-        self._log = tempfile.TemporaryFile()
+        # the peer's stderr, kept for as long as the peer runs and read when it dies
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests._coherence_peer"],
             cwd=ROOT,
@@ -46,7 +48,8 @@ class Peer:
         )
 
     def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
-        assert self.process.stdin is not None and self.process.stdout is not None
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         line = self.process.stdout.readline()
@@ -79,10 +82,8 @@ class Peer:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            try:
+            with contextlib.suppress(AssertionError, OSError, ValueError):
                 self._exchange({"op": "close"})
-            except (AssertionError, OSError, ValueError):
-                pass
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -227,7 +227,8 @@ async def test_aclose_stops_the_replay(store: FakeStore) -> None:
     store.failing = True
     await guard.set("ns", "k", b"v", None)
     await guard.aclose()
-    assert guard._replayer is None or guard._replayer.done()
+    assert guard.replay is not None
+    assert not guard.replay.running
 
 
 async def test_callers_never_wait_out_a_probe_while_the_replay_can_probe(store: FakeStore) -> None:

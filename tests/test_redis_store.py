@@ -258,7 +258,7 @@ def test_constructing_a_store_does_no_io(free_port: Callable[[], int], key_prefi
 
 
 def test_from_config_rejects_a_url_with_the_wrong_scheme() -> None:
-    config = CacheConfig(redis_url="http://127.0.0.1:6379/0")  # use_redis=False: not checked
+    config = CacheConfig(redis_url="http://127.0.0.1:6379/0", use_redis=False)  # not checked
     with pytest.raises(ConfigError, match="redis://"):
         RedisStore.from_config(config)
     with pytest.raises(ConfigError):

@@ -20,6 +20,7 @@ from .errors import (
     LoaderTimeoutError,
     SerializationError,
     StoreError,
+    SyncInEventLoopError,
     UnhashableArgumentsError,
     ValueTooLargeError,
 )
@@ -31,6 +32,7 @@ from .stores.base import Store
 from .stores.file import FileStore
 from .stores.memory import MemoryStore
 from .stores.redis.store import RedisStore
+from .sync import SyncToolCache
 
 __version__ = "0.1.0"
 
@@ -60,6 +62,8 @@ __all__ = [
     "SerializationError",
     "Store",
     "StoreError",
+    "SyncInEventLoopError",
+    "SyncToolCache",
     "UnhashableArgumentsError",
     "ValueTooLargeError",
     "__version__",

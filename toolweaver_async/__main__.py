@@ -1,4 +1,4 @@
-"""Command line: ``python -m toolweaver_async {demo,doctor,inspect,clear,bench}``.
+"""Command line: ``python -m toolweaver_async {demo,doctor,inspect,keys,clear,bench}``.
 
 Every command builds its cache with ``AsyncToolCache.from_env()``, so it sees exactly what an
 agent configured by the same environment sees.
@@ -63,6 +63,14 @@ async def _clear(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _keys(args: argparse.Namespace) -> int:
+    """One key a line, streamed as the stores hand them over."""
+    async with AsyncToolCache.from_env() as cache:
+        async for key in cache.keys(namespace=args.namespace, prefix=args.prefix):
+            print(key)
+    return 0
+
+
 async def _bench(args: argparse.Namespace) -> int:
     """A quick latency check of the configured chain (the full suite is ``make bench``)."""
     value = {"tool": "search", "results": [{"id": i, "score": i / 10} for i in range(20)]}
@@ -110,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     clear = commands.add_parser("clear", help="remove this prefix's entries (or one namespace)")
     clear.add_argument("--namespace")
     clear.add_argument("--yes", action="store_true", help="really remove them")
+    keys = commands.add_parser("keys", help="list the keys of fresh entries, one a line")
+    keys.add_argument("--namespace", default="default")
+    keys.add_argument("--prefix", default="", help="only keys that start with this text")
     bench = commands.add_parser("bench", help="quick set/get latency of the configured chain")
     bench.add_argument("-n", type=int, default=2000)
     args = parser.parse_args(argv)
@@ -119,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "inspect": _inspect,
         "clear": _clear,
         "bench": _bench,
+        "keys": _keys,
     }[args.command]
     try:
         return asyncio.run(handler(args))

@@ -119,6 +119,18 @@ class BreakerSettings:
             raise ConfigError(f"health_check_interval must be None or > 0, got {interval!r}")
 
 
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+class _DefaultRedisURL(str):
+    """The default ``redis_url``, told apart from a URL the caller gave (which turns Redis on)."""
+
+    __slots__ = ()
+
+
+_UNSET_REDIS_URL = _DefaultRedisURL(DEFAULT_REDIS_URL)
+
+
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "toolweaver-async"
@@ -130,11 +142,12 @@ class CacheConfig:
 
     ``namespaces`` given here are merged over :data:`DEFAULT_NAMESPACES`; an unknown namespace
     takes the ``default`` policy. ``stores`` is the chain in read order; ``"redis"`` is dropped
-    while ``use_redis`` is false.
+    while ``use_redis`` is false. ``use_redis`` left out (``None``) means: on when a
+    ``redis_url`` is given, off otherwise; after construction it is always a ``bool``.
     """
 
-    use_redis: bool = False
-    redis_url: str = "redis://localhost:6379/0"
+    use_redis: bool | None = None
+    redis_url: str = _UNSET_REDIS_URL
     redis_password: str | None = None
     cache_dir: Path = field(default_factory=_default_cache_dir)
     key_prefix: str = "tw"
@@ -163,6 +176,12 @@ class CacheConfig:
     coherence_window: float | None = 1.0
 
     def __post_init__(self) -> None:
+        # A URL given on purpose is a wish to use Redis: silently running without it was the
+        # most common surprise of users porting from ToolWeaver (no Redis key ever written).
+        explicit_url = type(self.redis_url) is not _DefaultRedisURL
+        if self.use_redis is None:
+            object.__setattr__(self, "use_redis", explicit_url)
+        object.__setattr__(self, "redis_url", str(self.redis_url))
         merged = dict(DEFAULT_NAMESPACES)
         for name, policy in self.namespaces.items():
             check_name(name, what="namespace")
@@ -203,6 +222,19 @@ class CacheConfig:
             if not (_is_number(value) and value > 0):
                 raise ConfigError(f"{name} must be > 0 seconds, got {value!r}")
 
+    def describe_chain(self) -> str:
+        """The chain as it runs, for one log line: ``memory -> redis (url) -> file (folder)``."""
+        parts = []
+        for name in self.enabled_stores:
+            if name == "redis":
+                parts.append(f"redis ({redact_url(self.redis_url)})")
+            elif name == "file":
+                parts.append(f"file ({self.cache_dir})")
+            else:
+                parts.append(name)
+        off = "" if self.use_redis else "; Redis off (USE_REDIS=false, no redis_url given)"
+        return f"prefix {self.key_prefix!r}: {' -> '.join(parts)}{off}"
+
     @property
     def enabled_stores(self) -> tuple[str, ...]:
         """The chain as it runs: ``stores`` without ``"redis"`` unless ``use_redis``."""
@@ -218,11 +250,17 @@ class CacheConfig:
         return replace(self, **changes)
 
     @classmethod
+    def from_fields(cls, **values: Any) -> CacheConfig:
+        """``CacheConfig(**values)``, with a ``ConfigError`` naming unknown fields."""
+        _check_field_names(cls, values)
+        return cls(**values)
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CacheConfig:
         """Build a config from ``USE_REDIS``, ``REDIS_URL``, ``REDIS_PASSWORD``,
         ``TOOLWEAVER_CACHE_DIR`` and ``TOOLWEAVER_CACHE_PREFIX``; ``overrides`` win over them."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {"use_redis": False}  # REDIS_URL alone does not turn Redis on
         if "USE_REDIS" in env:
             values["use_redis"] = _parse_bool("USE_REDIS", env["USE_REDIS"])
         if env.get("REDIS_URL"):
@@ -233,12 +271,34 @@ class CacheConfig:
             values["cache_dir"] = Path(env["TOOLWEAVER_CACHE_DIR"])
         if env.get("TOOLWEAVER_CACHE_PREFIX"):
             values["key_prefix"] = env["TOOLWEAVER_CACHE_PREFIX"]
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise ConfigError(f"unknown CacheConfig fields: {', '.join(bad)}")
+        _check_field_names(cls, overrides)
+        if "redis_url" in overrides and "use_redis" not in overrides:
+            values.pop("use_redis")  # an explicit URL turns Redis on (see __post_init__)
         values.update(overrides)
         return cls(**values)
+
+
+# ToolWeaver's RedisCache arguments, and where they went
+_TOOLWEAVER_NAMES = {
+    "password": "redis_password",
+    "pool_size": "redis_pool_size",
+    "enable_fallback": "stores (leave 'file' out to disable the file fallback)",
+    "ssl": "a rediss:// redis_url",
+}
+
+
+def _check_field_names(cls: type[CacheConfig], values: Mapping[str, Any]) -> None:
+    known = {f.name for f in fields(cls)}
+    bad = sorted(set(values) - known)
+    if not bad:
+        return
+    hints = [f"{name} -> {_TOOLWEAVER_NAMES[name]}" for name in bad if name in _TOOLWEAVER_NAMES]
+    hint = (
+        f" (ToolWeaver's names: {'; '.join(hints)}; or use toolweaver_async.compat.RedisCache)"
+        if hints
+        else ""
+    )
+    raise ConfigError(f"unknown CacheConfig fields: {', '.join(bad)}{hint}")
 
 
 def check_name(name: object, *, what: str) -> str:

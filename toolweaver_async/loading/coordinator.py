@@ -103,9 +103,12 @@ class _Failure:
 
 Peek = Callable[[str, str, Any, NamespaceCounters], Envelope[Any] | None]
 Read = Callable[[str, str, Any, NamespaceCounters], Awaitable[tuple[Envelope[Any], str] | None]]
-# Does the part of a write that cannot wait (validation, encoding, memory) at once, and returns
-# the writes to the slower stores, still to be awaited.
-Write = Callable[..., Awaitable[Any]]
+# Caches a loaded value: does the part that cannot wait (validation, encoding, memory) at once
+# and returns the writes to the slower stores still to be awaited, or None when they land in
+# the background (write-behind, tracked by the write path: see ``Landing``).
+Write = Callable[..., Awaitable[Any] | None]
+# The write-behind of a loaded value of (namespace, key) still landing, if any.
+Landing = Callable[[str, str], "asyncio.Task[Any] | None"]
 LockFor = Callable[[str, str, float], GuardedLock | None]
 
 
@@ -113,8 +116,9 @@ class LoadCoordinator:
     """Serves ``get_or_set``: a usable entry at once, else one load per key.
 
     It works through the callables it is given: ``peek`` (the memory entry, fresh or stale),
-    ``read`` (the first entry of the slower stores and its store's name), ``write`` (the
-    cache's ``set``), and ``lock_for`` (a lock on a key, or ``None`` without Redis).
+    ``read`` (the first entry of the slower stores and its store's name), ``write`` (caches a
+    loaded value), ``landing`` (that value's writes still on their way to the slower stores)
+    and ``lock_for`` (a lock on a key, or ``None`` without Redis).
     """
 
     def __init__(
@@ -123,28 +127,24 @@ class LoadCoordinator:
         peek: Peek,
         read: Read,
         write: Write,
+        landing: Landing,
         lock_for: LockFor,
         policy: Callable[[str], NamespacePolicy],
         counters: Callable[[str], NamespaceCounters],
         clock: Callable[[], float],
         random: Callable[[], float],
         track: Callable[[asyncio.Task[Any]], None] | None = None,
-        write_behind: bool = False,
     ) -> None:
         self._peek = peek
         self._read = read
         self._write = write
+        self._landing = landing
         self._lock_for = lock_for
         self._policy = policy
         self._counters = counters
         self._clock = clock
         self._random = random
         self._track = track
-        # With a memory layer, a loaded value is readable in this process as soon as memory
-        # has it: the callers sharing a load are released then, and the writes to Redis and
-        # files land in the background (the Redis lock is held until they have).
-        self._write_behind = write_behind
-        self._landing: dict[FlightKey, asyncio.Task[Any]] = {}
         # a foreground load's outcome: the value, and whether it is a stale entry's
         self._loads: SingleFlight[FlightKey, tuple[Any, bool]] = SingleFlight(track)
         self._refreshes: SingleFlight[FlightKey, Any] = SingleFlight(track)
@@ -354,7 +354,7 @@ class LoadCoordinator:
             raise
         # Callers here need not wait for the release; other processes poll for the value, not
         # for the lock, which is let go only once the value has reached Redis.
-        self._in_background(_let_go(lock, keeper, self._landing.get((namespace, key))))
+        self._in_background(_let_go(lock, keeper, self._landing(namespace, key)))
         return value
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
@@ -385,44 +385,14 @@ class LoadCoordinator:
             elapsed = time.monotonic() - started
             counters.loader_seconds += elapsed
         _remember(self._durations, flight, elapsed)
+        # With a memory layer the value is readable in this process as soon as memory has it:
+        # the callers sharing this load are released then, and the writes to Redis and files
+        # land in the background (a Redis lock is held until they have, see _let_go).
         remote_writes = self._write(key, value, namespace=namespace, ttl=options.ttl)
         self._failures.pop(flight, None)
-        if not self._write_behind:
+        if remote_writes is not None:
             await remote_writes
-            return value
-        landing = asyncio.ensure_future(remote_writes)
-        if self._track is not None:
-            self._track(landing)
-        self._landing[flight] = landing
-        landing.add_done_callback(lambda done: self._forget_landing(flight, done))
         return value
-
-    def writes_pending(self, namespace: str | None = None, key: str | None = None) -> bool:
-        """Whether a loaded value of ``key`` (of ``namespace``, of anything) is still landing."""
-        if not self._landing:
-            return False
-        if key is not None:
-            return (namespace, key) in self._landing
-        return namespace is None or any(f[0] == namespace for f in self._landing)
-
-    async def settle_writes(self, namespace: str | None = None, key: str | None = None) -> None:
-        """Wait until loaded values of ``key`` (of ``namespace``, of anything) have reached
-        the slower stores, so a later write, delete or clear is not overtaken by them."""
-        if key is not None:
-            found = self._landing.get((namespace or "", key))
-            tasks = [] if found is None else [found]
-        else:
-            tasks = [t for f, t in self._landing.items() if namespace is None or f[0] == namespace]
-        if tasks:
-            await asyncio.wait(tasks)  # never cancels them, even when this caller is cancelled
-
-    def writes_in_flight(self) -> list[asyncio.Task[Any]]:
-        """Writes of loaded values to the slower stores that have not landed yet."""
-        return list(self._landing.values())
-
-    def _forget_landing(self, flight: FlightKey, done: asyncio.Task[Any]) -> None:
-        if self._landing.get(flight) is done:
-            del self._landing[flight]
 
     # -- negative caching ------------------------------------------------------------------
 

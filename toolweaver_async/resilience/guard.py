@@ -5,10 +5,11 @@ happened: the breaker refused, or the outage journal holds a newer write of that
 :data:`FAILED` (the store raised or missed its deadline; the breaker counted it). The
 coordinator never sees a store exception.
 
-A guarded store may carry an :class:`~toolweaver_async.journal.OutageJournal` (Redis does):
-writes it could not deliver are journaled, reads of journaled keys skip it, and one background
-task replays the journal in order as soon as the breaker lets a call through, the replay itself
-serving as the half-open probe when no caller does.
+A guarded store may carry an :class:`~toolweaver_async.resilience.journal.OutageJournal` (Redis
+does): writes it could not deliver are journaled, reads of journaled keys skip it, and
+:class:`~toolweaver_async.resilience.replay.JournalReplay` replays the journal in order as soon
+as the breaker lets a call through, the replay itself serving as the half-open probe when no
+caller does.
 """
 
 from __future__ import annotations
@@ -20,19 +21,16 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, Final, TypeVar
 
-from ..stores.base import Store, StoreItem
+from ..stores.base import HousekeepingStore, Store, StoreItem
 from .breaker import BreakerState, CircuitBreaker
-from .journal import JournalClear, JournalDelete, JournalInvalidate, JournalOp, OutageJournal
+from .journal import OutageJournal
 from .recovery_watch import RecoveryWatch
+from .replay import JournalReplay
 
 __all__ = ["FAILED", "SKIPPED", "GuardedStore", "Unreachable", "answered_at_once"]
 
 T = TypeVar("T")
 logger = logging.getLogger("toolweaver_async.cache")
-
-# How long the replayer waits before trying again after a refused or failed batch while the
-# breaker is not open (when it is open, the replayer sleeps until the breaker's next probe).
-_REPLAY_RETRY_SECONDS: Final = 0.05
 
 
 class Unreachable(enum.Enum):
@@ -84,8 +82,7 @@ class GuardedStore:
 
     __slots__ = (
         "_closed",
-        "_replayer",
-        "_wake",
+        "_housekeeping",
         "_watch",
         "breaker",
         "deadline",
@@ -93,6 +90,7 @@ class GuardedStore:
         "journal",
         "last_error",
         "name",
+        "replay",
         "store",
     )
 
@@ -112,12 +110,18 @@ class GuardedStore:
         self.failures = 0
         self.deadline = deadline
         self.journal = journal
-        self._replayer: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
+        self._housekeeping = store if isinstance(store, HousekeepingStore) else None
         self._closed = False
+        self.replay: JournalReplay | None = None
         if journal is not None:
-            journal.on_pending = self._start_replay
-            breaker.add_listener(self._breaker_changed)
+            self.replay = JournalReplay(
+                journal,
+                store,
+                breaker,
+                self._call,
+                deadline=deadline,
+                is_unreachable=lambda outcome: isinstance(outcome, Unreachable),
+            )
         self._watch = None
         if watch_interval is not None:
             self._watch = RecoveryWatch(
@@ -328,44 +332,10 @@ class GuardedStore:
         self._closed = True
         if self._watch is not None:
             await self._watch.aclose()
-        replayer = self._replayer
-        if replayer is not None and not replayer.done():
-            replayer.cancel()
-            await asyncio.gather(replayer, return_exceptions=True)
+        if self.replay is not None:
+            await self.replay.aclose()
         if self.journal is not None:
             await self.journal.aclose()
-
-    def _start_replay(self) -> None:
-        if self._closed or (self._replayer is not None and not self._replayer.done()):
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # recorded outside a loop: the next open() or record starts it
-            return
-        self._wake = asyncio.Event()
-        self._replayer = loop.create_task(self._replay(), name=f"replay {self.name} journal")
-
-    def _breaker_changed(self, _name: str, _old: BreakerState, _new: BreakerState) -> None:
-        if self._wake is not None:
-            self._wake.set()
-
-    async def _replay(self) -> None:
-        """Deliver the journal in order, a batch per call through the breaker, until empty."""
-        journal = self.journal
-        assert journal is not None
-        logger.info("%s store: replaying %d journaled operations", self.name, len(journal))
-        while journal:
-            breaker = self.breaker
-            if breaker.state is BreakerState.OPEN:
-                await self._sleep(breaker.snapshot()["seconds_until_probe"])
-                continue
-            batch = journal.next_batch()
-            outcome = await self._deliver(journal, batch)
-            if isinstance(outcome, Unreachable):
-                await self._sleep(_REPLAY_RETRY_SECONDS)
-            else:
-                journal.landed(batch)
-        logger.info("%s store: outage journal replayed", self.name)
 
     def _refusing(self) -> bool:
         """Whether a call would be skipped now without I/O (breaker open, or the replay is the
@@ -373,57 +343,8 @@ class GuardedStore:
         state = self.breaker.state
         if state is _CLOSED:  # the hot path: one property read
             return False
-        return state is _OPEN or (self.journal is not None and self._replay_probes())
-
-    def _replay_probes(self) -> bool:
-        """While a replay is pending, the replay alone probes a half-open store: a caller
-        never waits out a probe on a store that may still be down (it reads the next store)."""
-        replayer = self._replayer
-        return (
-            replayer is not None
-            and not replayer.done()
-            and self.breaker.state is BreakerState.HALF_OPEN
-        )
-
-    def _deliver(self, journal: OutageJournal, batch: list[JournalOp]) -> Awaitable[Any]:
-        first = batch[0]
-        if isinstance(first, JournalClear):
-            return self._call(self.store.clear, (), None)
-        if isinstance(first, JournalInvalidate):
-            return self._call(self.store.invalidate, (first.namespace,), self.deadline)
-        return self._call(self._write_batch, (journal, batch), self.deadline)
-
-    async def _write_batch(self, journal: OutageJournal, batch: list[JournalOp]) -> None:
-        """One pipelined ``set_many`` per namespace; deletes (and sets that expired while
-        journaled: the store may still hold an older, longer-lived value) concurrently."""
-        sets: dict[str, list[StoreItem]] = {}
-        deletes: list[tuple[str, str]] = []
-        for op in batch:
-            if isinstance(op, JournalDelete):
-                deletes.append((op.namespace, op.key))
-                continue
-            assert not isinstance(op, JournalClear | JournalInvalidate)
-            ttl = journal.remaining_ttl(op)
-            if ttl is not None and ttl <= 0:
-                deletes.append((op.namespace, op.key))
-            else:
-                sets.setdefault(op.namespace, []).append((op.key, op.data, ttl))
-        calls: list[Awaitable[Any]] = [self.store.set_many(ns, items) for ns, items in sets.items()]
-        calls += [self.store.delete(ns, key) for ns, key in deletes]
-        for result in await asyncio.gather(*calls, return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result
-
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep up to ``seconds``, or until the breaker changes state."""
-        wake = self._wake
-        assert wake is not None
-        wake.clear()
-        try:
-            async with asyncio.timeout(max(seconds, 0.001)):
-                await wake.wait()
-        except TimeoutError:
-            pass
+        replay = self.replay
+        return state is _OPEN or (replay is not None and replay.probing())
 
     # -- health ----------------------------------------------------------------------------
 
@@ -435,12 +356,13 @@ class GuardedStore:
             "last_error": self.last_error,
             "breaker": self.breaker.snapshot(),
         }
-        # Counters some stores keep for the coordinator (the file store's broken, expired and
-        # evicted entries, dropped by the store itself and never seen as corrupt here).
-        for counter in ("corrupt_removed", "expired_removed", "evicted"):
-            value = getattr(self.store, counter, None)
-            if isinstance(value, int):
-                info[counter] = value
+        # Counters a store that removes entries by itself keeps (the file store's broken,
+        # expired and evicted entries, dropped by the store and never seen as corrupt here).
+        store = self._housekeeping
+        if store is not None:
+            info["corrupt_removed"] = store.corrupt_removed
+            info["expired_removed"] = store.expired_removed
+            info["evicted"] = store.evicted
         if self.journal is not None:
             info["journal"] = self.journal.describe()
         return info

@@ -20,7 +20,7 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,7 +29,7 @@ import aiofiles.os
 
 from ..config import CacheConfig, check_name
 from ..errors import ConfigError, StoreError
-from .base import StoreItem
+from .base import EntryPage, StoreItem
 from .worker_lane import WorkerLane
 
 __all__ = ["FileStore"]
@@ -532,6 +532,11 @@ class FileStore:
         )
 
     @property
+    def call_timeout(self) -> float | None:
+        """The time budget of one call (its breaker's slow-call limit): ``step_timeout``."""
+        return self.step_timeout
+
+    @property
     def corrupt_removed(self) -> int:
         return self._ledger.corrupt_removed
 
@@ -612,6 +617,21 @@ class FileStore:
         worker, self._worker, self._lane = self._worker, None, None
         if worker is not None:
             worker.shutdown(wait=False)
+
+    async def list_entries(self, namespace: str, prefix: str) -> AsyncIterator[EntryPage]:
+        """Each entry file of ``namespace`` read once (see :mod:`.file_listing`), one subfolder
+        and at most ``_ENTRIES_PER_STEP`` files per worker step."""
+        from . import file_listing  # the listing's helpers import this module's file format
+
+        folder = self._folder(namespace)
+        for subfolder in await self._run("list", file_listing.subfolders, folder):
+            names = await self._run("list", file_listing.entry_names, subfolder)
+            for part in _chunked(names):
+                page = await self._step(
+                    "list", file_listing.read_named_entries, subfolder, part, prefix, self._clock()
+                )
+                if page:
+                    yield page
 
     async def _keep_bounded(self) -> None:
         """After a write: the first write scans (lazily, so constructing does no I/O); the write

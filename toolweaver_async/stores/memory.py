@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from .base import StoreItem
+from .base import EntryPage, StoreItem
 
 __all__ = ["MemoryEntry", "MemoryStore"]
 
@@ -176,6 +176,20 @@ class MemoryStore:
 
     async def ping(self) -> None:
         return None
+
+    async def list_entries(self, namespace: str, prefix: str) -> AsyncIterator[EntryPage]:
+        """One snapshot page (the store is bounded by ``max_entries``), taken synchronously so
+        no write can interleave with it."""
+        now = self._clock()
+        page = [
+            (k[1], entry.data)
+            for k, entry in self._entries.items()
+            if k[0] == namespace
+            and k[1].startswith(prefix)
+            and (entry.expires_at is None or entry.expires_at > now)
+        ]
+        if page:
+            yield page
 
     async def aclose(self) -> None:
         self.discard_all()

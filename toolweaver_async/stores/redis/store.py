@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from ...config import CacheConfig, _check_redis_url, check_name, redact_url
 from ...errors import ConfigError, StoreError
-from ..base import StoreItem
+from ..base import EntryPage, StoreItem
 from .batching import RoundTripBatcher
 from .lock import RedisLock
 
@@ -164,6 +164,8 @@ class RedisStore:
     # ``command_timeout`` after each round trip it needs was asked for (queue wait included);
     # other commands are bounded by the client's pool-wait, connect and socket timeouts.
     bounds_calls: Final = True
+    # Reached over the network and shared by processes: the chain gives it an outage journal.
+    remote: Final = True
 
     def __init__(
         self,
@@ -195,6 +197,7 @@ class RedisStore:
                 tls_verify=tls_verify,
             )
         )
+        self.call_timeout = command_timeout  # also its breaker's slow-call limit
         # Bound once: the hot path skips two attribute lookups, and redis-py leaves it untyped.
         self._execute: Callable[..., Awaitable[Any]] = self._client.execute_command
         self._batcher = RoundTripBatcher(
@@ -397,6 +400,41 @@ class RedisStore:
             self._closing = asyncio.get_running_loop().create_task(self._release())
         await asyncio.shield(self._closing)
 
+    # -- listing (AsyncToolCache.keys) ------------------------------------------------------
+
+    async def list_entries(self, namespace: str, prefix: str) -> AsyncIterator[EntryPage]:
+        """The live generation's entries whose key starts with ``prefix``: ``SCAN MATCH`` with
+        the prefix glob-escaped, then one ``MGET`` per page (with the counter, so a listing
+        that an invalidation overtakes stops instead of listing a dead generation)."""
+        ns = self._namespace(namespace)
+        try:
+            used = ns.observe(await self._execute("GET", ns.gen_key))
+            pattern = used.prefix_bytes + glob_escape(prefix).encode() + b"*"
+            skip = len(used.prefix_bytes)
+            cursor: Any = 0
+            while True:
+                cursor, found = await self._execute(
+                    "SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT
+                )
+                if found:
+                    raw, *values = await self._execute("MGET", ns.gen_key, *found)
+                    if ns.observe(raw).number != used.number:
+                        return  # invalidated meanwhile: nothing listed from here on is live
+                    page = []
+                    for name, data in zip(found, values, strict=True):
+                        try:
+                            key = name[skip:].decode()
+                        except UnicodeDecodeError:
+                            continue  # not a key this library wrote
+                        if data is not None:
+                            page.append((key, data))
+                    if page:
+                        yield page
+                if int(cursor) == 0:
+                    return
+        except _DRIVER_ERRORS as exc:
+            raise _store_error("list", exc, self._secrets) from exc
+
     # -- internals ---------------------------------------------------------------------------
 
     def _namespace(self, namespace: str) -> _Namespace:
@@ -487,6 +525,11 @@ def _raise_first_error(replies: list[Any]) -> list[Any]:
         if isinstance(reply, Exception):
             raise reply
     return replies
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis glob pattern (``SCAN MATCH``, ``KEYS``)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _is_counter(key: bytes | str) -> bool:

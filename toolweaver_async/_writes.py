@@ -1,0 +1,226 @@
+"""The write path: entry lifetime (ttl, jitter, stale grace) and the fan-out to every store.
+
+A write is encoded once, put into memory at once, and sent to every slower store concurrently
+(:meth:`WritePath.on_every_layer`), so that a caller cancelled mid-write never leaves some stores
+with the new value and some with the old. Values a loader produced may land in the slower stores
+behind the caller's back (write-behind); this module tracks them, so a later write, delete or
+clear of the same keys waits for them instead of being overtaken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from ._chain import Chain
+from ._reads import ReadTracker
+from .config import NamespacePolicy
+from .errors import InvalidTTLError
+from .keys import check_key
+from .resilience.guard import FAILED, GuardedStore, answered_at_once
+from .serialization import EntryCodec
+from .stats import StatsRecorder
+from .stores.base import StoreItem
+
+__all__ = ["WritePath"]
+
+FlightKey = tuple[str, str]
+
+
+async def _settle(writes: asyncio.Future[Any]) -> None:
+    """Wait for writes a cancelled caller left running (a task, so aclose can stop them)."""
+    try:
+        await writes
+    except asyncio.CancelledError:
+        writes.cancel()
+        raise
+
+
+class WritePath:
+    """Writes, deletes and invalidations through the chain, and the loaded values still
+    landing in the slower stores (``landing``)."""
+
+    def __init__(
+        self,
+        chain: Chain,
+        *,
+        codec: EntryCodec,
+        clock: Callable[[], float],
+        random: Callable[[], float],
+        stats: StatsRecorder,
+        policy: Callable[[str], NamespacePolicy],
+        tracker: ReadTracker,
+        check_namespace: Callable[[str], None],
+        adopt: Callable[[asyncio.Future[Any]], None],
+    ) -> None:
+        self.memory = chain.memory
+        self.layers = chain.layers
+        self._codec = codec
+        self._clock = clock
+        self._random = random
+        self._stats = stats
+        self._policy = policy
+        self._tracker = tracker
+        self._check_namespace = check_namespace
+        self._adopt = adopt
+        # Loaded values on their way to the slower stores, by key (see write_loaded).
+        self.landing: dict[FlightKey, asyncio.Task[Any]] = {}
+
+    # -- entry lifetime ----------------------------------------------------------------------
+
+    def encode(
+        self, namespace: str, key: str, value: Any, ttl: float | None
+    ) -> tuple[bytes, float | None]:
+        """Entry bytes and how long stores may keep them."""
+        policy = self._policy(namespace)
+        if ttl is None:
+            fresh_for = policy.ttl
+        else:
+            if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
+                raise InvalidTTLError(f"ttl must be a number of seconds > 0, got {ttl!r}")
+            fresh_for = float(ttl)
+        if fresh_for is not None and policy.ttl_jitter > 0:
+            # keys written together must not all expire together
+            fresh_for *= 1.0 - policy.ttl_jitter * self._random()
+        now = self._clock()
+        expires_at = None if fresh_for is None else now + fresh_for
+        stale_until = None
+        if expires_at is not None and policy.stale_ttl > 0:
+            stale_until = expires_at + policy.stale_ttl
+        data = self._codec.encode(
+            namespace, key, value, created_at=now, expires_at=expires_at, stale_until=stale_until
+        )
+        hard = stale_until if stale_until is not None else expires_at
+        return data, None if hard is None else hard - now
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def set_now(
+        self, key: str, value: Any, *, namespace: str, ttl: float | None
+    ) -> Awaitable[list[Any]]:
+        """The part of ``set`` that happens at once (checks, the one encode, memory); returns
+        the writes to the slower stores, still to be awaited."""
+        key = check_key(key)
+        self._check_namespace(namespace)
+        data, store_ttl = self.encode(namespace, key, value, ttl)
+        self._tracker.wrote(namespace, key)
+        self._stats.counters(namespace).sets += 1
+        if self.memory is not None:
+            self.memory.put(namespace, key, data, store_ttl)
+        return self.on_every_layer(lambda g: g.set(namespace, key, data, store_ttl), namespace)
+
+    async def set_many(self, mapping: Mapping[str, Any], namespace: str, ttl: float | None) -> None:
+        """Every item, all encoded first, so one bad value writes nothing."""
+        if self.landing:
+            await self.settle(namespace)
+        items: list[StoreItem] = []
+        for key, value in mapping.items():
+            key = check_key(key)
+            data, store_ttl = self.encode(namespace, key, value, ttl)
+            items.append((key, data, store_ttl))
+        if not items:
+            return
+        self._stats.counters(namespace).sets += len(items)
+        for key, data, store_ttl in items:
+            self._tracker.wrote(namespace, key)
+            if self.memory is not None:
+                self.memory.put(namespace, key, data, store_ttl)
+        await self.on_every_layer(lambda g: g.set_many(namespace, items), namespace)
+
+    async def delete(self, namespace: str, key: str) -> bool:
+        """Remove ``key`` from every store (callers made way first, see :meth:`make_way`)."""
+        self._tracker.wrote(namespace, key)
+        self._stats.counters(namespace).deletes += 1
+        removed = self.memory.discard(namespace, key) if self.memory is not None else False
+        answers = await self.on_every_layer(lambda g: g.delete(namespace, key), namespace)
+        return removed or any(a is True for a in answers)
+
+    async def invalidate(self, namespace: str) -> None:
+        """Make every entry of ``namespace`` unreadable in every store (after make_way)."""
+        self._tracker.wrote_everything()
+        if self.memory is not None:
+            self.memory.discard_namespace(namespace)
+        await self.on_every_layer(lambda g: g.invalidate(namespace), namespace)
+
+    async def clear(self) -> None:
+        """Remove every entry of this cache from every store (after make_way)."""
+        self._tracker.wrote_everything()
+        if self.memory is not None:
+            self.memory.discard_all()
+        await self.on_every_layer(lambda g: g.clear(), None)
+
+    async def on_every_layer(
+        self, op: Callable[[GuardedStore], Awaitable[Any]], namespace: str | None
+    ) -> list[Any]:
+        """Run ``op`` on every remote layer concurrently; failures are counted, not raised.
+
+        A caller cancelled mid-write never leaves some stores with the new value and some with
+        the old: one layer's write runs in the caller's own task, so it has started (a Redis
+        write cut short is journaled, a file write finishes in its thread); several run
+        shielded and finish in the background (aclose still stops them)."""
+        layers = self.layers
+        if not layers:
+            return []
+        calls = [op(g) for g in layers]
+        if sum(not answered_at_once(call) for call in calls) <= 1:
+            # At most one store does I/O (the others journaled the write or were skipped):
+            # it runs in the caller's task, as a lone store's write does.
+            answers = [await call for call in calls]
+        else:
+            # gather wraps each write in a task that has not started yet: cancelling them with
+            # the caller would skip those stores altogether.
+            writes = asyncio.gather(*calls)
+            try:
+                answers = list(await asyncio.shield(writes))
+            except asyncio.CancelledError:
+                if not writes.done():
+                    self._adopt(asyncio.ensure_future(_settle(writes)))
+                raise
+        if namespace is not None and FAILED in answers:
+            counters = self._stats.counters(namespace)
+            for layer, answer in zip(layers, answers, strict=True):
+                if answer is FAILED:
+                    counters.errors[layer.name] += 1
+        return answers
+
+    # -- write-behind ------------------------------------------------------------------------
+
+    def write_loaded(
+        self, key: str, value: Any, *, namespace: str, ttl: float | None
+    ) -> Awaitable[Any] | None:
+        """Cache a loaded value. With a memory layer it is readable in this process at once:
+        the writes to the slower stores land in the background, tracked in ``landing``, and
+        ``None`` is returned. Without one, the writes are returned, still to be awaited."""
+        remote_writes = self.set_now(key, value, namespace=namespace, ttl=ttl)
+        if self.memory is None:
+            return remote_writes
+        flight = (namespace, key)
+        landing = asyncio.ensure_future(remote_writes)
+        self._adopt(landing)
+        self.landing[flight] = landing
+        landing.add_done_callback(lambda done: self._landed(flight, done))
+        return None
+
+    def _landed(self, flight: FlightKey, done: asyncio.Task[Any]) -> None:
+        if self.landing.get(flight) is done:
+            del self.landing[flight]
+
+    async def make_way(self, namespace: str | None = None, key: str | None = None) -> None:
+        """Before a write of ``key`` (of all of ``namespace``, of everything): reads in flight
+        stop promoting what they found, and loaded values still landing arrive first."""
+        if namespace is not None and key is not None:
+            self._tracker.wrote(namespace, key)
+        if self.landing:
+            await self.settle(namespace, key)
+
+    async def settle(self, namespace: str | None = None, key: str | None = None) -> None:
+        """Wait until loaded values of ``key`` (of ``namespace``, of anything) have reached
+        the slower stores, so a later write, delete or clear is not overtaken by them."""
+        if key is not None:
+            found = self.landing.get((namespace or "", key))
+            tasks = [] if found is None else [found]
+        else:
+            tasks = [t for f, t in self.landing.items() if namespace is None or f[0] == namespace]
+        if tasks:
+            await asyncio.wait(tasks)  # never cancels them, even when this caller is cancelled

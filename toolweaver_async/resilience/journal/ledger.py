@@ -1,0 +1,273 @@
+"""The journal's ledger: which operations a store still has to receive, with no I/O at all.
+
+Latest wins: one operation per key (a newer write replaces an older one), an invalidation of a
+namespace drops that namespace's earlier operations, a clear drops everything. Operations are
+kept in the order they happened and handed back in that order for replay. When full, a
+namespace's writes give way to one invalidation of it, and invalidations to one clear: a miss is
+always safe, a stale hit is not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from .records import (
+    CLEAR_SLOT,
+    JournalClear,
+    JournalDelete,
+    JournalInvalidate,
+    JournalOp,
+    JournalSet,
+    Landed,
+    Record,
+    Slot,
+    size_of,
+    slot_of,
+)
+
+__all__ = ["JournalLedger", "live_operations"]
+
+logger = logging.getLogger("toolweaver_async.journal")
+
+UNBOUNDED = 1 << 62
+
+
+def _storable(key: str) -> bool:
+    """Keys with lone surrogates never reach Redis at all, so it can hold no old value of them."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class JournalLedger:
+    """Operations one store missed, latest per key, in order, bounded; in memory only.
+
+    ``clock`` is the wall clock the cache stamps entries with. ``on_pending`` is called when the
+    ledger goes from empty to non-empty, so the owner can start replaying. Subclasses that keep
+    a log override :meth:`_persist`. Not thread-safe: one event loop owns it.
+    """
+
+    def __init__(
+        self, *, max_entries: int, clock: Callable[[], float], name: str = "redis"
+    ) -> None:
+        if not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError(f"max_entries must be a positive integer, got {max_entries!r}")
+        self.max_entries = max_entries
+        self.name = name
+        self.on_pending: Callable[[], None] | None = None
+        self._clock = clock
+        self._ops: dict[Slot, JournalOp] = {}  # insertion order is journal order
+        self._keys_by_namespace: dict[str, set[str]] = {}
+        self._marked: set[str] = set()  # namespaces with a pending invalidation
+        self._cleared = False
+        self._seq = 0
+        self._live_bytes = 0
+        # counters for health_check
+        self.recorded = 0
+        self.replayed = 0
+        self.overflows = 0  # times a full journal gave up writes for an invalidation or clear
+
+    # -- questions, asked on the hot path ------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def __bool__(self) -> bool:
+        return bool(self._ops)
+
+    def covers(self, namespace: str, key: str) -> bool:
+        """Does the store possibly hold an older value of ``key`` than the newest write?"""
+        if not self._ops:
+            return False
+        return self._cleared or namespace in self._marked or (namespace, key) in self._ops
+
+    def touches(self, namespace: str) -> bool:
+        """Is any operation of ``namespace`` (or a clear) still to be replayed?"""
+        if not self._ops:
+            return False
+        return self._cleared or namespace in self._marked or namespace in self._keys_by_namespace
+
+    # -- recording -----------------------------------------------------------------------------
+
+    def record_set(self, namespace: str, key: str, data: bytes, ttl: float | None) -> None:
+        """``data`` could not be written under ``key``; ``ttl`` as given to the store."""
+        expires_at = None if ttl is None else self._clock() + ttl
+        self._record(JournalSet(self._next_seq(), namespace, key, data, expires_at))
+
+    def record_delete(self, namespace: str, key: str) -> None:
+        self._record(JournalDelete(self._next_seq(), namespace, key))
+
+    def record_invalidate(self, namespace: str) -> None:
+        self._record(JournalInvalidate(self._next_seq(), namespace))
+
+    def record_clear(self) -> None:
+        self._record(JournalClear(self._next_seq()))
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _record(self, op: JournalOp) -> None:
+        if isinstance(op, JournalSet | JournalDelete) and not _storable(op.key):
+            return
+        was_empty = not self._ops
+        if self._apply(op):
+            self.recorded += 1
+            self._persist(op)
+        if was_empty and self._ops and self.on_pending is not None:
+            self.on_pending()
+
+    def _persist(self, record: Record) -> None:
+        """Hand ``record`` to the log; the ledger alone keeps none."""
+
+    def _apply(self, op: JournalOp) -> bool:
+        """Put ``op`` into the journal with every supersession rule; False when it was not
+        needed (a pending clear already covers it and there is no room)."""
+        slot = slot_of(op)
+        if isinstance(op, JournalClear):
+            self._reset()
+        elif isinstance(op, JournalInvalidate):
+            self._drop_namespace(op.namespace)
+        else:
+            self._remove(slot)
+        if len(self._ops) >= self.max_entries and not self._make_room():
+            return False
+        self._ops[slot] = op
+        self._live_bytes += size_of(op)
+        if isinstance(op, JournalSet | JournalDelete):
+            self._keys_by_namespace.setdefault(op.namespace, set()).add(op.key)
+        elif isinstance(op, JournalInvalidate):
+            self._marked.add(op.namespace)
+        else:
+            self._cleared = True
+        return True
+
+    def _make_room(self) -> bool:
+        """Free a slot without ever letting Redis serve a value older than a journaled write."""
+        while len(self._ops) >= self.max_entries:
+            if self._keys_by_namespace:
+                namespace = max(
+                    self._keys_by_namespace, key=lambda n: len(self._keys_by_namespace[n])
+                )
+                dropped = len(self._keys_by_namespace[namespace])
+                self.overflows += 1
+                logger.warning(
+                    "outage journal for %s is full (%d entries): namespace %r (%d writes) will be "
+                    "invalidated there on replay instead",
+                    self.name,
+                    self.max_entries,
+                    namespace,
+                    dropped,
+                )
+                self._drop_namespace(namespace)
+                marker = JournalInvalidate(self._next_seq(), namespace)
+                self._ops[(namespace, None)] = marker
+                self._live_bytes += size_of(marker)
+                self._marked.add(namespace)
+                self._persist(marker)
+            elif not self._cleared:
+                logger.warning(
+                    "outage journal for %s is full of namespace invalidations: it will clear "
+                    "the whole key prefix there on replay instead",
+                    self.name,
+                )
+                self.overflows += 1
+                self._reset()
+                marker_clear = JournalClear(self._next_seq())
+                self._ops[CLEAR_SLOT] = marker_clear
+                self._live_bytes += size_of(marker_clear)
+                self._cleared = True
+                self._persist(marker_clear)
+            else:
+                self.overflows += 1
+                return False  # only the clear is left: it already covers anything newer
+        return True
+
+    def _remove(self, slot: Slot) -> JournalOp | None:
+        op = self._ops.pop(slot, None)
+        if op is None:
+            return None
+        self._live_bytes -= size_of(op)
+        if isinstance(op, JournalSet | JournalDelete):
+            keys = self._keys_by_namespace[op.namespace]
+            keys.discard(op.key)
+            if not keys:
+                del self._keys_by_namespace[op.namespace]
+        elif isinstance(op, JournalInvalidate):
+            self._marked.discard(op.namespace)
+        else:
+            self._cleared = False
+        return op
+
+    def _drop_namespace(self, namespace: str) -> None:
+        for key in list(self._keys_by_namespace.get(namespace, ())):
+            self._remove((namespace, key))
+        self._remove((namespace, None))
+
+    def _reset(self) -> None:
+        self._ops.clear()
+        self._keys_by_namespace.clear()
+        self._marked.clear()
+        self._cleared = False
+        self._live_bytes = 0
+
+    # -- replay --------------------------------------------------------------------------------
+
+    def next_batch(
+        self, *, max_ops: int = 64, max_deletes: int = 16, max_bytes: int = 256 * 1024
+    ) -> list[JournalOp]:
+        """The oldest operations to replay next, in order: one invalidation or clear on its own,
+        or a run of key operations (they touch distinct keys, so any order among them is fine).
+
+        Small batches: building a pipeline runs on the event loop (~5 us a command), so a
+        replay of thousands of writes must not hold the loop for milliseconds at a time."""
+        batch: list[JournalOp] = []
+        size = deletes = 0
+        for op in self._ops.values():
+            if isinstance(op, JournalInvalidate | JournalClear):
+                if not batch:
+                    batch.append(op)
+                break
+            if isinstance(op, JournalDelete) or (
+                op.expires_at is not None and op.expires_at <= self._clock()
+            ):
+                deletes += 1
+            size += size_of(op)
+            batch.append(op)
+            if len(batch) >= max_ops or deletes >= max_deletes or size >= max_bytes:
+                break
+        return batch
+
+    def remaining_ttl(self, op: JournalSet) -> float | None:
+        """Seconds ``op``'s value may still live; <= 0 means it expired while journaled, and
+        must be replayed as a delete (the store may still hold an older, longer-lived value)."""
+        return None if op.expires_at is None else op.expires_at - self._clock()
+
+    def landed(self, ops: list[JournalOp]) -> None:
+        """``ops`` reached the store: forget each one unless a newer write replaced it meanwhile."""
+        for op in ops:
+            slot = slot_of(op)
+            if self._ops.get(slot) is op:
+                self._remove(slot)
+                self.replayed += 1
+                self._persist(Landed(op.seq))
+
+
+def live_operations(
+    records: Iterable[Record], *, clock: Callable[[], float], name: str
+) -> list[JournalOp]:
+    """The operations of a log still to be replayed, in order, as its writer had them."""
+    ledger = JournalLedger(max_entries=UNBOUNDED, clock=clock, name=name)
+    slot_by_seq: dict[int, Slot] = {}
+    for record in records:
+        if isinstance(record, Landed):
+            slot = slot_by_seq.pop(record.seq, None)
+            op = None if slot is None else ledger._ops.get(slot)
+            if slot is not None and op is not None and op.seq == record.seq:
+                ledger._remove(slot)
+        elif ledger._apply(record):
+            slot_by_seq[record.seq] = slot_of(record)
+    return list(ledger._ops.values())

@@ -1,0 +1,208 @@
+"""The outage journal: the ledger of missed operations, kept in a log on disk when it has a folder.
+
+Records are written by one worker-thread hop per 10 ms of changes, never on the event loop; a
+process that dies loses at most the records of its last 10 ms, and a torn tail is ignored on
+load. The log is compacted (rewritten to the live operations, also in the worker thread) when it
+grows past twice their size, and emptied when the journal drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from .ledger import JournalLedger, live_operations
+from .log import JournalFile
+from .records import (
+    JournalClear,
+    JournalDelete,
+    JournalInvalidate,
+    JournalOp,
+    JournalSet,
+    Record,
+    frame,
+    unframe,
+)
+
+__all__ = ["OutageJournal"]
+
+logger = logging.getLogger("toolweaver_async.journal")
+
+# Compaction waits until the log is this large and more than twice the live operations.
+_COMPACT_AFTER: Final = 256 * 1024
+# Records are handed to the disk at most this often: one thread hop per 10 ms, not per write,
+# so a journal under load does not crowd the file store out of the worker threads. A process
+# that dies loses at most the records of its last 10 ms.
+_FLUSH_EVERY: Final = 0.01
+
+
+async def _in_worker(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+class OutageJournal(JournalLedger):
+    """Operations one store missed, latest per key, in order, bounded, optionally on disk.
+
+    ``clock`` is the wall clock the cache stamps entries with (expiry survives restarts).
+    ``on_pending`` is called when the journal goes from empty to non-empty, so the owner can
+    start replaying. Not thread-safe: one event loop owns it.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_entries: int,
+        clock: Callable[[], float],
+        folder: Path | None = None,
+        name: str = "redis",
+    ) -> None:
+        super().__init__(max_entries=max_entries, clock=clock, name=name)
+        self._folder = folder
+        self._file: JournalFile | None = None
+        self._pending: list[bytes] = []
+        self._log_bytes = 0
+        self._rewrite_due = False
+        self._flusher: asyncio.Task[None] | None = None
+        self.last_error: str | None = None
+        self._closed = False
+
+    @property
+    def path(self) -> Path | None:
+        """The log file this process claimed, None while the journal lives in memory only."""
+        return None if self._file is None else self._file.path
+
+    async def open(self) -> None:
+        """Claim a journal file and load what a previous run left in it (sets become deletes,
+        see the package docstring). Without a folder, or when the disk fails, the journal stays
+        in memory. Operations recorded before this call come after the loaded ones."""
+        if self._folder is None or self._file is not None or self._closed:
+            return
+        file = JournalFile(self._folder, self.name)
+        try:
+            contents: list[bytes] = await _in_worker(file.claim)
+        except OSError as exc:
+            self._disk_failed(exc)
+            return
+        self._file = file
+        current = list(self._ops.values())
+        self._reset()
+        torn = False
+        for content in contents:
+            records, torn_here = unframe(content)
+            torn = torn or torn_here
+            for op in live_operations(records, clock=self._clock, name=self.name):
+                self._apply(self._as_removal(op))
+        loaded = len(self._ops)
+        for op in current:
+            self._apply(op)
+        if loaded or torn:
+            logger.warning(
+                "outage journal for %s: %d operations left by previous runs in %s%s",
+                self.name,
+                loaded,
+                file.folder,
+                " (a torn tail was dropped)" if torn else "",
+            )
+        self._log_bytes = len(contents[0])
+        self._rewrite_due = any(contents) or bool(self._ops)
+        self._schedule_flush()
+        if self._ops and self.on_pending is not None:
+            self.on_pending()
+
+    def _as_removal(self, op: JournalOp) -> JournalOp:
+        """A loaded operation, renumbered (seqs of different files collide). A set becomes a
+        delete (package doc); every loaded op is then a removal, and removals commute, so the
+        files may be merged in any order."""
+        if isinstance(op, JournalSet | JournalDelete):
+            return JournalDelete(self._next_seq(), op.namespace, op.key)
+        if isinstance(op, JournalInvalidate):
+            return JournalInvalidate(self._next_seq(), op.namespace)
+        return JournalClear(self._next_seq())
+
+    async def aclose(self) -> None:
+        """Write what is pending and release the journal file. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(flusher)
+        if self._file is not None:
+            await self._flush(linger=0)
+            with contextlib.suppress(OSError):
+                await _in_worker(self._file.release)
+
+    def _persist(self, record: Record) -> None:
+        if self._file is None:
+            return
+        self._pending.append(frame(record))
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._closed or self._file is None:
+            return
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    def _compaction_due(self) -> bool:
+        if self._rewrite_due or (self._log_bytes and not self._ops):
+            return True
+        return self._log_bytes > _COMPACT_AFTER and self._log_bytes > 2 * self._live_bytes
+
+    async def _flush(self, *, linger: float = _FLUSH_EVERY) -> None:
+        """Write pending records in one hop per batch, gathering what arrives for ``linger``
+        seconds first; rewrite the whole log instead when it is due for compaction."""
+        file = self._file
+        while file is not None and (self._pending or self._compaction_due()):
+            if linger and not self._closed:
+                await asyncio.sleep(linger)
+            try:
+                if self._compaction_due():
+                    # The live operations (immutable) are encoded in the worker thread too: a
+                    # journal of thousands of 1 KB writes takes milliseconds to encode.
+                    live = list(self._ops.values())
+                    self._pending.clear()
+                    self._rewrite_due = False
+                    self._log_bytes = await _in_worker(file.rewrite_ops, live)
+                else:
+                    chunk = b"".join(self._pending)
+                    self._pending.clear()
+                    await _in_worker(file.append, chunk)
+                    self._log_bytes += len(chunk)
+            except OSError as exc:
+                # The log may now end in a torn frame: the next flush rewrites it whole.
+                self._rewrite_due = True
+                self._disk_failed(exc)
+                return
+            if self.last_error is not None:
+                logger.info("outage journal for %s is written to disk again", self.name)
+                self.last_error = None
+
+    def _disk_failed(self, exc: OSError) -> None:
+        if self.last_error is None:
+            logger.warning(
+                "outage journal for %s kept in memory only: %s: %s",
+                self.name,
+                type(exc).__name__,
+                exc,
+            )
+        self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def describe(self) -> dict[str, Any]:
+        """Plain data for ``health_check``."""
+        return {
+            "entries": len(self._ops),
+            "max_entries": self.max_entries,
+            "pending_namespaces": sorted(self._marked),
+            "clear_pending": self._cleared,
+            "recorded": self.recorded,
+            "replayed": self.replayed,
+            "overflows": self.overflows,
+            "path": None if self.path is None else str(self.path),
+            "last_error": self.last_error,
+        }

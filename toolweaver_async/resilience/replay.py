@@ -1,0 +1,161 @@
+"""Replaying an outage journal: one background task delivers it in order once the store is back.
+
+The task sends a batch per call through the store's breaker (the guard's own call path), so the
+replay itself is the half-open probe when no caller comes; while the breaker is open it sleeps
+until the next probe is due, or until the breaker changes state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from ..stores.base import Store, StoreItem
+from .breaker import BreakerState, CircuitBreaker
+from .journal import JournalClear, JournalDelete, JournalInvalidate, JournalOp, OutageJournal
+
+__all__ = ["JournalReplay"]
+
+logger = logging.getLogger("toolweaver_async.cache")
+
+# How long the replayer waits before trying again after a refused or failed batch while the
+# breaker is not open (when it is open, the replayer sleeps until the breaker's next probe).
+_REPLAY_RETRY_SECONDS: Final = 0.05
+
+# ``call(fn, args, deadline)``: run ``fn(*args)`` through the breaker; an ``Unreachable``
+# marker when it was refused or failed (the guard's seam).
+GuardedCall = Callable[
+    [Callable[..., Awaitable[Any]], tuple[Any, ...], float | None], Awaitable[Any]
+]
+
+
+class JournalReplay:
+    """Delivers ``journal`` to ``store`` whenever it holds something (one task at most)."""
+
+    __slots__ = (
+        "_breaker",
+        "_call",
+        "_closed",
+        "_deadline",
+        "_is_unreachable",
+        "_journal",
+        "_store",
+        "_task",
+        "_wake",
+    )
+
+    def __init__(
+        self,
+        journal: OutageJournal,
+        store: Store,
+        breaker: CircuitBreaker,
+        call: GuardedCall,
+        *,
+        deadline: float | None,
+        is_unreachable: Callable[[Any], bool],
+    ) -> None:
+        self._journal = journal
+        self._store = store
+        self._breaker = breaker
+        self._call = call
+        self._deadline = deadline
+        self._is_unreachable = is_unreachable
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._closed = False
+        journal.on_pending = self.start
+        breaker.add_listener(self._breaker_changed)
+
+    @property
+    def running(self) -> bool:
+        """Whether a replay task is under way."""
+        return self._task is not None and not self._task.done()
+
+    def probing(self) -> bool:
+        """While a replay is pending, the replay alone probes a half-open store: a caller
+        never waits out a probe on a store that may still be down (it reads the next store)."""
+        return self.running and self._breaker.state is BreakerState.HALF_OPEN
+
+    def start(self) -> None:
+        if self._closed or self.running:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # recorded outside a loop: the next open() or record starts it
+            return
+        self._wake = asyncio.Event()
+        self._task = loop.create_task(self._replay(), name=f"replay {self._store.name} journal")
+
+    async def aclose(self) -> None:
+        """Stop replaying (what is left stays in the journal)."""
+        self._closed = True
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _breaker_changed(self, _name: str, _old: BreakerState, _new: BreakerState) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _replay(self) -> None:
+        """Deliver the journal in order, a batch per call through the breaker, until empty."""
+        journal = self._journal
+        name = self._store.name
+        logger.info("%s store: replaying %d journaled operations", name, len(journal))
+        while journal:
+            breaker = self._breaker
+            if breaker.state is BreakerState.OPEN:
+                await self._sleep(breaker.snapshot()["seconds_until_probe"])
+                continue
+            batch = journal.next_batch()
+            outcome = await self._deliver(batch)
+            if self._is_unreachable(outcome):
+                await self._sleep(_REPLAY_RETRY_SECONDS)
+            else:
+                journal.landed(batch)
+        logger.info("%s store: outage journal replayed", name)
+
+    def _deliver(self, batch: list[JournalOp]) -> Awaitable[Any]:
+        first = batch[0]
+        store = self._store
+        if isinstance(first, JournalClear):
+            return self._call(store.clear, (), None)
+        if isinstance(first, JournalInvalidate):
+            return self._call(store.invalidate, (first.namespace,), self._deadline)
+        return self._call(self._write_batch, (batch,), self._deadline)
+
+    async def _write_batch(self, batch: list[JournalOp]) -> None:
+        """One pipelined ``set_many`` per namespace; deletes (and sets that expired while
+        journaled: the store may still hold an older, longer-lived value) concurrently."""
+        sets: dict[str, list[StoreItem]] = {}
+        deletes: list[tuple[str, str]] = []
+        for op in batch:
+            if isinstance(op, JournalDelete):
+                deletes.append((op.namespace, op.key))
+                continue
+            assert not isinstance(op, JournalClear | JournalInvalidate)
+            ttl = self._journal.remaining_ttl(op)
+            if ttl is not None and ttl <= 0:
+                deletes.append((op.namespace, op.key))
+            else:
+                sets.setdefault(op.namespace, []).append((op.key, op.data, ttl))
+        store = self._store
+        calls: list[Awaitable[Any]] = [store.set_many(ns, items) for ns, items in sets.items()]
+        calls += [store.delete(ns, key) for ns, key in deletes]
+        for result in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, or until the breaker changes state."""
+        wake = self._wake
+        assert wake is not None
+        wake.clear()
+        try:
+            async with asyncio.timeout(max(seconds, 0.001)):
+                await wake.wait()
+        except TimeoutError:
+            pass

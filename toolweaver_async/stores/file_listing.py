@@ -1,0 +1,65 @@
+"""The folder walk and the reads behind ``FileStore.list_entries``.
+
+File names are hashes, so the keys live only inside the files: a listing reads each entry file
+(header, recorded key, data) in a worker thread, one two-hex subfolder at a time and at most
+``_ENTRIES_PER_STEP`` files a step, so memory stays bounded by a step, never by the store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from .file import _HEADER, _MAGIC, _O_READ, _TEMP_SUFFIX, _read_all
+
+__all__ = ["entry_names", "read_named_entries", "subfolders"]
+
+
+def subfolders(folder: str) -> list[str]:
+    """The two-hex subfolders of a namespace folder, sorted; none when it does not exist."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return sorted(os.path.join(folder, n) for n in names if len(n) == 2)
+
+
+def entry_names(subfolder: str) -> list[str]:
+    """The entry files of one subfolder (temporary files of writers in flight left out)."""
+    try:
+        names = os.listdir(subfolder)
+    except FileNotFoundError:  # moved away by an invalidate or clear meanwhile
+        return []
+    return sorted(n for n in names if not n.startswith(".") and not n.endswith(_TEMP_SUFFIX))
+
+
+def read_named_entries(
+    subfolder: str, names: Sequence[str], prefix: str, now: float
+) -> list[tuple[str, bytes]]:
+    """``(key, data)`` of each whole, unexpired entry among ``names`` whose recorded key starts
+    with ``prefix``. Broken or expired files are skipped, not removed: reads own that."""
+    found = []
+    for name in names:
+        try:
+            fd = os.open(os.path.join(subfolder, name), _O_READ)
+        except OSError:
+            continue
+        try:
+            raw = _read_all(fd)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        if len(raw) < _HEADER.size:
+            continue
+        magic, key_len, expires_at, data_len = _HEADER.unpack_from(raw)
+        start = _HEADER.size + key_len
+        if magic != _MAGIC or len(raw) - start != data_len or expires_at <= now:
+            continue  # NaN (never expires) compares False
+        try:
+            key = raw[_HEADER.size : start].decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            continue
+        if key.startswith(prefix):
+            found.append((key, raw[start:]))
+    return found
