@@ -183,6 +183,7 @@ class RedisStore:
         # metacharacters (SCAN MATCH patterns need no escaping).
         self._prefix = check_name(key_prefix, what="key_prefix")
         self._url = redact_url(url)
+        self.identity = server_identity(url)
         self._secrets = _secrets(url, password)
         self._owns_client = client is None
         self._client: Redis = (
@@ -517,6 +518,20 @@ class RedisStore:
                 raise _store_error(f"lock {args[0]}", exc, self._secrets) from exc
 
         return RedisLock(command, name, ttl=ttl)
+
+
+def server_identity(url: str) -> str:
+    """Which server and database ``url`` names, without secrets: ``host:port/db`` (or the
+    socket path), the same for every spelling of one URL. An outage journal replays only onto
+    the server it was recorded for."""
+    try:
+        options = parse_url(url)
+    except ValueError:
+        return redact_url(url)
+    db = options.get("db", 0)
+    if "path" in options:
+        return f"unix:{options['path']}/{db}"
+    return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{db}"
 
 
 def _raise_first_error(replies: list[Any]) -> list[Any]:
