@@ -175,7 +175,13 @@ def guard(store: Store, config: CacheConfig, clock: Callable[[], float]) -> Guar
         # Beside the prefix folder, not in it: FileStore.clear() empties that one. '~' cannot
         # appear in a key prefix, so no cache's folder can be this one.
         folder = config.cache_dir / "~journal" / config.key_prefix
-    journal = OutageJournal(max_entries=config.journal_max_entries, clock=clock, folder=folder)
+    journal = OutageJournal(
+        max_entries=config.journal_max_entries,
+        clock=clock,
+        folder=folder,
+        # The server (and db) it is for: a journal never replays onto any other.
+        server=getattr(store, "identity", store.name),
+    )
     # A store that bounds every call itself (RedisStore: one shared watchdog timer, queue wait
     # included) needs no second bound here: asyncio.timeout costs ~3.4 us a call on uvloop and
     # cut Redis-only gets at 100 coroutines from ~67k/s to ~37k/s.

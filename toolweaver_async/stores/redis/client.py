@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
+from redis import __version__ as _REDIS_PY_VERSION
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import ConnectionPool, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.driver_info import DriverInfo
 from redis.exceptions import RedisError
 
 from ...config import SENTINEL_SCHEMES, _check_redis_url, parse_sentinel_url, redact_url
@@ -37,6 +39,8 @@ __all__ = [
 # BaseException and is deliberately absent: cancellation always passes through untouched.
 # UnicodeError: a key with lone surrogates cannot be encoded; nothing was sent.
 DRIVER_ERRORS: Final = (RedisError, OSError, TimeoutError, UnicodeError)
+# Shared by every connection; redis-py only reads it.
+_DRIVER_INFO: Final = DriverInfo(name="redis-py", lib_version=_REDIS_PY_VERSION)
 
 
 def store_error(operation: str, exc: BaseException, secrets: tuple[str, ...]) -> StoreError:
@@ -85,6 +89,9 @@ def _common_options(
         # RESP2: redis-py 8 defaults to RESP3 with maintenance notifications in "auto" mode,
         # which adds handshake round trips and skips the pool's "unread data" check on checkout.
         "protocol": 2,
+        # The version sent with CLIENT SETINFO, known once: left out, redis-py looks it up in
+        # the installed package metadata (an os.stat) for every connection it builds, on the loop.
+        "driver_info": _DRIVER_INFO,
     }
     if tls:
         options["ssl_cert_reqs"] = "required" if tls_verify else "none"

@@ -28,10 +28,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.exceptions import ResponseError
 
-from ...config import CacheConfig, check_name, redact_url
+from ...config import CacheConfig, check_name, parse_sentinel_url, redact_url
 from ...errors import ConfigError, StoreError
 from ..base import EntryPage, StoreItem
 from .batching import RoundTripBatcher
@@ -95,6 +95,7 @@ class RedisStore:
         # metacharacters (SCAN MATCH patterns need no escaping).
         self._prefix = check_name(key_prefix, what="key_prefix")
         self._url = redact_url(url)
+        self.identity = server_identity(url)
         self._secrets = _secrets(url, password)
         self._owns_client = client is None
         self._client: Redis = (
@@ -603,3 +604,23 @@ class RedisStore:
                 raise _store_error(f"lock {args[0]}", exc, self._secrets) from exc
 
         return RedisLock(command, name, ttl=ttl)
+
+
+def server_identity(url: str) -> str:
+    """Which server and database ``url`` names, without secrets: ``host:port/db`` (or the
+    socket path; for Sentinel the service and database), the same for every spelling of one
+    URL. An outage journal replays only onto the server it was recorded for."""
+    if is_sentinel_url(url):
+        try:
+            parsed = parse_sentinel_url(url)
+        except ConfigError:
+            return redact_url(url)
+        return f"sentinel:{parsed.service}/{parsed.db}"
+    try:
+        options = parse_url(url)
+    except ValueError:
+        return redact_url(url)
+    db = options.get("db", 0)
+    if "path" in options:
+        return f"unix:{options['path']}/{db}"
+    return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{db}"
