@@ -70,3 +70,27 @@ async def test_a_write_failing_late_never_overtakes_a_newer_write_of_its_key(
     redis_layer(cache).breaker.reset()
     await eventually(recovered(cache), what="journal replayed")
     assert await reader.get("k") == ("v2" if newer == "set" else None)
+
+
+# -- a journal at its byte bound ---------------------------------------------------------------
+
+
+async def test_journal_over_its_byte_bound_never_lets_redis_serve_an_older_value(
+    make_cache: MakeCache,
+) -> None:
+    cache = await make_cache(journal_max_bytes=200_000)
+    reader = await make_cache(stores=("redis",))
+    keys = [f"k{n}" for n in range(40)]
+    await reader.set_many(dict.fromkeys(keys, "old"))
+    redis_layer(cache).breaker.trip()
+    big = "new" + "x" * 20_000
+    for key in keys:  # 800 KB of values: four times the bound
+        await cache.set(key, big)
+    journal = (await cache.health_check())["stores"]["redis"]["journal"]
+    assert journal["bytes"] <= 200_000
+    assert journal["sets_dropped"] > 0
+    redis_layer(cache).breaker.reset()
+    await eventually(recovered(cache), what="journal replayed")
+    for key in keys:
+        assert await reader.get(key) in (big, None)
+        assert await cache.get(key) == big

@@ -170,6 +170,8 @@ class CacheConfig:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     # outage journal: writes that could not reach Redis, replayed when it is back
     journal_max_entries: int = 10_000
+    # bytes of journaled values; past it the oldest journaled sets become deletes of their keys
+    journal_max_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         # A URL given on purpose is a wish to use Redis: silently running without it was the
@@ -206,6 +208,7 @@ class CacheConfig:
             "max_value_bytes",
             "redis_pool_size",
             "journal_max_entries",
+            "journal_max_bytes",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
