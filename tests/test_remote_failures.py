@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from toolweaver_async import AsyncToolCache, CacheConfig
 from toolweaver_async.testing import RedisServer
@@ -94,3 +95,50 @@ async def test_journal_over_its_byte_bound_never_lets_redis_serve_an_older_value
     for key in keys:
         assert await reader.get(key) in (big, None)
         assert await cache.get(key) == big
+
+
+# -- Redis out of memory -----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def full_redis(own_redis_server: RedisServer) -> AsyncIterator[RedisServer]:
+    """A private server that refuses every write that needs memory (noeviction), on demand:
+    ``await full_redis.fill()``."""
+    client = aioredis.Redis.from_url(own_redis_server.url)
+    await client.config_set("maxmemory-policy", "noeviction")
+
+    async def fill() -> None:
+        await client.config_set("maxmemory", "1")
+
+    own_redis_server.fill = fill  # type: ignore[attr-defined]
+    yield own_redis_server
+    await client.config_set("maxmemory", "0")
+    await client.aclose()
+
+
+async def test_a_set_refused_by_a_full_redis_leaves_no_older_value_for_other_processes(
+    make_cache: MakeCache, full_redis: Any
+) -> None:
+    url = full_redis.url
+    writer = await make_cache(redis_url=url)
+    other = await make_cache(redis_url=url, stores=("redis",))
+    await writer.set("k", "v1")
+    await writer.set_many({"a": "v1", "b": "v1"})
+    await full_redis.fill()
+    await writer.set("k", "v2")
+    await writer.set_many({"a": "v2", "b": "v2"})
+    assert await other.get("k") is None  # the older value is gone, not served
+    assert await other.get_many(["a", "b"]) == {}
+    assert await writer.get("k") == "v2"
+
+
+async def test_an_invalidate_refused_by_a_full_redis_leaves_nothing_readable(
+    make_cache: MakeCache, full_redis: Any
+) -> None:
+    url = full_redis.url
+    writer = await make_cache(redis_url=url)
+    other = await make_cache(redis_url=url, stores=("redis",))
+    await writer.set("k", "v1", namespace="results")
+    await full_redis.fill()
+    await writer.invalidate("results")
+    assert await other.get("k", namespace="results") is None

@@ -18,6 +18,7 @@ is why :meth:`RedisStore.clear` leaves the counters in place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -27,12 +28,12 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from ...config import CacheConfig, _check_redis_url, check_name, redact_url
 from ...errors import ConfigError, StoreError
 from ..base import EntryPage, StoreItem
-from .batching import RoundTripBatcher
+from .batching import RoundTripBatcher, RoundTripError
 from .lock import RedisLock
 
 __all__ = ["RedisStore", "build_client"]
@@ -338,7 +339,14 @@ class RedisStore:
                 args += ("NX",)
             commands.append(args)
         commands.append(("GET", gen_key))
-        replies = _raise_first_error(await self._batcher.pipeline(commands))
+        replies = await self._batcher.pipeline(commands)
+        if not only_new:
+            # Out of memory (noeviction), Redis refuses a SET but still takes UNLINK: the older
+            # value goes, so no other process reads it while the journal holds the newer one.
+            full = [c[1] for c, r in zip(commands, replies, strict=True) if _refused_as_full(r)]
+            if full:
+                await self._batcher.pipeline([("UNLINK", *full)])
+        _raise_first_error(replies)
         first = 1 if unlink else 0
         return [bool(r) for r in replies[first:-1]], replies[-1]
 
@@ -369,9 +377,18 @@ class RedisStore:
         try:
             number = await self._execute("INCR", ns.gen_key)
         except _DRIVER_ERRORS as exc:
+            if _refused_as_full(exc):
+                await self._unlink_live_generation(ns)
             raise _store_error("invalidate", exc, self._secrets) from exc
         ns.observe(str(number).encode())
         self._schedule_cleanup(f"{ns.base}{int(number) - 1}:*")
+
+    async def _unlink_live_generation(self, ns: _Namespace) -> None:
+        """Out of memory, Redis refuses ``INCR`` but still scans and unlinks: remove the live
+        generation's entries instead, so no process reads them until the invalidation lands."""
+        with contextlib.suppress(StoreError, *_DRIVER_ERRORS):
+            seen = ns.observe(await self._execute("GET", ns.gen_key))
+            await self._unlink_matching(f"{seen.prefix}*", keep_counters=False)
 
     async def clear(self) -> None:
         """Remove every entry under this store's key prefix, and nothing else; never FLUSHDB.
@@ -532,6 +549,13 @@ def server_identity(url: str) -> str:
     if "path" in options:
         return f"unix:{options['path']}/{db}"
     return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{db}"
+
+
+def _refused_as_full(reply: Any) -> bool:
+    """Whether ``reply`` is Redis refusing a write because it is out of memory."""
+    if isinstance(reply, RoundTripError):
+        reply = reply.__cause__
+    return isinstance(reply, OutOfMemoryError)
 
 
 def _raise_first_error(replies: list[Any]) -> list[Any]:
