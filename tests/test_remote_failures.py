@@ -142,3 +142,31 @@ async def test_an_invalidate_refused_by_a_full_redis_leaves_nothing_readable(
     await full_redis.fill()
     await writer.invalidate("results")
     assert await other.get("k", namespace="results") is None
+
+
+# -- foreign bytes in a bookkeeping key --------------------------------------------------------
+
+
+@pytest.mark.parametrize("repair", ["invalidate", "clear"])
+async def test_foreign_bytes_in_a_generation_counter_are_a_miss_until_repaired(
+    make_cache: MakeCache, raw_redis: aioredis.Redis, key_prefix: str, repair: str
+) -> None:
+    cache = await make_cache(stores=("redis",))
+    await cache.set("k", "v1", namespace="results")
+    await cache.set("k", "v1", namespace="search")
+    await raw_redis.set(f"{key_prefix}:results:gen", b"\xffnot a number")
+    for _ in range(10):  # never an outage: the breaker stays closed, other namespaces work
+        assert await cache.get("k", namespace="results") is None
+        assert await cache.get_many(["k"], namespace="results") == {}
+        await cache.set("k", "v2", namespace="results")
+    assert redis_layer(cache).breaker.state.value == "closed"
+    assert await cache.get("k", namespace="search") == "v1"
+    if repair == "invalidate":
+        await cache.invalidate("results")
+    else:
+        await cache.clear()
+    assert int(await raw_redis.get(f"{key_prefix}:results:gen")) > 1
+    assert await cache.get("k", namespace="results") is None  # nothing older comes back
+    await cache.set("k", "v3", namespace="results")
+    assert await cache.get("k", namespace="results") == "v3"
+    assert redis_layer(cache).breaker.state.value == "closed"

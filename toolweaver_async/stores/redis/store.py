@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
@@ -28,7 +29,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from ...config import CacheConfig, _check_redis_url, check_name, redact_url
 from ...errors import ConfigError, StoreError
@@ -55,13 +56,16 @@ _UNLINK_BATCH: Final = 500
 class _Generation:
     """One generation of a namespace as this process last saw it (immutable, swapped whole)."""
 
-    __slots__ = ("number", "prefix", "prefix_bytes", "raw")
+    __slots__ = ("number", "prefix", "prefix_bytes", "raw", "readable")
 
-    def __init__(self, base: str, number: int, raw: Any) -> None:
+    def __init__(self, base: str, number: int, raw: Any, *, readable: bool = True) -> None:
         self.number = number
         self.raw = raw  # the counter's reply as seen on the wire: None, b"3" ...
         self.prefix = f"{base}{number}:"
         self.prefix_bytes = self.prefix.encode()
+        # False while the counter holds bytes that are no integer (written by something else):
+        # nothing of the namespace can be trusted, so reads miss until invalidate or clear.
+        self.readable = readable
 
 
 class _Namespace:
@@ -83,11 +87,18 @@ class _Namespace:
             return current
         try:
             number = 0 if raw is None else int(raw)
-        except (TypeError, ValueError) as exc:
-            raise StoreError(
-                f"generation counter {self.gen_key!r} holds {raw!r}, not an integer",
-                store="redis",
-            ) from exc
+        except (TypeError, ValueError):
+            if current.readable:
+                logger.warning(
+                    "redis generation counter %r holds %d bytes that are no integer: reads of "
+                    "that namespace miss until invalidate() or clear() repairs it",
+                    self.gen_key,
+                    len(raw) if isinstance(raw, bytes) else -1,
+                )
+            # Writes keep going to the last good generation (nobody reads it meanwhile); a
+            # raw value that matches nothing sends every reply back here.
+            self.generation = _Generation(self.base, current.number, object(), readable=False)
+            return self.generation
         observed = _Generation(self.base, number, raw)
         self.generation = observed
         return observed
@@ -244,12 +255,15 @@ class RedisStore:
             if raw == used.raw:
                 return value
             seen = ns.observe(raw)
+            if not seen.readable:
+                return None
             if seen.number == used.number:
                 return value
             raw, value = await mget((ns.gen_key_bytes, seen.prefix_bytes + key.encode()))
         except _DRIVER_ERRORS as exc:
             raise _store_error("get", exc, self._secrets) from exc
-        if ns.observe(raw).number != seen.number:
+        again = ns.observe(raw)
+        if again.number != seen.number or not again.readable:
             return None  # invalidated again between the two reads: a dead generation's value
         return value
 
@@ -265,13 +279,16 @@ class RedisStore:
             prefix = used.prefix_bytes
             reply = await mget([ns.gen_key_bytes, *[prefix + key.encode() for key in keys]])
             seen = ns.observe(reply[0])
+            if not seen.readable:
+                return [None] * len(keys)
             if seen.number == used.number:
                 return reply[1:]
             prefix = seen.prefix_bytes
             reply = await mget([ns.gen_key_bytes, *[prefix + key.encode() for key in keys]])
         except _DRIVER_ERRORS as exc:
             raise _store_error("get_many", exc, self._secrets) from exc
-        if ns.observe(reply[0]).number != seen.number:
+        again = ns.observe(reply[0])
+        if again.number != seen.number or not again.readable:
             return [None] * len(keys)
         return reply[1:]
 
@@ -375,13 +392,27 @@ class RedisStore:
         """
         ns = self._namespace(namespace)
         try:
-            number = await self._execute("INCR", ns.gen_key)
+            try:
+                number = await self._execute("INCR", ns.gen_key)
+            except ResponseError as exc:
+                if not _holds_no_integer(exc):
+                    raise
+                number = await self._repair_counter(ns)
         except _DRIVER_ERRORS as exc:
             if _refused_as_full(exc):
                 await self._unlink_live_generation(ns)
             raise _store_error("invalidate", exc, self._secrets) from exc
         ns.observe(str(number).encode())
         self._schedule_cleanup(f"{ns.base}{int(number) - 1}:*")
+
+    async def _repair_counter(self, ns: _Namespace) -> int:
+        """Replace a generation counter that holds no integer with one above every generation
+        it can have held (generations never go backwards): the wall clock in milliseconds,
+        far beyond any count of invalidations, or one more than the last number seen."""
+        number = max(int(time.time() * 1000), ns.generation.number + 1)
+        await self._execute("SET", ns.gen_key, number)
+        logger.warning("redis generation counter %r repaired (now %d)", ns.gen_key, number)
+        return number
 
     async def _unlink_live_generation(self, ns: _Namespace) -> None:
         """Out of memory, Redis refuses ``INCR`` but still scans and unlinks: remove the live
@@ -397,9 +428,20 @@ class RedisStore:
         docstring). Entries written while the scan runs may survive it.
         """
         try:
-            await self._unlink_matching(f"{self._prefix}:*", keep_counters=True)
+            counters = await self._unlink_matching(f"{self._prefix}:*", keep_counters=True)
+            if counters:
+                await self._repair_counters(counters)
         except _DRIVER_ERRORS as exc:
             raise _store_error("clear", exc, self._secrets) from exc
+
+    async def _repair_counters(self, counters: list[bytes]) -> None:
+        """Give every counter among ``counters`` that holds no integer a valid one again."""
+        values = await self._execute("MGET", *counters)
+        for counter, value in zip(counters, values, strict=True):
+            if value is None or value.isdigit():
+                continue
+            name = counter.decode().split(":")[1]
+            await self._repair_counter(self._namespace(name))
 
     async def ping(self) -> None:
         """Return when Redis answers ``PING``; raise :class:`StoreError` when it does not."""
@@ -427,6 +469,8 @@ class RedisStore:
         ns = self._namespace(namespace)
         try:
             used = ns.observe(await self._execute("GET", ns.gen_key))
+            if not used.readable:
+                return
             pattern = used.prefix_bytes + glob_escape(prefix).encode() + b"*"
             skip = len(used.prefix_bytes)
             cursor: Any = 0
@@ -436,7 +480,8 @@ class RedisStore:
                 )
                 if found:
                     raw, *values = await self._execute("MGET", ns.gen_key, *found)
-                    if ns.observe(raw).number != used.number:
+                    seen = ns.observe(raw)
+                    if seen.number != used.number or not seen.readable:
                         return  # invalidated meanwhile: nothing listed from here on is live
                     page = []
                     for name, data in zip(found, values, strict=True):
@@ -484,18 +529,21 @@ class RedisStore:
                     _store_error("cleanup", exc, self._secrets),
                 )
 
-    async def _unlink_matching(self, pattern: str, *, keep_counters: bool) -> None:
+    async def _unlink_matching(self, pattern: str, *, keep_counters: bool) -> list[bytes]:
+        """Unlink every key matching ``pattern``; the generation counters kept, if asked to."""
         cursor = 0
+        kept: list[bytes] = []
         while True:
             cursor, found = await self._execute(
                 "SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT
             )
             if keep_counters:
+                kept += [key for key in found if _is_counter(key)]
                 found = [key for key in found if not _is_counter(key)]
             for start in range(0, len(found), _UNLINK_BATCH):
                 await self._execute("UNLINK", *found[start : start + _UNLINK_BATCH])
             if cursor == 0:
-                return
+                return kept
 
     def _new_connection(self) -> AbstractConnection:
         """A connection of the batcher's own, like the pool's but without redis-py's per-read
@@ -549,6 +597,11 @@ def server_identity(url: str) -> str:
     if "path" in options:
         return f"unix:{options['path']}/{db}"
     return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{db}"
+
+
+def _holds_no_integer(exc: ResponseError) -> bool:
+    """Whether ``INCR`` failed because the counter holds bytes that are no integer."""
+    return "not an integer" in str(exc)
 
 
 def _refused_as_full(reply: Any) -> bool:
