@@ -18,18 +18,11 @@ from toolweaver_async.resilience.journal import (
     JournalSet,
     OutageJournal,
 )
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from toolweaver_async.testing import FakeClock
 
 
 def journal(max_entries: int = 100, folder: Path | None = None, **kw: Any) -> OutageJournal:
-    return OutageJournal(max_entries=max_entries, clock=kw.pop("clock", Clock()), folder=folder)
+    return OutageJournal(max_entries=max_entries, clock=kw.pop("clock", FakeClock()), folder=folder)
 
 
 def ops(j: OutageJournal) -> list[tuple[Any, ...]]:
@@ -114,7 +107,7 @@ def test_batches_stop_at_a_namespace_invalidation() -> None:
 
 
 def test_expiry_is_absolute_and_remaining_ttl_runs_down_on_the_clock() -> None:
-    clock = Clock()
+    clock = FakeClock()
     j = journal(clock=clock)
     j.record_set("ns", "k", b"x", 10.0)
     j.record_set("ns", "forever", b"x", None)

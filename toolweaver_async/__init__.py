@@ -26,7 +26,12 @@ from .errors import (
 )
 from .keys import stable_hash
 from .loading.decorator import BoundCachedFunction, CachedFunction
-from .resilience.breaker import BreakerListener, BreakerState, CircuitBreaker
+from .resilience.breaker import (
+    BreakerListener,
+    BreakerSettingsFields,
+    BreakerState,
+    CircuitBreaker,
+)
 from .stats import CacheStats, NamespaceStats
 from .stores.base import Store
 from .stores.file import FileStore
@@ -43,6 +48,7 @@ __all__ = [
     "BreakerListener",
     "BreakerOpenError",
     "BreakerSettings",
+    "BreakerSettingsFields",
     "BreakerState",
     "CacheConfig",
     "CacheError",

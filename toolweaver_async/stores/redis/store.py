@@ -25,10 +25,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
+from redis import __version__ as _REDIS_PY_VERSION
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.driver_info import DriverInfo
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from ...config import CacheConfig, _check_redis_url, check_name, redact_url
@@ -51,6 +53,8 @@ _SCAN_COUNT: Final = 1000
 # while the server works (SCAN, INCR, PING and locks use the client's pool).
 _BATCH_CONNECTIONS: Final = 4
 _UNLINK_BATCH: Final = 500
+# Shared by every connection; redis-py only reads it (see build_client).
+_DRIVER_INFO: Final = DriverInfo(name="redis-py", lib_version=_REDIS_PY_VERSION)
 
 
 class _Generation:
@@ -155,6 +159,9 @@ def build_client(
         # RESP2: redis-py 8 defaults to RESP3 with maintenance notifications in "auto" mode,
         # which adds handshake round trips and skips the pool's "unread data" check on checkout.
         protocol=2,
+        # The version sent with CLIENT SETINFO, known once: left out, redis-py looks it up in
+        # the installed package metadata (an os.stat) for every connection it builds, on the loop.
+        driver_info=_DRIVER_INFO,
     )
     if url.startswith("rediss:"):
         options["ssl_cert_reqs"] = "required" if tls_verify else "none"
