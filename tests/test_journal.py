@@ -449,7 +449,7 @@ def test_replay_after_any_failure_order_leaves_the_newest_value_of_each_key(
 
 
 def test_journal_over_its_byte_bound_replays_its_oldest_sets_as_deletes_in_place() -> None:
-    j = OutageJournal(max_entries=1000, max_bytes=10_000, clock=Clock())
+    j = OutageJournal(max_entries=1000, max_bytes=10_000, clock=FakeClock())
     for n in range(20):
         j.record_set("ns", f"k{n:02}", bytes(1000), None)
     assert j.describe()["bytes"] <= 10_000
@@ -462,7 +462,7 @@ def test_journal_over_its_byte_bound_replays_its_oldest_sets_as_deletes_in_place
 
 
 async def test_journal_on_disk_stays_under_about_twice_its_byte_bound(tmp_path: Path) -> None:
-    j = OutageJournal(max_entries=100_000, max_bytes=512 * 1024, clock=Clock(), folder=tmp_path)
+    j = OutageJournal(max_entries=100_000, max_bytes=512 * 1024, clock=FakeClock(), folder=tmp_path)
     await j.open()
     for n in range(300):  # 4.2 MB of values
         j.record_set("ns", f"k{n}", bytes(14_000), None)
