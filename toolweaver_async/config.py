@@ -203,6 +203,10 @@ class CacheConfig:
     journal_max_entries: int = 10_000
     # bytes of journaled values; past it the oldest journaled sets become deletes of their keys
     journal_max_bytes: int = 64 * 1024 * 1024
+    # Seconds a memory entry may be served while no invalidation channel vouches for it (see
+    # toolweaver_async.coherence); 0: memory serves nothing unvouched; None: coherence off,
+    # memory trusts entries until their TTL (one process alone).
+    coherence_window: float | None = 1.0
 
     def __post_init__(self) -> None:
         # A URL given on purpose is a wish to use Redis: silently running without it was the
@@ -244,6 +248,9 @@ class CacheConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        window = self.coherence_window
+        if window is not None and not (_is_number(window) and window >= 0):
+            raise ConfigError(f"coherence_window must be None or >= 0 seconds, got {window!r}")
         for name in ("redis_connect_timeout", "redis_command_timeout", "file_timeout"):
             value = getattr(self, name)
             if not (_is_number(value) and value > 0):
