@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError
 
@@ -206,6 +206,9 @@ class CacheConfig:
     redis_command_timeout: float = 0.25
     redis_pool_size: int = 64
     redis_tls_verify: bool = True
+    # Redis Cluster: None detects it when the store first connects (INFO cluster); True skips
+    # the detection and speaks cluster; False forces a standalone server.
+    redis_cluster: bool | None = None
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     # outage journal: writes that could not reach Redis, replayed when it is back
     journal_max_entries: int = 10_000
@@ -246,6 +249,12 @@ class CacheConfig:
             )
         if self.use_redis:
             _check_redis_url(self.redis_url)
+        if self.redis_cluster not in (None, True, False):
+            raise ConfigError(
+                f"redis_cluster must be None, True or False, got {self.redis_cluster!r}"
+            )
+        if self.redis_cluster and self.redis_url.startswith(SENTINEL_SCHEMES):
+            raise ConfigError("redis_cluster=True cannot be used with a redis+sentinel:// URL")
         for name in (
             "memory_max_entries",
             "memory_max_bytes",
@@ -397,10 +406,74 @@ def redact_url(url: object) -> str:
     return f"{scheme}://" + _SECRET_QUERY.sub(r"\1***", rest)
 
 
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelURL:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]``.
+
+    The password (and user) apply to the data nodes, as ``REDIS_PASSWORD`` does; the
+    sentinels themselves are reached without one. ``tls`` (``rediss+sentinel``) applies to the
+    data nodes too.
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Read a ``redis+sentinel://`` URL; :class:`ConfigError` naming what is wrong."""
+    shown = redact_url(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in SENTINEL_SCHEMES:
+        raise ConfigError(f"not a redis+sentinel:// URL: {shown}")
+    netloc, _, path = rest.partition("/")
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon:
+            host, port = item.strip(), "26379"
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"sentinel address {item!r} is not host:port in {shown}")
+        sentinels.append((host, int(port)))
+    segments = [segment for segment in path.split("/") if segment]
+    if not segments or len(segments) > 2:
+        raise ConfigError(
+            f"a redis+sentinel:// URL needs /service_name[/db] after the sentinels: {shown}"
+        )
+    db = segments[1] if len(segments) == 2 else "0"
+    if not db.isdigit():
+        raise ConfigError(f"database {db!r} is not a number in {shown}")
+    return SentinelURL(
+        sentinels=tuple(sentinels),
+        service=unquote(segments[0]),
+        db=int(db),
+        username=username,
+        password=password,
+        tls=scheme == "rediss+sentinel",
+    )
+
+
 def _check_redis_url(url: object) -> None:
     """A ``ConfigError`` for a URL that cannot work; its message shows the URL redacted."""
     if not isinstance(url, str):
         raise ConfigError(f"REDIS_URL must be a string, got {type(url).__name__}")
+    if url.startswith(SENTINEL_SCHEMES):
+        parse_sentinel_url(url)
+        return
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -425,7 +498,8 @@ def _check_redis_url(url: object) -> None:
         ) from None
     if parts.scheme not in {"redis", "rediss", "unix"}:
         raise ConfigError(
-            f"REDIS_URL must start with redis://, rediss:// or unix://, got {redact_url(url)}"
+            "REDIS_URL must start with redis://, rediss://, unix:// or redis+sentinel://, "
+            f"got {redact_url(url)}"
         )
     if parts.scheme != "unix" and not parts.hostname:
         raise ConfigError(f"REDIS_URL has no host: {redact_url(url)}")
