@@ -12,6 +12,7 @@ from .cache import AsyncToolCache
 from .config import DEFAULT_NAMESPACES, BreakerSettings, CacheConfig, NamespacePolicy, redact_url
 from .errors import (
     BreakerOpenError,
+    CacheClosedError,
     CacheError,
     ConfigError,
     CorruptEntryError,
@@ -42,6 +43,7 @@ __all__ = [
     "BreakerOpenError",
     "BreakerSettings",
     "BreakerState",
+    "CacheClosedError",
     "CacheConfig",
     "CacheError",
     "CacheStats",

@@ -33,6 +33,9 @@ from .stores.redis.store import RedisStore
 
 __all__ = ["Chain", "build_chain", "build_stores"]
 
+# The clock of breakers and of the guards timing calls for them: intervals, never persisted.
+_INTERVALS = time.monotonic
+
 
 def build_stores(config: CacheConfig, clock: Callable[[], float]) -> list[Store]:
     """The stores of ``config.enabled_stores``, in chain order."""
@@ -84,6 +87,10 @@ class Chain:
             return None
         store, layer = self._locking
         return GuardedLock(store.lock(namespace, key, ttl=ttl), layer.attempt)
+
+    def bugs(self) -> dict[str, int]:
+        """Exceptions each slower store raised that were not outages (see ``guard.py``)."""
+        return {layer.name: layer.bugs for layer in self.layers}
 
     def corrupt_in_stores(self) -> dict[str, int]:
         """Broken entries stores found and dropped themselves (the file store judges its own
@@ -165,7 +172,7 @@ def guard(store: Store, config: CacheConfig, clock: Callable[[], float]) -> Guar
     watch = config.breaker.health_check_interval
     breaker = breaker_for(store, config)
     if not isinstance(store, RemoteStore):
-        return GuardedStore(store, breaker, watch_interval=watch)
+        return GuardedStore(store, breaker, watch_interval=watch, clock=_INTERVALS)
     folder = None
     if "file" in config.enabled_stores:
         # Beside the prefix folder, not in it: FileStore.clear() empties that one. '~' cannot
@@ -178,7 +185,14 @@ def guard(store: Store, config: CacheConfig, clock: Callable[[], float]) -> Guar
     deadline = None
     if not isinstance(store, SelfBoundedStore):
         deadline = _call_timeout(store, default=config.redis_command_timeout)
-    return GuardedStore(store, breaker, journal=journal, deadline=deadline, watch_interval=watch)
+    return GuardedStore(
+        store,
+        breaker,
+        journal=journal,
+        deadline=deadline,
+        watch_interval=watch,
+        clock=_INTERVALS,
+    )
 
 
 def breaker_for(store: Store, config: CacheConfig) -> CircuitBreaker:
@@ -188,7 +202,7 @@ def breaker_for(store: Store, config: CacheConfig) -> CircuitBreaker:
         config.breaker,
         name=store.name,
         slow_call_timeout=_call_timeout(store, default=None),
-        clock=time.monotonic,
+        clock=_INTERVALS,
     )
 
 

@@ -367,7 +367,7 @@ class AsyncToolCache(ToolShapedHelpers):
 
     def stats(self) -> CacheStats:
         """Counters per namespace and overall: hits per store, misses, errors, loaders ..."""
-        return self._stats.snapshot(self._chain.corrupt_in_stores())
+        return self._stats.snapshot(self._chain.corrupt_in_stores(), self._chain.bugs())
 
     async def health_check(self) -> dict[str, Any]:
         """Which stores answer now, their breaker states, and why Redis is not in use."""
