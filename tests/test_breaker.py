@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from collections import deque
@@ -21,22 +22,10 @@ from toolweaver_async import (
     CircuitBreaker,
     ConfigError,
 )
-from toolweaver_async.resilience.breaker import _Event, _next_state
+from toolweaver_async.resilience.breaker import BreakerSettingsFields, _Event, _next_state
+from toolweaver_async.testing import FakeClock
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
-
-
-class FakeClock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-        self.reads = 0
-
-    def __call__(self) -> float:
-        self.reads += 1
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeRandom:
@@ -510,6 +499,53 @@ def test_from_settings_uses_every_setting(clock: FakeClock) -> None:
     assert breaker.state is OPEN
     assert breaker.name == "file"
     assert 0.9 <= breaker.current_recovery_timeout <= 1.0  # default jitter, capped at max
+
+
+def test_the_breaker_keeps_the_settings_it_is_given_without_copying_them(clock: FakeClock) -> None:
+    settings = BreakerSettings(failure_threshold=2, recovery_timeout=3.0)
+    assert CircuitBreaker(settings=settings, clock=clock).settings is settings
+    assert CircuitBreaker.from_settings(settings, name="redis").settings is settings
+
+
+def test_keyword_thresholds_build_one_breaker_settings_with_its_defaults() -> None:
+    assert CircuitBreaker().settings == BreakerSettings()
+    made = CircuitBreaker(failure_threshold=3, jitter=0.0).settings
+    assert made == BreakerSettings(failure_threshold=3, jitter=0.0)
+
+
+def test_breaker_keywords_are_exactly_the_breaker_settings_fields() -> None:
+    assert set(BreakerSettingsFields.__annotations__) == {
+        f.name for f in dataclasses.fields(BreakerSettings)
+    }
+
+
+def test_settings_and_keyword_thresholds_together_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="not both"):
+        CircuitBreaker(settings=BreakerSettings(), failure_threshold=3)
+
+
+def test_jitter_is_a_setting_that_spreads_every_open_period(clock: FakeClock) -> None:
+    settings = BreakerSettings(failure_threshold=1, recovery_timeout=10.0, jitter=0.2)
+    breaker = CircuitBreaker(settings=settings, clock=clock, random=FakeRandom(1.0))
+    trip(breaker)
+    assert breaker.current_recovery_timeout == pytest.approx(12.0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"failure_threshold": 2.5},
+        {"failure_threshold": True},
+        {"minimum_calls": 2.0},
+        {"max_recovery_timeout": math.inf},
+        {"recovery_timeout": math.nan},
+        {"jitter": 1.0},
+        {"jitter": math.nan},
+    ],
+)
+def test_breaker_settings_check_everything_the_breaker_relies_on(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        BreakerSettings(**options)
 
 
 @pytest.mark.parametrize(

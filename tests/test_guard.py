@@ -16,6 +16,7 @@ from toolweaver_async import BreakerState, CircuitBreaker, StoreError
 from toolweaver_async.resilience.guard import FAILED, SKIPPED, GuardedStore
 from toolweaver_async.resilience.journal import OutageJournal
 from toolweaver_async.stores.base import StoreItem
+from toolweaver_async.testing import FakeClock
 
 
 class FakeStore:
@@ -78,14 +79,6 @@ class FakeStore:
         pass
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 async def store() -> FakeStore:
     return FakeStore()
@@ -97,7 +90,7 @@ def guarded(
     breaker.setdefault("failure_threshold", 2)
     breaker.setdefault("recovery_timeout", 0.02)
     breaker.setdefault("max_recovery_timeout", 0.02)
-    made = OutageJournal(max_entries=100, clock=Clock()) if journal else None
+    made = OutageJournal(max_entries=100, clock=FakeClock()) if journal else None
     return GuardedStore(
         store, CircuitBreaker(name="redis", **breaker), journal=made, deadline=deadline
     )
@@ -232,7 +225,7 @@ async def test_aclose_stops_the_replay(store: FakeStore) -> None:
 
 
 async def test_callers_never_wait_out_a_probe_while_the_replay_can_probe(store: FakeStore) -> None:
-    clock = Clock()
+    clock = FakeClock()
     guard = guarded(store, clock=clock, recovery_timeout=5, max_recovery_timeout=5)
     store.failing = True
     for n in range(3):
@@ -247,7 +240,7 @@ async def test_callers_never_wait_out_a_probe_while_the_replay_can_probe(store: 
 async def test_a_late_answer_from_before_the_trip_does_not_count_as_the_probe(
     store: FakeStore,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     guard = guarded(store, journal=False, clock=clock, recovery_timeout=5, max_recovery_timeout=5)
     store.gate, store.gated = asyncio.Event(), {"get"}
     early = asyncio.ensure_future(guard.get("ns", "k"))  # admitted while closed, held

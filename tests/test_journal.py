@@ -17,18 +17,11 @@ from toolweaver_async.resilience.journal import (
     JournalSet,
     OutageJournal,
 )
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from toolweaver_async.testing import FakeClock
 
 
 def journal(max_entries: int = 100, folder: Path | None = None, **kw: Any) -> OutageJournal:
-    return OutageJournal(max_entries=max_entries, clock=kw.pop("clock", Clock()), folder=folder)
+    return OutageJournal(max_entries=max_entries, clock=kw.pop("clock", FakeClock()), folder=folder)
 
 
 def ops(j: OutageJournal) -> list[tuple[Any, ...]]:
@@ -113,7 +106,7 @@ def test_batches_stop_at_a_namespace_invalidation() -> None:
 
 
 def test_expiry_is_absolute_and_remaining_ttl_runs_down_on_the_clock() -> None:
-    clock = Clock()
+    clock = FakeClock()
     j = journal(clock=clock)
     j.record_set("ns", "k", b"x", 10.0)
     j.record_set("ns", "forever", b"x", None)
@@ -366,3 +359,86 @@ async def test_journal_of_a_dead_process_is_adopted_and_its_file_removed(tmp_pat
         assert not two.path.exists()  # adopted, in back's log now, then replayed
     finally:
         await back.aclose()
+
+
+# -- callers' order, whatever order failures are noticed in ------------------------------------
+
+
+def test_a_write_failing_after_a_newer_one_failed_journals_the_newer_one() -> None:
+    j = journal()
+    older = j.begin_set("ns", "k", b"old", None)
+    newer = j.begin_set("ns", "k", b"new", None)
+    j.settle(newer, failed=True)
+    j.settle(older, failed=True)
+    assert ops(j) == [("set", "ns", "k", b"new")]
+
+
+def test_a_write_failing_after_a_newer_one_landed_replays_the_newer_one() -> None:
+    # The older write may still land after the newer one: the newer one is delivered again.
+    j = journal()
+    older = j.begin_set("ns", "k", b"old", None)
+    newer = j.begin_delete("ns", "k")
+    j.settle(newer, failed=False)
+    j.settle(older, failed=True)
+    assert ops(j) == [("delete", "ns", "k")]
+
+
+def test_a_write_failing_after_an_invalidation_of_its_namespace_is_void() -> None:
+    j = journal()
+    older = j.begin_set("ns", "k", b"old", None)
+    invalidation = j.begin_invalidate("ns")
+    later = j.begin_set("ns", "after", b"new", None)
+    j.settle(later, failed=True)
+    j.settle(invalidation, failed=True)  # noticed late: the later write stays behind it
+    j.settle(older, failed=True)
+    assert ops(j) == [("invalidate", "ns"), ("set", "ns", "after", b"new")]
+
+
+def test_a_write_failing_after_a_clear_that_landed_is_void() -> None:
+    j = journal()
+    older = j.begin_set("ns", "k", b"old", None)
+    clear = j.begin_clear()
+    j.settle(clear, failed=False)
+    j.settle(older, failed=True)
+    assert ops(j) == []
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["set", "delete", "invalidate"]), st.sampled_from("ab")),
+        min_size=1,
+        max_size=8,
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_replay_after_any_failure_order_leaves_the_newest_value_of_each_key(
+    made: list[tuple[str, str]], rnd: Any
+) -> None:
+    """Writes made in order, all failing, noticed in any order: the journal replayed onto a
+    store holds what the last caller wrote (or nothing older)."""
+    j = journal()
+    begun = []
+    truth: dict[str, bytes | None] = {}
+    for n, (kind, key) in enumerate(made):
+        if kind == "set":
+            begun.append(j.begin_set("ns", key, b"%d" % n, None))
+            truth[key] = b"%d" % n
+        elif kind == "delete":
+            begun.append(j.begin_delete("ns", key))
+            truth[key] = None
+        else:
+            begun.append(j.begin_invalidate("ns"))
+            truth = dict.fromkeys(truth)
+    rnd.shuffle(begun)
+    for op in begun:
+        j.settle(op, failed=True)
+    store: dict[str, bytes | None] = {}
+    for shown in ops(j):
+        if shown[0] == "set":
+            store[shown[2]] = shown[3]
+        elif shown[0] == "delete":
+            store[shown[2]] = None
+        else:
+            store = dict.fromkeys(store)
+    for key, value in truth.items():
+        assert store.get(key) == value, (key, made)

@@ -21,17 +21,24 @@ from .errors import (
     LoaderTimeoutError,
     SerializationError,
     StoreError,
+    SyncInEventLoopError,
     UnhashableArgumentsError,
     ValueTooLargeError,
 )
 from .keys import stable_hash
 from .loading.decorator import BoundCachedFunction, CachedFunction
-from .resilience.breaker import BreakerListener, BreakerState, CircuitBreaker
+from .resilience.breaker import (
+    BreakerListener,
+    BreakerSettingsFields,
+    BreakerState,
+    CircuitBreaker,
+)
 from .stats import CacheStats, NamespaceStats
 from .stores.base import Store
 from .stores.file import FileStore
 from .stores.memory import MemoryStore
 from .stores.redis.store import RedisStore
+from .sync import SyncToolCache
 
 __version__ = "0.1.0"
 
@@ -42,6 +49,7 @@ __all__ = [
     "BreakerListener",
     "BreakerOpenError",
     "BreakerSettings",
+    "BreakerSettingsFields",
     "BreakerState",
     "CacheClosedError",
     "CacheConfig",
@@ -62,6 +70,8 @@ __all__ = [
     "SerializationError",
     "Store",
     "StoreError",
+    "SyncInEventLoopError",
+    "SyncToolCache",
     "UnhashableArgumentsError",
     "ValueTooLargeError",
     "__version__",

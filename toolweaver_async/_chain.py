@@ -8,6 +8,7 @@ of :mod:`toolweaver_async.stores.base`; they are checked here, once, and the ans
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ import anyio
 from .config import CacheConfig, redact_url
 from .loading.locks import GuardedLock
 from .resilience.breaker import CircuitBreaker
-from .resilience.guard import GuardedStore
+from .resilience.guard import FAILED, GuardedStore
 from .resilience.journal import OutageJournal
 from .stores.base import (
     CorruptionCountingStore,
@@ -32,6 +33,8 @@ from .stores.memory import MemoryStore
 from .stores.redis.store import RedisStore
 
 __all__ = ["Chain", "build_chain", "build_stores"]
+
+logger = logging.getLogger("toolweaver_async.cache")
 
 # The clock of breakers and of the guards timing calls for them: intervals, never persisted.
 _INTERVALS = time.monotonic
@@ -79,6 +82,40 @@ class Chain:
     def stores(self) -> list[Store]:
         """Every store, in chain order."""
         return ([self.memory] if self.memory is not None else []) + [g.store for g in self.layers]
+
+    async def open(self) -> None:
+        """Load the outage journals a previous run left (their replay starts by itself), then
+        ping every slower store once; one that does not answer starts with its breaker open,
+        so the first agent steps do not each wait on a dead server."""
+
+        async def probe(layer: GuardedStore) -> None:
+            await layer.open()
+            outcome = await layer.attempt(layer.store.ping)
+            if outcome is FAILED:
+                layer.breaker.trip()  # the breaker logs the state change once
+                logger.info(
+                    "%s store unavailable at start (%s); continuing without it",
+                    layer.name,
+                    layer.last_error,
+                )
+
+        async with anyio.create_task_group() as tg:
+            for layer in self.layers:
+                tg.start_soon(probe, layer)
+
+    async def aclose(self) -> None:
+        """Stop journal replays and recovery watches, write journals to disk, then release
+        every store; a failure to close one is logged and does not stop the others."""
+        for layer in self.layers:
+            try:
+                await layer.aclose()
+            except Exception as exc:
+                logger.warning("closing %s store's guard failed: %s", layer.name, exc)
+        for store in self.stores:
+            try:
+                await store.aclose()
+            except Exception as exc:
+                logger.warning("closing %s store failed: %s", store.name, exc)
 
     def lock_for(self, namespace: str, key: str, ttl: float) -> GuardedLock | None:
         """A lock on ``key`` from the first store that offers locks, behind that store's
@@ -178,7 +215,13 @@ def guard(store: Store, config: CacheConfig, clock: Callable[[], float]) -> Guar
         # Beside the prefix folder, not in it: FileStore.clear() empties that one. '~' cannot
         # appear in a key prefix, so no cache's folder can be this one.
         folder = config.cache_dir / "~journal" / config.key_prefix
-    journal = OutageJournal(max_entries=config.journal_max_entries, clock=clock, folder=folder)
+    journal = OutageJournal(
+        max_entries=config.journal_max_entries,
+        clock=clock,
+        folder=folder,
+        # The server (and db) it is for: a journal never replays onto any other.
+        server=getattr(store, "identity", store.name),
+    )
     # A store that bounds every call itself (RedisStore: one shared watchdog timer, queue wait
     # included) needs no second bound here: asyncio.timeout costs ~3.4 us a call on uvloop and
     # cut Redis-only gets at 100 coroutines from ~67k/s to ~37k/s.

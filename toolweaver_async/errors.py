@@ -13,6 +13,7 @@ and ``TypeError`` subclasses that are *also* ``CacheError``\\ s, so both styles 
     ├── BreakerOpenError            a guarded call refused while its breaker is open
     ├── CacheClosedError            a load cut short because its cache was closed
     ├── LoaderTimeoutError          waited too long for another process's loader
+    ├── SyncInEventLoopError        a blocking call on a running loop's thread (also RuntimeError)
     └── StoreError                  a store failed; absorbed by the chain, never raised by get/set
         └── CorruptEntryError       bytes in a store that are not one of our entries
 
@@ -34,6 +35,7 @@ __all__ = [
     "LoaderTimeoutError",
     "SerializationError",
     "StoreError",
+    "SyncInEventLoopError",
     "UnhashableArgumentsError",
     "ValueTooLargeError",
 ]
@@ -88,6 +90,12 @@ class CacheClosedError(CacheError):
 
 class LoaderTimeoutError(CacheError):
     """Waited longer than allowed for a value another process was loading."""
+
+
+class SyncInEventLoopError(CacheError, RuntimeError):
+    """A blocking call (``SyncToolCache``, an adapter's sync method) made on the thread of a
+    running event loop: waiting there would block that loop, or deadlock it. Await the async
+    API instead, or make the call from a worker thread."""
 
 
 class StoreError(CacheError):

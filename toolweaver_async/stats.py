@@ -91,6 +91,9 @@ class CacheStats:
     overall: NamespaceStats
     namespaces: Mapping[str, NamespaceStats]
     bugs: Mapping[str, int] = field(default_factory=dict)
+    # memory coherence across processes: invalidations received, entries they dropped, memory
+    # flushes, channel losses (see toolweaver_async.coherence)
+    coherence: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def hit_rate(self) -> float:
@@ -101,6 +104,7 @@ class CacheStats:
             "overall": self.overall.to_dict(),
             "namespaces": {name: s.to_dict() for name, s in self.namespaces.items()},
             "bugs": dict(self.bugs),
+            "coherence": dict(self.coherence),
         }
 
 

@@ -17,12 +17,12 @@ import math
 import random as _random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ParamSpec, Protocol, TypeVar, assert_never
+from typing import Any, ParamSpec, Protocol, TypedDict, TypeVar, Unpack, assert_never
 
 from ..config import BreakerSettings
 from ..errors import BreakerOpenError, ConfigError
 
-__all__ = ["BreakerListener", "BreakerState", "CircuitBreaker"]
+__all__ = ["BreakerListener", "BreakerSettingsFields", "BreakerState", "CircuitBreaker"]
 
 logger = logging.getLogger("toolweaver_async.breaker")
 
@@ -84,6 +84,20 @@ def _open_period(base: float, cap: float, failed_probes: int, jitter: float, r: 
     return min(grown * (1.0 + jitter * (2.0 * r - 1.0)), cap)
 
 
+class BreakerSettingsFields(TypedDict, total=False):
+    """The fields of :class:`BreakerSettings`, as keywords of :class:`CircuitBreaker`."""
+
+    failure_threshold: int
+    recovery_timeout: float
+    max_recovery_timeout: float
+    half_open_max_calls: int
+    failure_rate_threshold: float
+    window_size: int
+    minimum_calls: int
+    jitter: float
+    health_check_interval: float | None
+
+
 class CircuitBreaker:
     """Refuses calls to a store that keeps failing, then lets a few probes test its recovery.
 
@@ -92,58 +106,37 @@ class CircuitBreaker:
     known). A success slower than ``slow_call_timeout`` is a failure. After the open period,
     ``allow()`` admits up to ``half_open_max_calls`` concurrent probes: one success closes, one
     failure reopens for twice as long (jittered, at most ``max_recovery_timeout``).
+
+    The thresholds are a :class:`BreakerSettings`: pass one as ``settings=``, or its fields as
+    keywords (``CircuitBreaker(failure_threshold=3)``), never both. Their defaults and their
+    validation live in ``BreakerSettings`` alone; the breaker keeps that object as it is.
     """
 
     def __init__(
         self,
         *,
-        failure_threshold: int = 5,
-        recovery_timeout: float = 2.0,
-        max_recovery_timeout: float = 30.0,
-        half_open_max_calls: int = 1,
-        failure_rate_threshold: float = 0.5,
-        window_size: int = 50,
-        minimum_calls: int = 20,
+        settings: BreakerSettings | None = None,
         slow_call_timeout: float | None = None,
-        jitter: float = 0.1,
         clock: Callable[[], float] | None = None,
         random: Callable[[], float] | None = None,
         name: str = "breaker",
         listeners: Iterable[BreakerListener] = (),
+        **fields: Unpack[BreakerSettingsFields],
     ) -> None:
-        ints = (failure_threshold, half_open_max_calls, window_size, minimum_calls)
-        for ok, needed in (
-            (all(isinstance(v, int) for v in ints), "integer thresholds, window and probe counts"),
-            (
-                failure_threshold >= 1 and half_open_max_calls >= 1,
-                "failure_threshold and half_open_max_calls >= 1",
-            ),
-            (1 <= minimum_calls <= window_size, "1 <= minimum_calls <= window_size"),
-            (
-                0 < recovery_timeout <= max_recovery_timeout < math.inf,
-                "0 < recovery_timeout <= max_recovery_timeout < inf",
-            ),
-            (0 < failure_rate_threshold <= 1, "0 < failure_rate_threshold <= 1"),
-            (
-                slow_call_timeout is None or 0 < slow_call_timeout < math.inf,
-                "slow_call_timeout None or > 0",
-            ),
-            (0 <= jitter < 1, "0 <= jitter < 1"),
-            (bool(name), "a non-empty name"),
-        ):
-            if not ok:
-                raise ConfigError(f"CircuitBreaker needs {needed}")
+        if settings is None:
+            settings = BreakerSettings(**fields)
+        elif fields:
+            raise ConfigError(
+                f"CircuitBreaker takes settings= or the fields {sorted(fields)}, not both"
+            )
+        if slow_call_timeout is not None and not 0 < slow_call_timeout < math.inf:
+            raise ConfigError(f"slow_call_timeout must be None or > 0, got {slow_call_timeout!r}")
+        if not name:
+            raise ConfigError("CircuitBreaker needs a non-empty name")
 
         self.name = name
-        self._failure_threshold = failure_threshold
-        self._base_timeout = float(recovery_timeout)
-        self._max_timeout = float(max_recovery_timeout)
-        self._half_open_max_calls = half_open_max_calls
-        self._rate_threshold = float(failure_rate_threshold)
-        self._window_size = window_size
-        self._minimum_calls = minimum_calls
+        self.settings: BreakerSettings = settings
         self._slow_call_timeout = slow_call_timeout
-        self._jitter = float(jitter)
         self._clock = clock if clock is not None else time.monotonic
         self._random = random if random is not None else _random.random
         self._listeners = list(listeners)
@@ -152,14 +145,14 @@ class CircuitBreaker:
         # Bumped on every state change and reset: call() drops outcomes from an older epoch.
         self._epoch = 0
         self._consecutive_failures = 0
-        self._window = [False] * window_size  # ring buffer of outcomes, True = failure
+        self._window = [False] * settings.window_size  # ring of outcomes, True = failure
         self._window_next = 0
         self._window_count = 0
         self._window_failures = 0
         self._failed_probes = 0
         self._probes_in_flight = 0
         self._opened_at: float | None = None
-        self._open_period = self._base_timeout
+        self._open_period = settings.recovery_timeout
         self._probe_at = math.inf
 
     @classmethod
@@ -172,18 +165,7 @@ class CircuitBreaker:
         slow_call_timeout: float | None = None,
     ) -> CircuitBreaker:
         """A breaker for one store, built from the shared ``CacheConfig.breaker`` settings."""
-        return cls(
-            failure_threshold=settings.failure_threshold,
-            recovery_timeout=settings.recovery_timeout,
-            max_recovery_timeout=settings.max_recovery_timeout,
-            half_open_max_calls=settings.half_open_max_calls,
-            failure_rate_threshold=settings.failure_rate_threshold,
-            window_size=settings.window_size,
-            minimum_calls=settings.minimum_calls,
-            slow_call_timeout=slow_call_timeout,
-            clock=clock,
-            name=name,
-        )
+        return cls(settings=settings, name=name, clock=clock, slow_call_timeout=slow_call_timeout)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -239,7 +221,7 @@ class CircuitBreaker:
             return True
         if self._state is _OPEN and not self._poll_recovery():
             return False
-        if self._probes_in_flight >= self._half_open_max_calls:
+        if self._probes_in_flight >= self.settings.half_open_max_calls:
             return False
         self._probes_in_flight += 1
         return True
@@ -266,10 +248,12 @@ class CircuitBreaker:
             self._apply(_Event.FAILURE, "probe failed")
             return
         self._push(True)
-        count, failures = self._window_count, self._window_failures
-        if self._consecutive_failures >= self._failure_threshold:
+        count, failures, settings = self._window_count, self._window_failures, self.settings
+        if self._consecutive_failures >= settings.failure_threshold:
             self._apply(_Event.TRIP, f"{self._consecutive_failures} consecutive failures")
-        elif count >= self._minimum_calls and failures / count >= self._rate_threshold:
+        elif (
+            count >= settings.minimum_calls and failures / count >= settings.failure_rate_threshold
+        ):
             self._apply(_Event.TRIP, f"{failures} of the last {count} calls failed")
         # else CLOSED + FAILURE below every threshold: no state change
 
@@ -339,22 +323,23 @@ class CircuitBreaker:
 
     def _push(self, failed: bool) -> None:
         i = self._window_next
-        if self._window_count == self._window_size:
+        size = len(self._window)
+        if self._window_count == size:
             self._window_failures -= self._window[i]
         else:
             self._window_count += 1
         self._window[i] = failed
         self._window_failures += failed
-        self._window_next = (i + 1) % self._window_size
+        self._window_next = (i + 1) % size
 
     def _clear(self) -> None:
         self._consecutive_failures = 0
-        self._window = [False] * self._window_size
+        self._window = [False] * self.settings.window_size
         self._window_next = self._window_count = self._window_failures = 0
         self._failed_probes = 0
         self._probes_in_flight = 0
         self._opened_at = None
-        self._open_period = self._base_timeout
+        self._open_period = self.settings.recovery_timeout
         self._probe_at = math.inf
 
     def _apply(self, event: _Event, reason: str) -> None:
@@ -372,11 +357,12 @@ class CircuitBreaker:
                 self._failed_probes += 1
             now = self._clock()
             self._opened_at = now
+            settings = self.settings
             self._open_period = _open_period(
-                self._base_timeout,
-                self._max_timeout,
+                settings.recovery_timeout,
+                settings.max_recovery_timeout,
                 self._failed_probes,
-                self._jitter,
+                settings.jitter,
                 self._random(),
             )
             self._probe_at = now + self._open_period

@@ -26,7 +26,7 @@ from typing import Any, Final, TypeVar
 from ..errors import StoreError
 from ..stores.base import HousekeepingStore, Store, StoreItem
 from .breaker import BreakerState, CircuitBreaker
-from .journal import OutageJournal
+from .journal import JournalOp, OutageJournal
 from .recovery_watch import RecoveryWatch
 from .replay import JournalReplay
 
@@ -255,7 +255,7 @@ class GuardedStore:
             return _SKIPPED_NOW
         return self._journaled(
             False,
-            lambda: journal.record_set(namespace, key, data, ttl),
+            lambda: (journal.begin_set(namespace, key, data, ttl),),
             self.store.set,
             (namespace, key, data, ttl),
             self.deadline,
@@ -287,12 +287,12 @@ class GuardedStore:
         if not direct:
             return SKIPPED
 
-        def record() -> None:
-            for item in direct:
-                journal.record_set(namespace, *item)
-
         return await self._journaled(
-            self._refusing(), record, self.store.set_many, (namespace, direct), self.deadline
+            self._refusing(),
+            lambda: [journal.begin_set(namespace, *item) for item in direct],
+            self.store.set_many,
+            (namespace, direct),
+            self.deadline,
         )
 
     def delete(self, namespace: str, key: str) -> Awaitable[bool | Unreachable]:
@@ -304,7 +304,7 @@ class GuardedStore:
             return _SKIPPED_NOW
         return self._journaled(
             False,
-            lambda: journal.record_delete(namespace, key),
+            lambda: (journal.begin_delete(namespace, key),),
             self.store.delete,
             (namespace, key),
             self.deadline,
@@ -318,7 +318,7 @@ class GuardedStore:
         # invalidation could otherwise move an older value into the new generation.
         return self._journaled(
             journal.touches(namespace) or self._refusing(),
-            lambda: journal.record_invalidate(namespace),
+            lambda: (journal.begin_invalidate(namespace),),
             self.store.invalidate,
             (namespace,),
             self.deadline,
@@ -329,13 +329,17 @@ class GuardedStore:
         if journal is None:
             return self._call(self.store.clear, (), None)
         return self._journaled(
-            bool(journal) or self._refusing(), journal.record_clear, self.store.clear, (), None
+            bool(journal) or self._refusing(),
+            lambda: (journal.begin_clear(),),
+            self.store.clear,
+            (),
+            None,
         )
 
     async def _journaled(
         self,
         queue: bool,
-        record: Callable[[], None],
+        begin: Callable[[], Sequence[JournalOp]],
         fn: Callable[..., Awaitable[T]],
         args: tuple[Any, ...],
         deadline: float | None,
@@ -343,18 +347,21 @@ class GuardedStore:
         """Send a write, or journal it: when ``queue`` (it must stay behind journaled ones, so
         only the replay may deliver it, or the guard refuses calls now), when the call fails,
         and when the caller is cancelled mid-call (it may or may not have landed; replaying it
-        again is harmless)."""
-        if queue:
-            record()
-            return SKIPPED
+        again is harmless). ``begin`` numbers the write as the caller makes it, so the journal
+        keeps callers' order whatever order their failures are noticed in."""
+        journal = self.journal
+        assert journal is not None
+        ops = begin()
+        failed = True
         try:
+            if queue:
+                return SKIPPED
             outcome = await self._call(fn, args, deadline)
-        except BaseException:
-            record()
-            raise
-        if isinstance(outcome, Unreachable):
-            record()
-        return outcome
+            failed = isinstance(outcome, Unreachable)
+            return outcome
+        finally:
+            for op in ops:
+                journal.settle(op, failed=failed)
 
     # -- the replay ------------------------------------------------------------------------
 

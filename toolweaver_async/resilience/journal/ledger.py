@@ -2,7 +2,14 @@
 
 Latest wins: one operation per key (a newer write replaces an older one), an invalidation of a
 namespace drops that namespace's earlier operations, a clear drops everything. Operations are
-kept in the order they happened and handed back in that order for replay. When full, a
+kept in the order they happened and handed back in that order for replay.
+
+"Newer" means the order in which callers wrote, not the order in which failures were noticed:
+each write takes its sequence number when the caller makes it (:meth:`JournalLedger.begin_set`
+and friends) and is settled when its outcome is known. A write that fails after a newer write
+of its key was made journals that newer write instead (the late one may still land in the
+store after it), and an operation older than a journaled one of its key, or than an
+invalidation or clear of its namespace, is dropped. When full, a
 namespace's writes give way to one invalidation of it, and invalidations to one clear: a miss is
 always safe, a stale hit is not.
 """
@@ -11,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from .records import (
     CLEAR_SLOT,
@@ -20,6 +28,7 @@ from .records import (
     JournalOp,
     JournalSet,
     Landed,
+    Origin,
     Record,
     Slot,
     size_of,
@@ -31,6 +40,7 @@ __all__ = ["JournalLedger", "live_operations"]
 logger = logging.getLogger("toolweaver_async.journal")
 
 UNBOUNDED = 1 << 62
+_NO_FLOOR = -UNBOUNDED  # operations loaded from disk have negative sequence numbers
 
 
 def _storable(key: str) -> bool:
@@ -65,6 +75,13 @@ class JournalLedger:
         self._cleared = False
         self._seq = 0
         self._live_bytes = 0
+        # Writes made but not settled: per key, the newest one made and how many are open.
+        self._open_writes: dict[Slot, list[Any]] = {}
+        self._unsettled = 0
+        # Sequence numbers of the newest invalidation per namespace and the newest clear made
+        # while writes were open: an open write older than them is void when it fails.
+        self._floors: dict[str, int] = {}
+        self._clear_floor = _NO_FLOOR
         # counters for health_check
         self.recorded = 0
         self.replayed = 0
@@ -92,19 +109,72 @@ class JournalLedger:
 
     # -- recording -----------------------------------------------------------------------------
 
+    def begin_set(self, namespace: str, key: str, data: bytes, ttl: float | None) -> JournalSet:
+        """A caller writes ``data`` under ``key`` now; :meth:`settle` it with the outcome."""
+        expires_at = None if ttl is None else self._clock() + ttl
+        op = JournalSet(self._next_seq(), namespace, key, data, expires_at)
+        self._open(op)
+        return op
+
+    def begin_delete(self, namespace: str, key: str) -> JournalDelete:
+        op = JournalDelete(self._next_seq(), namespace, key)
+        self._open(op)
+        return op
+
+    def begin_invalidate(self, namespace: str) -> JournalInvalidate:
+        self._unsettled += 1
+        return JournalInvalidate(self._next_seq(), namespace)
+
+    def begin_clear(self) -> JournalClear:
+        self._unsettled += 1
+        return JournalClear(self._next_seq())
+
+    def _open(self, op: JournalSet | JournalDelete) -> None:
+        self._unsettled += 1
+        entry = self._open_writes.get((op.namespace, op.key))
+        if entry is None:
+            self._open_writes[(op.namespace, op.key)] = [op, 1]
+        else:
+            entry[0] = op
+            entry[1] += 1
+
+    def settle(self, op: JournalOp, *, failed: bool) -> None:
+        """``op`` (from a ``begin_*``) reached the store, or ``failed`` (or was cancelled: it
+        may land later). Journals what the store must still receive."""
+        self._unsettled -= 1
+        if isinstance(op, JournalSet | JournalDelete):
+            slot = (op.namespace, op.key)
+            entry = self._open_writes[slot]
+            newest: JournalOp = entry[0]
+            entry[1] -= 1
+            if not entry[1]:
+                del self._open_writes[slot]
+            # Overtaken: this write may land after the newer one, so the newer one is replayed.
+            if failed or newest is not op:
+                self._record(newest)
+        else:
+            if isinstance(op, JournalInvalidate):
+                self._floors[op.namespace] = max(self._floors.get(op.namespace, _NO_FLOOR), op.seq)
+            else:
+                self._clear_floor = max(self._clear_floor, op.seq)
+            if failed:
+                self._record(op)
+        if not self._unsettled:
+            self._floors.clear()  # no open write can be older than them any more
+            self._clear_floor = _NO_FLOOR
+
     def record_set(self, namespace: str, key: str, data: bytes, ttl: float | None) -> None:
         """``data`` could not be written under ``key``; ``ttl`` as given to the store."""
-        expires_at = None if ttl is None else self._clock() + ttl
-        self._record(JournalSet(self._next_seq(), namespace, key, data, expires_at))
+        self.settle(self.begin_set(namespace, key, data, ttl), failed=True)
 
     def record_delete(self, namespace: str, key: str) -> None:
-        self._record(JournalDelete(self._next_seq(), namespace, key))
+        self.settle(self.begin_delete(namespace, key), failed=True)
 
     def record_invalidate(self, namespace: str) -> None:
-        self._record(JournalInvalidate(self._next_seq(), namespace))
+        self.settle(self.begin_invalidate(namespace), failed=True)
 
     def record_clear(self) -> None:
-        self._record(JournalClear(self._next_seq()))
+        self.settle(self.begin_clear(), failed=True)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -127,15 +197,36 @@ class JournalLedger:
         """Put ``op`` into the journal with every supersession rule; False when it was not
         needed (a pending clear already covers it and there is no room)."""
         slot = slot_of(op)
+        current = self._ops.get(slot)
+        if current is not None and current.seq >= op.seq:
+            return False  # a newer operation of the same slot is journaled already
+        if not isinstance(op, JournalClear):
+            floor = self._clear_floor
+            if not isinstance(op, JournalInvalidate):
+                floor = max(floor, self._floors.get(op.namespace, _NO_FLOOR))
+            if op.seq < floor:
+                return False  # an invalidation or clear made after it voids it
+        later: list[JournalOp] = []  # made after ``op`` but journaled before it: they stay
         if isinstance(op, JournalClear):
+            later = [o for o in self._ops.values() if o.seq > op.seq]
             self._reset()
         elif isinstance(op, JournalInvalidate):
+            later = [o for o in self._namespace_ops(op.namespace) if o.seq > op.seq]
             self._drop_namespace(op.namespace)
         else:
             self._remove(slot)
         if len(self._ops) >= self.max_entries and not self._make_room():
             return False
-        self._ops[slot] = op
+        self._put(op)
+        for kept in later:
+            self._put(kept)
+        return True
+
+    def _namespace_ops(self, namespace: str) -> list[JournalOp]:
+        return [self._ops[(namespace, key)] for key in self._keys_by_namespace.get(namespace, ())]
+
+    def _put(self, op: JournalOp) -> None:
+        self._ops[slot_of(op)] = op
         self._live_bytes += size_of(op)
         if isinstance(op, JournalSet | JournalDelete):
             self._keys_by_namespace.setdefault(op.namespace, set()).add(op.key)
@@ -143,7 +234,6 @@ class JournalLedger:
             self._marked.add(op.namespace)
         else:
             self._cleared = True
-        return True
 
     def _make_room(self) -> bool:
         """Free a slot without ever letting Redis serve a value older than a journaled write."""
@@ -263,6 +353,8 @@ def live_operations(
     ledger = JournalLedger(max_entries=UNBOUNDED, clock=clock, name=name)
     slot_by_seq: dict[int, Slot] = {}
     for record in records:
+        if isinstance(record, Origin):
+            continue
         if isinstance(record, Landed):
             slot = slot_by_seq.pop(record.seq, None)
             op = None if slot is None else ledger._ops.get(slot)

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Final
 
-from .records import JournalOp, frame
+from .records import JournalOp, Origin, frame
 
 try:  # POSIX; elsewhere processes sharing a folder are not kept apart
     import fcntl
@@ -30,9 +30,10 @@ class JournalFile:
     """One claimed slot. The thread lock keeps a cancelled caller's still-running hop from
     interleaving with the next."""
 
-    def __init__(self, folder: Path, name: str) -> None:
+    def __init__(self, folder: Path, name: str, origin: Origin) -> None:
         self.folder = folder
         self.name = name
+        self.origin = frame(origin)
         self.path: Path | None = None
         self._lock_fd: int | None = None
         self._adopted: list[tuple[int, Path]] = []  # orphans, held until our log includes them
@@ -69,11 +70,16 @@ class JournalFile:
                 raise OSError(f"all {SLOTS} journal slots in {self.folder} are held")
             return contents
 
-    def append(self, chunk: bytes) -> None:
+    def append(self, chunk: bytes, fresh: bool) -> int:
+        """Add ``chunk`` to the log (behind the origin record when the log is ``fresh``,
+        i.e. empty); returns the bytes written."""
         with self._io:
             assert self.path is not None
+            if fresh:
+                chunk = self.origin + chunk
             with open(self.path, "ab") as file:
                 file.write(chunk)
+            return len(chunk)
 
     def rewrite(self, chunk: bytes) -> None:
         """Replace the log in one atomic step: a reader sees the old or the new one whole."""
@@ -97,7 +103,7 @@ class JournalFile:
 
     def rewrite_ops(self, ops: list[JournalOp]) -> int:
         """:meth:`rewrite` with the log of ``ops``; returns its size."""
-        chunk = b"".join(frame(op) for op in ops)
+        chunk = b"".join([self.origin, *[frame(op) for op in ops]]) if ops else b""
         self.rewrite(chunk)
         return len(chunk)
 

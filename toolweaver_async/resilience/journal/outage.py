@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from .records import (
     JournalInvalidate,
     JournalOp,
     JournalSet,
+    Origin,
     Record,
     frame,
     unframe,
@@ -59,9 +61,11 @@ class OutageJournal(JournalLedger):
         clock: Callable[[], float],
         folder: Path | None = None,
         name: str = "redis",
+        server: str = "",
     ) -> None:
         super().__init__(max_entries=max_entries, clock=clock, name=name)
         self._folder = folder
+        self.server = server
         self._file: JournalFile | None = None
         self._pending: list[bytes] = []
         self._log_bytes = 0
@@ -81,7 +85,10 @@ class OutageJournal(JournalLedger):
         in memory. Operations recorded before this call come after the loaded ones."""
         if self._folder is None or self._file is not None or self._closed:
             return
-        file = JournalFile(self._folder, self.name)
+        # Logs are named after the server they are for, so a cache pointed at another server
+        # (or database) never even opens them; the origin record inside catches the rest.
+        digest = hashlib.sha256(self.server.encode()).hexdigest()[:12]
+        file = JournalFile(self._folder, f"{self.name}-{digest}", Origin(self.server))
         try:
             contents: list[bytes] = await _in_worker(file.claim)
         except OSError as exc:
@@ -91,11 +98,21 @@ class OutageJournal(JournalLedger):
         current = list(self._ops.values())
         self._reset()
         torn = False
+        left: list[JournalOp] = []
         for content in contents:
             records, torn_here = unframe(content)
             torn = torn or torn_here
-            for op in live_operations(records, clock=self._clock, name=self.name):
-                self._apply(self._as_removal(op))
+            if records and records[0] != Origin(self.server):
+                logger.warning(
+                    "outage journal for %s in %s was recorded for another server: discarded",
+                    self.name,
+                    file.folder,
+                )
+                continue
+            left += live_operations(records, clock=self._clock, name=self.name)
+        # Numbered below every operation of this run, which come after them.
+        for seq, op in enumerate(left, start=-len(left)):
+            self._apply(self._as_removal(op, seq))
         loaded = len(self._ops)
         for op in current:
             self._apply(op)
@@ -113,15 +130,16 @@ class OutageJournal(JournalLedger):
         if self._ops and self.on_pending is not None:
             self.on_pending()
 
-    def _as_removal(self, op: JournalOp) -> JournalOp:
-        """A loaded operation, renumbered (seqs of different files collide). A set becomes a
-        delete (package doc); every loaded op is then a removal, and removals commute, so the
-        files may be merged in any order."""
+    @staticmethod
+    def _as_removal(op: JournalOp, seq: int) -> JournalOp:
+        """A loaded operation, renumbered ``seq`` (seqs of different files collide). A set
+        becomes a delete (package doc); every loaded op is then a removal, and removals
+        commute, so the files may be merged in any order."""
         if isinstance(op, JournalSet | JournalDelete):
-            return JournalDelete(self._next_seq(), op.namespace, op.key)
+            return JournalDelete(seq, op.namespace, op.key)
         if isinstance(op, JournalInvalidate):
-            return JournalInvalidate(self._next_seq(), op.namespace)
-        return JournalClear(self._next_seq())
+            return JournalInvalidate(seq, op.namespace)
+        return JournalClear(seq)
 
     async def aclose(self) -> None:
         """Write what is pending and release the journal file. Idempotent."""
@@ -172,8 +190,8 @@ class OutageJournal(JournalLedger):
                 else:
                     chunk = b"".join(self._pending)
                     self._pending.clear()
-                    await _in_worker(file.append, chunk)
-                    self._log_bytes += len(chunk)
+                    fresh = not self._log_bytes
+                    self._log_bytes += await _in_worker(file.append, chunk, fresh)
             except OSError as exc:
                 # The log may now end in a torn frame: the next flush rewrites it whole.
                 self._rewrite_due = True

@@ -20,6 +20,7 @@ __all__ = [
     "JournalOp",
     "JournalSet",
     "Landed",
+    "Origin",
     "Record",
     "Slot",
     "frame",
@@ -67,8 +68,14 @@ class Landed(msgspec.Struct, tag="l", array_like=True, frozen=True):
     seq: int
 
 
+class Origin(msgspec.Struct, tag="o", array_like=True, frozen=True):
+    """The server (and database) a log's operations are for: the first record of every log."""
+
+    server: str
+
+
 JournalOp: TypeAlias = JournalSet | JournalDelete | JournalInvalidate | JournalClear
-Record: TypeAlias = JournalOp | Landed
+Record: TypeAlias = JournalOp | Landed | Origin
 # (namespace, key) for key operations, (namespace, None) for an invalidation, (None, None) clear.
 Slot: TypeAlias = tuple[str | None, str | None]
 

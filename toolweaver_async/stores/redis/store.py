@@ -23,10 +23,12 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
+from redis import __version__ as _REDIS_PY_VERSION
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.driver_info import DriverInfo
 from redis.exceptions import RedisError
 
 from ...config import CacheConfig, _check_redis_url, check_name, redact_url
@@ -49,6 +51,8 @@ _SCAN_COUNT: Final = 1000
 # while the server works (SCAN, INCR, PING and locks use the client's pool).
 _BATCH_CONNECTIONS: Final = 4
 _UNLINK_BATCH: Final = 500
+# Shared by every connection; redis-py only reads it (see build_client).
+_DRIVER_INFO: Final = DriverInfo(name="redis-py", lib_version=_REDIS_PY_VERSION)
 
 
 class _Generation:
@@ -143,6 +147,9 @@ def build_client(
         # RESP2: redis-py 8 defaults to RESP3 with maintenance notifications in "auto" mode,
         # which adds handshake round trips and skips the pool's "unread data" check on checkout.
         protocol=2,
+        # The version sent with CLIENT SETINFO, known once: left out, redis-py looks it up in
+        # the installed package metadata (an os.stat) for every connection it builds, on the loop.
+        driver_info=_DRIVER_INFO,
     )
     if url.startswith("rediss:"):
         options["ssl_cert_reqs"] = "required" if tls_verify else "none"
@@ -183,6 +190,7 @@ class RedisStore:
         # metacharacters (SCAN MATCH patterns need no escaping).
         self._prefix = check_name(key_prefix, what="key_prefix")
         self._url = redact_url(url)
+        self.identity = server_identity(url)
         self._secrets = _secrets(url, password)
         self._owns_client = client is None
         self._client: Redis = (
@@ -517,6 +525,20 @@ class RedisStore:
                 raise _store_error(f"lock {args[0]}", exc, self._secrets) from exc
 
         return RedisLock(command, name, ttl=ttl)
+
+
+def server_identity(url: str) -> str:
+    """Which server and database ``url`` names, without secrets: ``host:port/db`` (or the
+    socket path), the same for every spelling of one URL. An outage journal replays only onto
+    the server it was recorded for."""
+    try:
+        options = parse_url(url)
+    except ValueError:
+        return redact_url(url)
+    db = options.get("db", 0)
+    if "path" in options:
+        return f"unix:{options['path']}/{db}"
+    return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{db}"
 
 
 def _raise_first_error(replies: list[Any]) -> list[Any]:
