@@ -37,6 +37,7 @@ from .loading.coordinator import (
 )
 from .loading.decorator import CachedFunction
 from .resilience.breaker import BreakerState, CircuitBreaker
+from .savings import record_run, with_savings
 from .serialization import EntryCodec, PayloadDecodeError
 from .stats import CacheStats, StatsRecorder
 from .stores.base import Store
@@ -181,6 +182,8 @@ class AsyncToolCache(ToolShapedHelpers):
             if self._background:
                 await asyncio.gather(*self._background, return_exceptions=True)
             await self._chain.aclose()
+            if self.config.stats_file is not None:
+                await record_run(self.config.stats_file, self.stats())
 
     # -- reads ----------------------------------------------------------------------------
     async def get(
@@ -359,6 +362,7 @@ class AsyncToolCache(ToolShapedHelpers):
     def stats(self) -> CacheStats:
         """Counters per namespace and overall: hits per store, misses, errors, loaders ..."""
         snapshot = self._stats.snapshot(self._chain.corrupt_in_stores(), self._chain.bugs())
+        snapshot = with_savings(snapshot, self.config.policy)
         return dataclasses.replace(snapshot, coherence=self._coherence.counters())
 
     async def health_check(self) -> dict[str, Any]:
