@@ -25,7 +25,9 @@ after a short backoff. Each new session is a fresh subscription, so a server res
 ``run_id``) needs nothing special: the sink flushes whatever it stored while the channel was down.
 
 One channel follows one server. A Redis Cluster needs one per primary (each primary broadcasts
-only the keys it holds); the sink already waits for all of its channels.
+only the keys it holds; the sink already waits for all of its channels): until the channel is
+built per primary, a cluster node is refused (``unsupported``) and the memory layer stays in
+window mode rather than trust a channel that sees only part of the keys.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ def heartbeat_for(window: float) -> tuple[float, float]:
     within interval + deadline + interval <= max(window, 0.25 s)."""
     interval = max(window / 5, 0.05)
     return interval, max(window - 2 * interval, 0.15)
+
+
+class _Unsupported(Exception):
+    """This server cannot vouch for the whole cache: stay in window mode, do not retry."""
 
 
 class RedisInvalidationChannel:
@@ -163,6 +169,17 @@ class RedisInvalidationChannel:
                 sink.channel_live(self)
                 backoff = _BACKOFF_FIRST
                 await self._listen(connection, sink)
+            except _Unsupported as exc:
+                self.state = "unsupported"
+                self.last_error = str(exc)
+                logger.warning(
+                    "no invalidation channel to %s (%s): memory entries live at most the "
+                    "coherence window",
+                    self._address,
+                    exc,
+                )
+                sink.channel_lost(self, str(exc), None)
+                return
             except _ERRORS as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             finally:
@@ -186,6 +203,11 @@ class RedisInvalidationChannel:
             client_id = await connection.read_response()
             await connection.send_command("INFO", "server")
             self._note_run_id(await connection.read_response())
+            await connection.send_command("INFO", "cluster")
+            if b"cluster_enabled:1" in await connection.read_response():
+                # This server broadcasts only the keys it holds: one channel per primary is
+                # needed, and vouching for the whole cache from one would be a silent gap.
+                raise _Unsupported("a Redis Cluster node: no cluster-wide channel yet")
             await connection.send_command(
                 "CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST", "PREFIX", self._prefix
             )
