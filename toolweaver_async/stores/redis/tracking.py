@@ -237,11 +237,15 @@ class RedisInvalidationChannel:
                 await connection.send_command("PING")
                 pings.append(now)
                 next_ping = now + self._heartbeat
-            if pings and now - pings[0] > self._heartbeat_timeout:
-                raise TimeoutError(f"no PONG within {self._heartbeat_timeout:.2f} s")
+            overdue = bool(pings) and now - pings[0] > self._heartbeat_timeout
+            # When overdue, one short read first: after the loop was starved, a PONG may sit
+            # read but unparsed (the previous read's timeout fired before it was parsed).
             reply = await connection.read_response(
-                timeout=max(next_ping - now, 0.001), disconnect_on_error=False
+                timeout=0.01 if overdue else max(next_ping - now, 0.001),
+                disconnect_on_error=False,
             )
+            if overdue and reply is None:
+                raise TimeoutError(f"no PONG within {self._heartbeat_timeout:.2f} s")
             if reply is None:  # nothing within the timeout: time for the next PING
                 continue
             kind = reply[0]
