@@ -42,11 +42,10 @@ def _start_server() -> RedisServer:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One ``redis-server`` for the whole session; never flushed, tests isolate by key prefix."""
-    server = _start_server()
-    yield server
-    server.stop()
+def redis_server(toolweaver_redis: RedisServer) -> RedisServer:
+    """One ``redis-server`` for the whole session (the pytest plugin's, the one users get);
+    never flushed, tests isolate by key prefix."""
+    return toolweaver_redis
 
 
 @pytest.fixture

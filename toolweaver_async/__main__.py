@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as raised:
         exc = _root_cause(raised)
         if isinstance(exc, CacheError | ValueError):  # the configuration or an argument
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            print(f"{PROG}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 2
         if args.traceback:
             raise
