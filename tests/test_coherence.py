@@ -62,6 +62,9 @@ class RecordingSink:
     def channel_lost(self, channel: Any, reason: str, proof_age: float | None) -> None:
         pass
 
+    def channel_unsupported(self, channel: Any, reason: str) -> None:
+        pass
+
 
 def _memory(clock: FakeClock) -> MemoryStore:
     return MemoryStore(clock=clock)
@@ -220,14 +223,16 @@ def test_channel_messages_name_entries_generations_and_flushes() -> None:
             b"tw:default:0:user:1",  # keys may contain ':'
             b"tw:search:12:q",
             b"tw:search:gen",
+            b"tw:results:{7.12}:3:r1",  # a cluster stripe
+            b"tw:results:{7.12}:gen",
             b"tw:!lock:default:user:1",
             b"tw:odd",
         ],
         sink,
     )
     channel._deliver(None, sink)
-    assert sink.keys == [("default", "user:1"), ("search", "q")]
-    assert sink.namespaces == ["search"]
+    assert sink.keys == [("default", "user:1"), ("search", "q"), ("results", "r1")]
+    assert sink.namespaces == ["search", "results"]
     assert sink.flushes == 1
 
 

@@ -172,13 +172,7 @@ class RedisInvalidationChannel:
             except _Unsupported as exc:
                 self.state = "unsupported"
                 self.last_error = str(exc)
-                logger.warning(
-                    "no invalidation channel to %s (%s): memory entries live at most the "
-                    "coherence window",
-                    self._address,
-                    exc,
-                )
-                sink.channel_lost(self, str(exc), None)
+                sink.channel_unsupported(self, f"{self._address} is {exc}")
                 return
             except _ERRORS as exc:
                 reason = f"{type(exc).__name__}: {exc}"
@@ -256,8 +250,9 @@ class RedisInvalidationChannel:
 
     def _deliver(self, keys: list[bytes] | None, sink: ChangeSink) -> None:
         """``<prefix>:<ns>:<generation>:<key>`` names an entry, ``<prefix>:<ns>:gen`` a
-        namespace's generation counter (invalidate), ``None`` a flushed database; lock keys
-        (``<prefix>:!lock:...``) and anything else are not memory entries."""
+        namespace's generation counter (invalidate), ``None`` a flushed database; on a cluster
+        a stripe's ``{<tag>}:`` comes after the namespace. Lock keys (``<prefix>:!lock:...``)
+        and anything else are not memory entries."""
         if keys is None:
             sink.everything_changed()
             return
@@ -267,6 +262,8 @@ class RedisInvalidationChannel:
             namespace, sep, rest = raw[skip:].partition(b":")
             if not sep or namespace.startswith(b"!"):
                 continue
+            if rest.startswith(b"{"):  # a cluster stripe: <ns>:{<tag>}:<generation>:<key>
+                rest = rest.partition(b"}:")[2]
             if rest == b"gen":
                 sink.namespace_changed(namespace.decode())
                 continue
