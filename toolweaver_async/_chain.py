@@ -221,6 +221,7 @@ def guard(store: Store, config: CacheConfig, clock: Callable[[], float]) -> Guar
         folder = config.cache_dir / "~journal" / config.key_prefix
     journal = OutageJournal(
         max_entries=config.journal_max_entries,
+        max_bytes=config.journal_max_bytes,
         clock=clock,
         folder=folder,
         # The server (and db) it is for: a journal never replays onto any other.
