@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from toolweaver_async import AsyncToolCache, CacheConfig
+from toolweaver_async import AsyncToolCache, CacheConfig, CacheError
 from toolweaver_async.testing import RedisServer
 
 from .polling import eventually
@@ -170,3 +170,31 @@ async def test_foreign_bytes_in_a_generation_counter_are_a_miss_until_repaired(
     await cache.set("k", "v3", namespace="results")
     assert await cache.get("k", namespace="results") == "v3"
     assert redis_layer(cache).breaker.state.value == "closed"
+
+
+# -- input that can never succeed --------------------------------------------------------------
+
+
+async def test_keys_redis_cannot_encode_are_misses_never_redis_failures(
+    make_cache: MakeCache,
+) -> None:
+    cache = await make_cache()  # memory, Redis and file; three failures would open the breaker
+    bad = ["\udc80", "a\ud800b", "x\udfff"]
+    for key in bad * 3:
+        with pytest.raises(CacheError):  # the caller's error, written nowhere
+            await cache.set(key, "v")
+        assert await cache.get(key) is None
+        assert await cache.get_many([key, "plain"]) == {}
+        assert await cache.delete(key) is False
+        with pytest.raises(CacheError):
+            await cache.get_or_set(key, _load)
+    layer = redis_layer(cache)
+    assert (layer.failures, layer.last_error) == (0, None)
+    assert layer.breaker.state.value == "closed"
+    assert not layer.journal
+    await cache.set("plain", "v")  # Redis is still in service
+    assert await cache.get("plain") == "v"
+
+
+async def _load() -> str:
+    return "loaded"

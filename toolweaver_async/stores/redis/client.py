@@ -37,8 +37,9 @@ __all__ = [
 
 # Everything the driver or the socket can raise for a failed command. CancelledError is a
 # BaseException and is deliberately absent: cancellation always passes through untouched.
-# UnicodeError: a key with lone surrogates cannot be encoded; nothing was sent.
-DRIVER_ERRORS: Final = (RedisError, OSError, TimeoutError, UnicodeError)
+# Not UnicodeError: a key that cannot be encoded says nothing about the server (the store
+# answers such keys itself: a miss, nothing written).
+DRIVER_ERRORS: Final = (RedisError, OSError, TimeoutError)
 # Shared by every connection; redis-py only reads it.
 _DRIVER_INFO: Final = DriverInfo(name="redis-py", lib_version=_REDIS_PY_VERSION)
 

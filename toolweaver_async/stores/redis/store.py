@@ -183,6 +183,8 @@ class RedisStore:
         (shared with the gets of other callers in the same event-loop turn)."""
         ns = self._namespaces.get(namespace)
         if ns is None or self._closing is not None:
+            if not _storable(key):
+                return None
             if self._mode is not _STANDALONE:
                 engine = await self._engine()
                 if engine is not None:
@@ -201,6 +203,8 @@ class RedisStore:
             if seen.number == used.number:
                 return value
             raw, value = await mget((ns.gen_key_bytes, seen.prefix_bytes + key.encode()))
+        except UnicodeEncodeError:
+            return None  # never written: such a key is never sent to Redis
         except _DRIVER_ERRORS as exc:
             raise _store_error("get", exc, self._secrets) from exc
         again = ns.observe(raw)
@@ -212,6 +216,10 @@ class RedisStore:
         """Entry bytes for each of ``keys``, in order, ``None`` where absent; one ``MGET``."""
         if not keys:
             return []
+        if not all(map(_storable, keys)):
+            asked = [key for key in keys if _storable(key)]
+            found = dict(zip(asked, await self.get_many(namespace, asked), strict=True))
+            return [found.get(key) for key in keys]
         if self._mode is not _STANDALONE:
             engine = await self._engine()
             if engine is not None:
@@ -239,19 +247,25 @@ class RedisStore:
 
     # -- writes ------------------------------------------------------------------------------
 
+    # A key that cannot be encoded (lone surrogates) is never sent: Redis can hold no value of
+    # it, so a read of it is a miss and a write of it stores nothing; never a store failure.
+
     async def set(self, namespace: str, key: str, data: bytes, ttl: float | None) -> None:
         """Store ``data`` under the live generation, expiring after ``ttl`` seconds."""
-        await self._write("set", namespace, ((key, data, _ttl_ms(ttl)),), only_new=False)
+        if _storable(key):
+            await self._write("set", namespace, ((key, data, _ttl_ms(ttl)),), only_new=False)
 
     async def add(self, namespace: str, key: str, data: bytes, ttl: float | None) -> bool:
         """Store ``data`` only where no entry is present (``SET NX``); ``True`` when stored."""
+        if not _storable(key):
+            return False
         stored = await self._write("add", namespace, ((key, data, _ttl_ms(ttl)),), only_new=True)
         return stored[0]
 
     async def set_many(self, namespace: str, items: Sequence[StoreItem]) -> None:
         """Store several entries in one pipelined round trip."""
-        if items:
-            entries = [(key, data, _ttl_ms(ttl)) for key, data, ttl in items]
+        entries = [(key, data, _ttl_ms(ttl)) for key, data, ttl in items if _storable(key)]
+        if entries:
             await self._write("set_many", namespace, entries, only_new=False)
 
     async def _write(
@@ -318,6 +332,8 @@ class RedisStore:
 
     async def delete(self, namespace: str, key: str) -> bool:
         """Remove ``key`` from the live generation; ``True`` when it existed."""
+        if not _storable(key):
+            return False
         if self._mode is not _STANDALONE:
             engine = await self._engine()
             if engine is not None:
@@ -645,6 +661,8 @@ class RedisStore:
         removes it, nothing else can) and can never be an entry or a counter: ``!`` is not
         allowed in namespace names.
         """
+        if not _storable(key):  # any name that can be sent; sharing one is merely slower
+            key = "!" + key.encode("utf-8", "surrogatepass").hex()
         name = f"{self._prefix}:!lock:{check_name(namespace, what='namespace')}:{key}"
 
         async def command(*args: Any) -> Any:
@@ -679,6 +697,17 @@ def server_identity(url: str) -> str:
     if "path" in options:
         return f"unix:{options['path']}/{db}"
     return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{db}"
+
+
+def _storable(key: str) -> bool:
+    """Whether ``key`` can be sent to Redis (UTF-8 without lone surrogates)."""
+    if key.isascii():
+        return True
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _holds_no_integer(exc: ResponseError) -> bool:
