@@ -198,3 +198,82 @@ async def test_keys_redis_cannot_encode_are_misses_never_redis_failures(
 
 async def _load() -> str:
     return "loaded"
+
+
+# -- locks -------------------------------------------------------------------------------------
+
+
+async def _lock_keys(client: aioredis.Redis, key_prefix: str) -> list[bytes]:
+    return [key async for key in client.scan_iter(match=f"{key_prefix}:!lock:*")]
+
+
+async def test_get_or_set_cancelled_while_taking_its_lock_leaves_no_lock_behind(
+    make_cache: MakeCache, own_redis_server: RedisServer, key_prefix: str
+) -> None:
+    cache = await make_cache(redis_url=own_redis_server.url, redis_command_timeout=0.3)
+    await cache.get("warm")  # connections made
+    own_redis_server.pause()
+    started = asyncio.Event()
+
+    async def load() -> str:
+        started.set()
+        return "v"
+
+    task = asyncio.ensure_future(cache.get_or_set("k", load))
+    layer = redis_layer(cache)
+    await eventually(lambda: layer.failures >= 1, what="the read missed Redis")
+    await asyncio.sleep(0.05)  # the lock's SET NX is now waiting in the paused server
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    own_redis_server.resume()  # ... and lands after the caller gave up
+    assert not started.is_set()
+    admin = aioredis.Redis.from_url(own_redis_server.url)
+    try:
+        # Without the clean-up the next get_or_set of "k" anywhere waits for the lock's ttl.
+        await eventually(lambda: _no_lock(admin, key_prefix), within=2.0, what="lock released")
+    finally:
+        await admin.aclose()
+
+
+async def _no_lock(client: aioredis.Redis, key_prefix: str) -> bool:
+    return not await _lock_keys(client, key_prefix)
+
+
+@pytest.fixture
+async def acl_user(own_redis_server: RedisServer) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """``await acl_user("-eval")`` : the URL of a user the private server refuses those
+    commands to."""
+    admin = aioredis.Redis.from_url(own_redis_server.url)
+
+    async def make(*rules: str) -> str:
+        await admin.acl_setuser(
+            "limited",
+            enabled=True,
+            passwords=["+secret"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all", *rules],
+        )
+        return f"redis://limited:secret@127.0.0.1:{own_redis_server.port}/0"
+
+    yield make
+    await admin.aclose()
+
+
+async def test_locks_work_without_scripts_when_the_acl_refuses_eval(
+    make_cache: MakeCache, acl_user: Callable[..., Awaitable[str]], key_prefix: str
+) -> None:
+    url = await acl_user("-eval", "-evalsha")
+    cache = await make_cache(redis_url=url)
+    admin = aioredis.Redis.from_url(url.replace("limited:secret@", ""))
+    try:
+        for n in range(5):
+            assert await cache.get_or_set(f"k{n}", _load) == "loaded"
+        # released, not left for their ttl (10 s)
+        await eventually(lambda: _no_lock(admin, key_prefix), within=2.0, what="locks released")
+        layer = redis_layer(cache)
+        assert layer.breaker.state.value == "closed"
+        assert layer.failures == 0
+    finally:
+        await admin.aclose()

@@ -47,7 +47,7 @@ from .keyspace import Namespace as _Namespace
 from .keyspace import glob_escape
 from .keyspace import is_counter as _is_counter
 from .keyspace import raise_first_error as _raise_first_error
-from .lock import RedisLock
+from .lock import LockPolicy, RedisLock
 
 __all__ = ["RedisStore", "build_client", "glob_escape"]
 
@@ -61,6 +61,7 @@ _SCAN_COUNT: Final = 1000
 # while the server works (SCAN, INCR, PING and locks use the client's pool).
 _BATCH_CONNECTIONS: Final = 4
 _UNLINK_BATCH: Final = 500
+_MAX_LOCK_CLEANUPS: Final = 16  # locks released in the background at once
 
 
 class RedisStore:
@@ -123,6 +124,8 @@ class RedisStore:
         self._namespaces: dict[str, _Namespace] = {}
         self._stale_patterns: list[str] = []
         self._cleaner: asyncio.Task[None] | None = None
+        self._lock_cleanups: set[asyncio.Future[None]] = set()
+        self._locks = LockPolicy(self._spawn)
         self._closing: asyncio.Task[None] | None = None
         # Standalone and Sentinel need no detection; a cluster is found by asking (or told).
         self._sentinel = is_sentinel_url(url)
@@ -547,6 +550,10 @@ class RedisStore:
 
     async def _release(self) -> None:
         self._stale_patterns.clear()
+        for task in list(self._lock_cleanups):
+            task.cancel()
+        if self._lock_cleanups:
+            await asyncio.wait(list(self._lock_cleanups))
         if self._cleaner is not None:
             self._cleaner.cancel()
             await asyncio.wait([self._cleaner])
@@ -676,7 +683,18 @@ class RedisStore:
             except _DRIVER_ERRORS as exc:
                 raise _store_error(f"lock {args[0]}", exc, self._secrets) from exc
 
-        return RedisLock(command, name, ttl=ttl)
+        return RedisLock(command, name, ttl=ttl, policy=self._locks)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        """Run lock clean-up owed to Redis in the background; ``aclose`` stops it."""
+        # Bounded: past this many (an outage), the rest simply expire with their ttl.
+        if self._closing is not None or len(self._lock_cleanups) >= _MAX_LOCK_CLEANUPS:
+            if asyncio.iscoroutine(work):
+                work.close()
+            return
+        task = asyncio.ensure_future(work)
+        self._lock_cleanups.add(task)
+        task.add_done_callback(self._lock_cleanups.discard)
 
 
 def server_identity(url: str) -> str:
