@@ -277,3 +277,34 @@ async def test_locks_work_without_scripts_when_the_acl_refuses_eval(
         assert layer.failures == 0
     finally:
         await admin.aclose()
+
+
+async def test_clear_without_scan_permission_is_no_outage_and_leaves_nothing_readable(
+    make_cache: MakeCache, acl_user: Callable[..., Awaitable[str]]
+) -> None:
+    url = await acl_user("-scan", "-keys")
+    cache = await make_cache(redis_url=url)
+    other = await make_cache(redis_url=url, stores=("redis",))
+    await cache.set("k", "v1")
+    await cache.set("k", "v1", namespace="custom")
+    await cache.clear()
+    assert await other.get("k") is None
+    assert await other.get("k", namespace="custom") is None
+    layer = redis_layer(cache)
+    assert not layer.journal  # nothing queued to be retried forever
+    assert (layer.failures, layer.breaker.state.value) == (0, "closed")
+    await cache.set("k", "v2")
+    assert await other.get("k") == "v2"  # Redis stays in service
+    listed = [key async for key in cache.keys()]  # noqa: SIM118 - an async iterator method
+    assert listed == ["k"]  # from the other stores
+
+
+async def test_deletes_without_unlink_permission_use_del(
+    make_cache: MakeCache, acl_user: Callable[..., Awaitable[str]]
+) -> None:
+    url = await acl_user("-unlink")
+    cache = await make_cache(redis_url=url, stores=("redis",))
+    await cache.set("k", "v1")
+    assert await cache.delete("k") is True
+    assert await cache.get("k") is None
+    assert redis_layer(cache).failures == 0

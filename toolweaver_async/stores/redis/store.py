@@ -26,12 +26,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, parse_url
-from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import NoPermissionError, OutOfMemoryError, ResponseError
 
 from ...config import CacheConfig, check_name, parse_sentinel_url, redact_url
 from ...errors import ConfigError, StoreError
@@ -93,6 +93,7 @@ class RedisStore:
         tls_verify: bool = True,
         client: Redis | None = None,
         cluster: bool | None = None,
+        namespaces: Iterable[str] = (),
     ) -> None:
         # Validated names contain no ':' (the key layout stays unambiguous) and no glob
         # metacharacters (SCAN MATCH patterns need no escaping).
@@ -125,6 +126,10 @@ class RedisStore:
         self._stale_patterns: list[str] = []
         self._cleaner: asyncio.Task[None] | None = None
         self._lock_cleanups: set[asyncio.Future[None]] = set()
+        # Commands the server refuses this user (ACL): each reported once, then done without.
+        self._refused: set[str] = set()
+        self._unlink_command = "UNLINK"
+        self._known_namespaces = tuple(namespaces)
         self._locks = LockPolicy(self._spawn)
         self._closing: asyncio.Task[None] | None = None
         # Standalone and Sentinel need no detection; a cluster is found by asking (or told).
@@ -174,6 +179,7 @@ class RedisStore:
             pool_size=config.redis_pool_size,
             tls_verify=config.redis_tls_verify,
             cluster=config.redis_cluster,
+            namespaces=config.namespaces,
         )
 
     def __repr__(self) -> str:
@@ -313,7 +319,7 @@ class RedisStore:
         unlink: Sequence[str] = (),
     ) -> tuple[list[bool], Any]:
         # One pipeline, shared with other callers' commands of the same loop turn.
-        commands: list[tuple[Any, ...]] = [("UNLINK", *unlink)] if unlink else []
+        commands: list[tuple[Any, ...]] = [(self._unlink_command, *unlink)] if unlink else []
         for key, data, px in entries:
             args: tuple[Any, ...] = ("SET", prefix + key, data)
             if px is not None:
@@ -328,7 +334,7 @@ class RedisStore:
             # value goes, so no other process reads it while the journal holds the newer one.
             full = [c[1] for c, r in zip(commands, replies, strict=True) if _refused_as_full(r)]
             if full:
-                await self._batcher.pipeline([("UNLINK", *full)])
+                await self._batcher.pipeline([(self._unlink_command, *full)])
         _raise_first_error(replies)
         first = 1 if unlink else 0
         return [bool(r) for r in replies[first:-1]], replies[-1]
@@ -345,11 +351,16 @@ class RedisStore:
         used = ns.generation
         pipeline = self._batcher.pipeline
         try:
-            replies = await pipeline((("UNLINK", used.prefix + key), ("GET", ns.gen_key)))
+            unlink = self._unlink_command
+            replies = await pipeline(((unlink, used.prefix + key), ("GET", ns.gen_key)))
+            if isinstance(replies[0], NoPermissionError) and unlink == "UNLINK":
+                self._refuse("UNLINK", replies[0], "DEL removes keys")
+                self._unlink_command = unlink = "DEL"
+                replies = await pipeline(((unlink, used.prefix + key), ("GET", ns.gen_key)))
             removed, raw = _raise_first_error(replies)
             seen = ns.observe(raw)
             if seen.number != used.number:
-                replies = await pipeline((("UNLINK", seen.prefix + key), ("GET", ns.gen_key)))
+                replies = await pipeline(((unlink, seen.prefix + key), ("GET", ns.gen_key)))
                 removed, raw = _raise_first_error(replies)
         except _DRIVER_ERRORS as exc:
             raise _store_error("delete", exc, self._secrets) from exc
@@ -411,11 +422,33 @@ class RedisStore:
                 await engine.clear()
                 return
         try:
-            counters = await self._unlink_matching(f"{self._prefix}:*", keep_counters=True)
-            if counters:
-                await self._repair_counters(counters)
+            if "SCAN" not in self._refused:
+                try:
+                    counters = await self._unlink_matching(f"{self._prefix}:*", keep_counters=True)
+                except NoPermissionError as exc:
+                    self._refuse("SCAN", exc, "clear() invalidates every namespace it knows")
+                else:
+                    if counters:
+                        await self._repair_counters(counters)
+                    return
         except _DRIVER_ERRORS as exc:
             raise _store_error("clear", exc, self._secrets) from exc
+        # Without SCAN the keys cannot be found: make every namespace this store has used or
+        # been configured with unreadable instead (a new generation each).
+        for namespace in dict.fromkeys([*self._known_namespaces, *self._namespaces]):
+            await self.invalidate(namespace)
+
+    def _refuse(self, command: str, exc: BaseException, instead: str) -> None:
+        """Note that the server refuses ``command`` to this user: not an outage, reported once."""
+        if command not in self._refused:
+            self._refused.add(command)
+            logger.warning(
+                "redis at %s refuses %s to this user (%s): %s instead",
+                self._url,
+                command,
+                exc,
+                instead,
+            )
 
     async def _repair_counters(self, counters: list[bytes]) -> None:
         """Give every counter among ``counters`` that holds no integer a valid one again."""
@@ -490,6 +523,8 @@ class RedisStore:
                         yield page
                 if int(cursor) == 0:
                     return
+        except NoPermissionError as exc:
+            self._refuse("SCAN", exc, "keys() lists the other stores' entries only")
         except _DRIVER_ERRORS as exc:
             raise _store_error("list", exc, self._secrets) from exc
 
@@ -536,7 +571,15 @@ class RedisStore:
                 kept += [key for key in found if _is_counter(key)]
                 found = [key for key in found if not _is_counter(key)]
             for start in range(0, len(found), _UNLINK_BATCH):
-                await self._execute("UNLINK", *found[start : start + _UNLINK_BATCH])
+                batch = found[start : start + _UNLINK_BATCH]
+                try:
+                    await self._execute(self._unlink_command, *batch)
+                except NoPermissionError as exc:
+                    if self._unlink_command != "UNLINK":
+                        raise
+                    self._refuse("UNLINK", exc, "DEL removes keys")
+                    self._unlink_command = "DEL"
+                    await self._execute("DEL", *batch)
             if cursor == 0:
                 return kept
 
@@ -635,6 +678,9 @@ class RedisStore:
                 return {"mode": "cluster", "nodes": [], "error": str(exc)}
             return await engine.describe()
         report: dict[str, Any] = {"mode": self.mode}
+        refused = sorted(self._refused | ({"EVAL"} if self._locks.scripts_refused else set()))
+        if refused:
+            report["refused_commands"] = refused  # by the server's ACL: done without them
         pool = self._client.connection_pool
         if self._sentinel:
             report["service"] = getattr(pool, "service_name", None)
