@@ -13,8 +13,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from blockbuster import BlockingError, blockbuster_ctx
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from toolweaver_async import AsyncToolCache, CacheConfig, CacheError
+from toolweaver_async import AsyncToolCache, CacheConfig, CacheError, RedisStore, StoreError
+from toolweaver_async.stores.redis.batching import RoundTripError
+from toolweaver_async.stores.redis.client import store_error
 from toolweaver_async.testing import RedisServer
 
 from .polling import eventually
@@ -308,3 +312,36 @@ async def test_deletes_without_unlink_permission_use_del(
     assert await cache.delete("k") is True
     assert await cache.get("k") is None
     assert redis_layer(cache).failures == 0
+
+
+# -- the event loop ----------------------------------------------------------------------------
+
+
+async def test_new_redis_connections_make_no_blocking_call_on_the_loop(
+    redis_url: str, key_prefix: str
+) -> None:
+    store = RedisStore(url=redis_url, key_prefix=key_prefix, pool_size=8)
+    try:
+        with blockbuster_ctx():
+            # Concurrent calls open the batcher's connections and the pool's.
+            await asyncio.gather(*[store.set("ns", f"k{n}", b"v", None) for n in range(20)])
+            assert await store.get("ns", "k0") == b"v"
+            await store.invalidate("ns")
+            await store.ping()
+    finally:
+        await store.aclose()
+
+
+async def test_a_blocking_call_while_connecting_is_a_bug_not_a_redis_failure() -> None:
+    # redis-py wraps anything raised in connect() in a ConnectionError; the seam unwraps what
+    # is no socket or driver failure, so the guard reports a bug instead of an outage.
+    detected = BlockingError("os.stat")
+    wrapped = RedisConnectionError(str(detected))
+    wrapped.__cause__ = detected
+    assert store_error("get", wrapped, ()) is detected
+    shared = RoundTripError("ConnectionError: os.stat")  # a batched round trip's own error
+    shared.__cause__ = wrapped
+    assert store_error("get", shared, ()) is detected
+    refused = RedisConnectionError("Error 111 connecting")
+    refused.__cause__ = ConnectionRefusedError(111, "refused")
+    assert isinstance(store_error("get", refused, ()), StoreError)
