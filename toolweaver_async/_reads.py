@@ -106,6 +106,8 @@ class ReadPath:
     ) -> None:
         self.memory = chain.memory
         self.layers = chain.layers
+        # What each layer missed: its entries of those keys are read as misses.
+        self._missed = chain.missed
         self.tracker = ReadTracker()
         self.namespaces: dict[str, NamespaceReads] = {}
         self._codec = codec
@@ -223,6 +225,9 @@ class ReadPath:
             # Nothing faster to promote into (Redis or file alone, as benchmarks run them), so
             # no read tracking: ~0.5 us of a batched Redis hit.
             layer = layers[0]
+            missed = self._missed[0]
+            if missed and missed.holds_back(namespace, key):
+                return None
             data = await layer.get(namespace, key)
             if data is None or isinstance(data, Unreachable):
                 if data is FAILED:
@@ -239,6 +244,9 @@ class ReadPath:
         token = tracker.begin(namespace, key)
         try:
             for index, layer in enumerate(layers):
+                missed = self._missed[index]
+                if missed and missed.holds_back(namespace, key):
+                    continue  # it missed a write of this key: what it holds may be older
                 data = await layer.get(namespace, key)
                 if isinstance(data, Unreachable):
                     if data is FAILED:
@@ -288,13 +296,22 @@ class ReadPath:
         for index, layer in enumerate(self.layers):
             if not missing:
                 break
-            answers = await layer.get_many(namespace, missing)
+            missed = self._missed[index]
+            held_back: list[str] = []
+            asked = missing
+            if missed:
+                held_back = [k for k in missing if missed.holds_back(namespace, k)]
+                if held_back:
+                    asked = [k for k in missing if not missed.holds_back(namespace, k)]
+                    if not asked:
+                        continue
+            answers = await layer.get_many(namespace, asked)
             if isinstance(answers, Unreachable):
                 if answers is FAILED:
                     counters.errors[layer.name] += 1
                 continue
-            still_missing = []
-            for key, data in zip(missing, answers, strict=True):
+            still_missing = held_back
+            for key, data in zip(asked, answers, strict=True):
                 envelope = (
                     None
                     if data is None
