@@ -21,6 +21,7 @@ from .resilience.breaker import BreakerState
 from .resilience.guard import FAILED, GuardedStore, Unreachable
 from .serialization import EntryCodec, Envelope, PayloadDecodeError, TypeMismatchError
 from .stats import NamespaceCounters, StatsRecorder
+from .stores.base import ConditionalDeleteStore
 from .stores.memory import MemoryEntry, MemoryStore
 
 __all__ = ["MISSING", "WRONG_TYPE", "NamespaceReads", "ReadPath", "ReadTracker"]
@@ -353,19 +354,24 @@ class ReadPath:
             envelope = None
         if envelope is None or envelope.key != key or envelope.namespace != namespace:
             counters.corrupt += 1
-            self._remove_corrupt(namespace, key, layer)
+            self._remove_corrupt(namespace, key, layer, data)
             return None
         limit = envelope.hard_expires_at if until_hard_expiry else envelope.expires_at
         if limit is not None and limit <= self._clock():
             return None
         return envelope
 
-    def _remove_corrupt(self, namespace: str, key: str, layer: GuardedStore | None) -> None:
+    def _remove_corrupt(
+        self, namespace: str, key: str, layer: GuardedStore | None, data: bytes
+    ) -> None:
+        """Remove the corrupt ``data`` found under ``key``, and only it: the removal runs
+        later (a task), and a write landing before it must survive. A store that cannot
+        compare and delete keeps the broken entry, a counted miss until the next write."""
         if layer is None:
             if self.memory is not None:
-                self.memory.discard(namespace, key)
-        else:
-            self._spawn(layer.delete(namespace, key))
+                self.memory.discard_if(namespace, key, data)
+        elif isinstance(layer.store, ConditionalDeleteStore):
+            self._spawn(layer.attempt(layer.store.delete_if, namespace, key, data))
 
     # -- promotion ---------------------------------------------------------------------------
 
