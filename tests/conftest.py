@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -14,6 +16,21 @@ from toolweaver_async import AsyncToolCache, CacheConfig
 from toolweaver_async.stores.redis import RedisStore
 from toolweaver_async.testing import FakeClock, RedisServer, find_free_port
 
+# -- the environment -----------------------------------------------------------------------------
+_SCRATCH_HOME = tempfile.TemporaryDirectory(prefix="tw-tests-home-")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Nothing a test builds with the default cache folder may land under the user's $HOME:
+    the default (``$XDG_CACHE_HOME``) and ``TOOLWEAVER_CACHE_DIR`` point at a scratch folder."""
+    os.environ["XDG_CACHE_HOME"] = _SCRATCH_HOME.name
+    os.environ["TOOLWEAVER_CACHE_DIR"] = os.path.join(_SCRATCH_HOME.name, "toolweaver-async")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _SCRATCH_HOME.cleanup()
+
+
 # -- Redis ---------------------------------------------------------------------------------------
 
 
@@ -25,11 +42,10 @@ def _start_server() -> RedisServer:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One ``redis-server`` for the whole session; never flushed, tests isolate by key prefix."""
-    server = _start_server()
-    yield server
-    server.stop()
+def redis_server(toolweaver_redis: RedisServer) -> RedisServer:
+    """One ``redis-server`` for the whole session (the pytest plugin's, the one users get);
+    never flushed, tests isolate by key prefix."""
+    return toolweaver_redis
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import msgspec
 
 from ._chain import Chain
 from .config import NamespacePolicy
+from .freshness import EntryState, entry_state
 from .keys import check_key
 from .resilience.breaker import BreakerState
 from .resilience.guard import FAILED, GuardedStore, Unreachable
@@ -38,6 +39,8 @@ _WRONG_TYPE = _WrongType()
 WRONG_TYPE: Any = _WRONG_TYPE  # the same marker, untyped, where values of any type flow
 
 ReadToken = tuple[list[int], int, int]
+
+_STALE_SERVABLE, _EXPIRED = EntryState.STALE_SERVABLE, EntryState.EXPIRED
 
 
 class ReadTracker:
@@ -144,8 +147,8 @@ class ReadPath:
             header = self._check_memory_entry(memory, entry, namespace, key, reads.counters)
             if header is None:
                 return MISSING
-        expires_at = header.expires_at
-        if expires_at is not None and expires_at <= now:
+        state = entry_state(header, now)
+        if state is _STALE_SERVABLE or state is _EXPIRED:
             return MISSING  # stale: only get_or_set may serve it, and only while it refreshes
         if reads.share:
             shared = entry.shared
@@ -294,6 +297,25 @@ class ReadPath:
                 counters.misses += 1
             else:
                 found[key] = value
+        # As in read_through: a key written (or invalidated by another process) while this
+        # read is out must not have the older value found here promoted over the change.
+        tracker = self.tracker
+        tokens = {key: tracker.begin(namespace, key) for key in missing}
+        try:
+            return await self._get_many_through(missing, namespace, type_, counters, found, tokens)
+        finally:
+            for key, token in tokens.items():
+                tracker.end(namespace, key, token)
+
+    async def _get_many_through(
+        self,
+        missing: list[str],
+        namespace: str,
+        type_: Any,
+        counters: NamespaceCounters,
+        found: dict[str, Any],
+        tokens: dict[str, ReadToken],
+    ) -> dict[str, Any]:
         for index, layer in enumerate(self.layers):
             if not missing:
                 break
@@ -326,7 +348,8 @@ class ReadPath:
                     continue
                 counters.hits[layer.name] += 1
                 found[key] = envelope.payload
-                self.promote(index, namespace, key, data, envelope)
+                if self.tracker.still_current(tokens[key]):
+                    self.promote(index, namespace, key, data, envelope)
             missing = still_missing
         counters.misses += len(missing)
         return found
@@ -356,8 +379,8 @@ class ReadPath:
             counters.corrupt += 1
             self._remove_corrupt(namespace, key, layer, data)
             return None
-        limit = envelope.hard_expires_at if until_hard_expiry else envelope.expires_at
-        if limit is not None and limit <= self._clock():
+        state = entry_state(envelope, self._clock())
+        if state is _EXPIRED or (state is _STALE_SERVABLE and not until_hard_expiry):
             return None
         return envelope
 
@@ -399,14 +422,19 @@ class ReadPath:
         memory would go on shadowing it until its grace period ends."""
         memory = self.memory
         now = self._clock()
-        if memory is None or (found.expires_at is not None and found.expires_at <= now):
+        if memory is None or _past_expiry(found, now):
             return
         data = memory.lookup(namespace, key)
         if data is None:
             return
         try:
-            expires_at = self._codec.decode_header(data).expires_at
+            stale = _past_expiry(self._codec.decode_header(data), now)
         except Exception:
-            expires_at = now
-        if expires_at is not None and expires_at <= now:
+            stale = True  # a broken copy shadows the fresh entry just as well
+        if stale:
             memory.discard(namespace, key)
+
+
+def _past_expiry(entry: Envelope[Any], now: float) -> bool:
+    state = entry_state(entry, now)
+    return state is _STALE_SERVABLE or state is _EXPIRED

@@ -10,6 +10,7 @@ docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -23,6 +24,7 @@ from ._chain import build_chain
 from ._listing import list_keys
 from ._reads import MISSING, WRONG_TYPE, ReadPath
 from ._writes import WritePath
+from .coherence import coherence_for
 from .compat.helpers import ToolShapedHelpers
 from .config import CacheConfig, check_name
 from .errors import ConfigError
@@ -34,8 +36,8 @@ from .loading.coordinator import (
     LoadOptions,
 )
 from .loading.decorator import CachedFunction
-from .resilience.breaker import CircuitBreaker
-from .resilience.guard import FAILED, GuardedStore
+from .resilience.breaker import BreakerState, CircuitBreaker
+from .savings import record_run, with_savings
 from .serialization import EntryCodec, PayloadDecodeError
 from .stats import CacheStats, StatsRecorder
 from .stores.base import Store
@@ -93,6 +95,10 @@ class AsyncToolCache(ToolShapedHelpers):
             check_namespace=self._check_namespace,
             spawn=self._spawn,
         )
+        # What the memory layer may trust while other processes write (see coherence.py).
+        self._coherence = coherence_for(
+            self.config, chain.memory, reader.tracker, [g.name for g in chain.layers]
+        )
         # The read hot path, bound once: get() inlines the memory hit against these.
         self._namespace_reads = reader.namespaces
         self._decode_any = reader.decode_any
@@ -147,21 +153,15 @@ class AsyncToolCache(ToolShapedHelpers):
         every remote store once; one that does not answer starts with its breaker open, so the
         first agent steps do not each wait on a dead server."""
 
-        async def probe(layer: GuardedStore) -> None:
-            await layer.open()
-            outcome = await layer.attempt(layer.store.ping)
-            if outcome is FAILED:
-                layer.breaker.trip()  # the breaker logs the state change once
-                logger.info(
-                    "%s store unavailable at start (%s); continuing without it",
-                    layer.name,
-                    layer.last_error,
-                )
-
-        async with anyio.create_task_group() as tg:
-            for layer in self._layers:
-                tg.start_soon(probe, layer)
+        await self._chain.open()
         logger.info("cache %s", self.config.describe_chain())
+        # Open the invalidation channel and give it a moment, so that the first reads are
+        # already vouched for; a Redis that is down leaves the memory layer in window mode.
+        self._coherence.start()
+        if all(layer.breaker.state is BreakerState.CLOSED for layer in self._layers):
+            await self._coherence.wait_live(
+                self.config.redis_connect_timeout + self.config.redis_command_timeout
+            )
 
     def breakers(self) -> dict[str, CircuitBreaker]:
         """The circuit breaker of every guarded store (Redis, file), by store name."""
@@ -176,20 +176,14 @@ class AsyncToolCache(ToolShapedHelpers):
             landing = list(self._writes.landing.values())
             if landing:  # loaded values on their way to Redis and files: let them arrive
                 await asyncio.wait(landing, timeout=_CLOSE_GRACE_SECONDS)
+            await self._coherence.aclose()
             for task in list(self._background):
                 task.cancel()
             if self._background:
                 await asyncio.gather(*self._background, return_exceptions=True)
-            for layer in self._layers:  # stop journal replays, write journals to disk
-                try:
-                    await layer.aclose()
-                except Exception as exc:
-                    logger.warning("closing %s store's guard failed: %s", layer.name, exc)
-            for store in self._chain.stores:
-                try:
-                    await store.aclose()
-                except Exception as exc:
-                    logger.warning("closing %s store failed: %s", store.name, exc)
+            await self._chain.aclose()
+            if self.config.stats_file is not None:
+                await record_run(self.config.stats_file, self.stats())
 
     # -- reads ----------------------------------------------------------------------------
     async def get(
@@ -200,7 +194,8 @@ class AsyncToolCache(ToolShapedHelpers):
         # The memory hit is the hot path: one dict lookup for the namespace, one clock read,
         # one LRU lookup, then the payload decode (the copy each caller owns) or, in a
         # share_objects namespace, the object decoded once. No locks, tasks or awaits.
-        # (_from_memory is inlined here: a method call is ~5 % of a 1 KB hit.)
+        # (_from_memory is inlined here: a method call is ~5 % of a 1 KB hit; so is the FRESH
+        # case of freshness.entry_state, `expires_at is None or expires_at > now`.)
         reads = self._namespace_reads.get(namespace)
         if reads is None or key.__class__ is not str:
             key = check_key(key)
@@ -366,11 +361,16 @@ class AsyncToolCache(ToolShapedHelpers):
 
     def stats(self) -> CacheStats:
         """Counters per namespace and overall: hits per store, misses, errors, loaders ..."""
-        return self._stats.snapshot(self._chain.corrupt_in_stores())
+        snapshot = self._stats.snapshot(self._chain.corrupt_in_stores(), self._chain.bugs())
+        snapshot = with_savings(snapshot, self.config.policy)
+        return dataclasses.replace(snapshot, coherence=self._coherence.counters())
 
     async def health_check(self) -> dict[str, Any]:
-        """Which stores answer now, their breaker states, and why Redis is not in use."""
-        return await self._chain.health(self.config, self.stats().overall.errors)
+        """Which stores answer now, their breaker states, why Redis is not in use, and the
+        memory layer's coherence (``live``, ``reconnecting``, ``window`` ...)."""
+        report = await self._chain.health(self.config, self.stats().overall.errors)
+        report["coherence"] = self._coherence.describe()
+        return report
 
     # -- small helpers --------------------------------------------------------------------
     def _check_namespace(self, namespace: str) -> None:

@@ -13,11 +13,12 @@ checks them once, when it is built (``_chain.py``); nothing later asks which sto
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "ConditionalDeleteStore",
     "CorruptionCountingStore",
+    "TopologyReportingStore",
     "EntryPage",
     "HousekeepingStore",
     "KeyListingStore",
@@ -148,9 +149,13 @@ class SelfBoundedStore(Protocol):
 class RemoteStore(Protocol):
     """A store reached over the network: shared by processes and prone to outages. The chain
     gives it an outage journal, so that it never serves a value older than one written while
-    it was down."""
+    it was down. ``identity`` names the server (and database) it talks to, without secrets: a
+    journal is only ever replayed onto the server it was written for."""
 
     remote: Literal[True]
+
+    @property
+    def identity(self) -> str: ...
 
 
 @runtime_checkable
@@ -184,3 +189,11 @@ class HousekeepingStore(Protocol):
 
     @property
     def evicted(self) -> int: ...
+
+
+@runtime_checkable
+class TopologyReportingStore(Protocol):
+    """A store spread over servers (Redis standalone, Sentinel or Cluster) that reports its
+    topology for ``health_check()``: ``mode`` and ``nodes`` with each node's state."""
+
+    async def describe(self) -> dict[str, Any]: ...
