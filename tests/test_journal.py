@@ -238,6 +238,7 @@ def test_replay_never_leaves_redis_with_a_value_older_than_the_newest_write(
 # -- on disk ---------------------------------------------------------------------------------
 
 
+@pytest.mark.allow_blocking(reason="reads and damages the journal file behind its back")
 async def test_journal_survives_a_restart_and_loaded_sets_replay_as_deletes(tmp_path: Path) -> None:
     first = journal(folder=tmp_path)
     await first.open()
@@ -263,6 +264,7 @@ async def test_journal_survives_a_restart_and_loaded_sets_replay_as_deletes(tmp_
         await second.aclose()
 
 
+@pytest.mark.allow_blocking(reason="reads and damages the journal file behind its back")
 async def test_torn_tail_is_ignored_on_load(tmp_path: Path) -> None:
     first = journal(folder=tmp_path)
     await first.open()
@@ -292,6 +294,7 @@ async def test_two_live_journals_in_one_folder_claim_different_files(tmp_path: P
         await two.aclose()
 
 
+@pytest.mark.allow_blocking(reason="reads and damages the journal file behind its back")
 async def test_drained_journal_empties_its_file(tmp_path: Path) -> None:
     j = journal(folder=tmp_path)
     await j.open()
@@ -302,6 +305,7 @@ async def test_drained_journal_empties_its_file(tmp_path: Path) -> None:
     assert j.path.stat().st_size == 0
 
 
+@pytest.mark.allow_blocking(reason="reads and damages the journal file behind its back")
 async def test_unwritable_folder_keeps_the_journal_in_memory(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_bytes(b"")
@@ -334,6 +338,7 @@ def test_clear_op_is_a_clear() -> None:
     assert isinstance(j.next_batch()[0], JournalClear)
 
 
+@pytest.mark.allow_blocking(reason="reads and damages the journal file behind its back")
 async def test_journal_of_a_dead_process_is_adopted_and_its_file_removed(tmp_path: Path) -> None:
     one, two = journal(folder=tmp_path), journal(folder=tmp_path)
     await one.open()

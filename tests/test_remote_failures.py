@@ -57,7 +57,7 @@ async def test_a_write_failing_late_never_overtakes_a_newer_write_of_its_key(
     cache = await make_cache(redis_url=url, stores=("redis",))
     reader = await make_cache(redis_url=url, stores=("redis",))
     await cache.set("k", "v0")
-    own_redis_server.pause()
+    await asyncio.to_thread(own_redis_server.pause)
     older = asyncio.ensure_future(cache.set("k", "v1"))  # in flight, fails at its deadline
     await asyncio.sleep(0)
     redis_layer(cache).breaker.trip()  # the newer write is journaled at once
@@ -66,7 +66,7 @@ async def test_a_write_failing_late_never_overtakes_a_newer_write_of_its_key(
     else:
         await cache.delete("k")
     await older  # ... the older one fails later, and is noticed after it
-    own_redis_server.resume()
+    await asyncio.to_thread(own_redis_server.resume)
     redis_layer(cache).breaker.reset()
     await eventually(recovered(cache), what="journal replayed")
     assert await reader.get("k") == ("v2" if newer == "set" else None)
