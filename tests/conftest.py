@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,22 @@ from toolweaver_async import AsyncToolCache, CacheConfig
 from toolweaver_async.stores.redis import RedisStore
 from toolweaver_async.testing import FakeClock, RedisServer, find_free_port
 
+# -- the environment -----------------------------------------------------------------------------
+_SCRATCH_HOME = tempfile.TemporaryDirectory(prefix="tw-tests-home-")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Nothing a test builds with the default cache folder may land under the user's $HOME:
+    the default (``$XDG_CACHE_HOME``) and ``TOOLWEAVER_CACHE_DIR`` point at a scratch folder."""
+    os.environ["XDG_CACHE_HOME"] = _SCRATCH_HOME.name
+    os.environ["TOOLWEAVER_CACHE_DIR"] = os.path.join(_SCRATCH_HOME.name, "toolweaver-async")
+    _register_allow_blocking(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _SCRATCH_HOME.cleanup()
+
+
 # -- the event loop ------------------------------------------------------------------------------
 
 # With @pytest.mark.allow_blocking only the library is checked: blocking calls count when a
@@ -28,7 +46,7 @@ _TEST_KIT = [
 ]
 
 
-def pytest_configure(config: pytest.Config) -> None:
+def _register_allow_blocking(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "allow_blocking(reason): the test's own code may block the event loop (it looks at "
@@ -63,11 +81,10 @@ def _start_server() -> RedisServer:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One ``redis-server`` for the whole session; never flushed, tests isolate by key prefix."""
-    server = _start_server()
-    yield server
-    server.stop()
+def redis_server(toolweaver_redis: RedisServer) -> RedisServer:
+    """One ``redis-server`` for the whole session (the pytest plugin's, the one users get);
+    never flushed, tests isolate by key prefix."""
+    return toolweaver_redis
 
 
 @pytest.fixture

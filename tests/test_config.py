@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import traceback
 from pathlib import Path
 
 import pytest
 
 from toolweaver_async import CacheConfig, ConfigError, NamespacePolicy, redact_url
+from toolweaver_async.config import check_name
 
 
 def test_defaults_match_the_design() -> None:
@@ -91,3 +96,98 @@ def test_redact_url_hides_only_the_password() -> None:
     assert redact_url("redis://user:pw@host:6380/1") == "redis://user:***@host:6380/1"
     assert redact_url("rediss://:pw@h/0") == "rediss://:***@h/0"
     assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+@pytest.mark.parametrize("name", ["ok\n", "ok\r\n", "\nok", "ok\x00", "ok ", "a" * 65])
+def test_name_checks_match_the_whole_string(name: str) -> None:
+    with pytest.raises(ConfigError):
+        check_name(name, what="namespace")
+    with pytest.raises(ConfigError, match="key_prefix"):
+        CacheConfig(key_prefix=name)
+    with pytest.raises(ConfigError, match="namespace"):
+        CacheConfig(namespaces={name: NamespacePolicy()})
+
+
+def test_a_str_subclass_name_comes_back_as_a_plain_str() -> None:
+    class Sneaky(str):
+        def __str__(self) -> str:
+            return "../elsewhere"
+
+    checked = check_name(Sneaky("plain"), what="namespace")
+    assert type(checked) is str
+    assert checked == "plain"
+
+
+_SECRET = "s3cr/et?#x"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cr/et?#x@127.0.0.1:6379/0",
+        "redis://user:s3cr/et?#x@127.0.0.1:6379/0",
+        "redis://:s3cr#et?/x@127.0.0.1/0",
+        "rediss://user:s3cr?et/#x@127.0.0.1:abc/0",
+        "redis://user:s3cr/et?#x",
+        "redis://:s3cr/et?#x@",
+    ],
+)
+def test_no_password_reaches_a_repr_or_a_config_error(url: str) -> None:
+    config = CacheConfig(use_redis=False, redis_url=url, redis_password=_SECRET)
+    for text in (repr(config), str(config), redact_url(url)):
+        assert "s3cr" not in text
+        assert "et?" not in text
+    with pytest.raises(ConfigError) as raised:  # every one of these URLs is broken
+        CacheConfig(use_redis=True, redis_url=url)
+    shown = "".join(traceback.format_exception(raised.value))
+    assert "s3cr" not in shown
+    assert "et?" not in shown
+
+
+def test_a_password_in_the_query_string_is_redacted() -> None:
+    url = "redis://127.0.0.1:6379/0?db=1&password=s3cr/et&Sentinel_Password=s3cr"
+    config = CacheConfig(use_redis=True, redis_url=url)
+    for text in (repr(config), redact_url(url)):
+        assert "s3cr" not in text
+    assert redact_url(url).endswith("?db=1&password=***&Sentinel_Password=***")
+
+
+def test_a_password_holding_url_delimiters_is_refused_with_a_hint() -> None:
+    with pytest.raises(ConfigError, match="percent-encode"):
+        CacheConfig(use_redis=True, redis_url="redis://:pa/ss@127.0.0.1:6379/0")
+    encoded = "redis://:pa%2Fss@127.0.0.1:6379/0"
+    assert CacheConfig(use_redis=True, redis_url=encoded).redis_url == encoded
+    assert redact_url(encoded) == "redis://:***@127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:abc/0", "redis://:pw@127.0.0.1:99999/0", "redis://h:-1"]
+)
+def test_a_bad_port_is_a_config_error_not_a_bare_value_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="port"):
+        CacheConfig(use_redis=True, redis_url=url)
+    assert "pw" not in redact_url(url)
+
+
+def test_a_redis_url_that_is_not_a_string_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        CacheConfig(use_redis=True, redis_url=None)  # type: ignore[arg-type]
+
+
+def test_cli_output_never_shows_the_password(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "USE_REDIS": "true",
+        "REDIS_URL": "redis://:s3cr/et?#x@127.0.0.1:1/0",
+        "TOOLWEAVER_CACHE_DIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "toolweaver_async", "doctor"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert "ConfigError" in done.stderr
+    assert "s3cr" not in done.stdout + done.stderr

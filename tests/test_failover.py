@@ -353,7 +353,9 @@ async def test_full_journal_never_lets_redis_serve_an_older_value(make_cache: Ma
     await eventually(recovered(cache))
     for key in keys:
         assert await reader.get(key) in ("new", None)
-        assert await cache.get(key) == "new"
+        # The replay invalidated the namespace in Redis; every process's memory layer hears of
+        # it, the writer's too, so no process keeps values the others can no longer see.
+        assert await cache.get(key) in ("new", None)
     assert await reader.get("untouched", namespace="other") == "old"
 
 

@@ -231,7 +231,10 @@ async def test_stale_entry_is_served_while_exactly_one_refresh_runs(
 async def test_a_fresh_value_from_redis_replaces_a_stale_copy_in_memory(
     make_cache: MakeCache, clock: FakeClock
 ) -> None:
-    ours = make_cache(namespaces=SWR, use_redis=True, stores=("memory", "redis"))
+    # coherence off: this is about the refresh; with it on, "old" would live 1 s in memory
+    ours = make_cache(
+        namespaces=SWR, use_redis=True, stores=("memory", "redis"), coherence_window=None
+    )
     theirs = make_cache(namespaces=SWR, use_redis=True, stores=("memory", "redis"))
     old = GatedLoader("old")
     old.gate.set()

@@ -1,7 +1,9 @@
-"""Command line: ``python -m toolweaver_async {demo,doctor,inspect,keys,clear,bench}``.
+"""Command line: ``python -m toolweaver_async {demo,doctor,inspect,keys,stats,clear,bench}``.
 
 Every command builds its cache with ``AsyncToolCache.from_env()``, so it sees exactly what an
-agent configured by the same environment sees.
+agent configured by the same environment sees. Bad input (environment, arguments) ends with one
+line on stderr and exit status 2, never a traceback. A command is one decorated coroutine
+function; add one with ``@command(name, help, arguments)``.
 """
 
 from __future__ import annotations
@@ -10,22 +12,72 @@ import argparse
 import asyncio
 import statistics
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import msgspec
 
 from .cache import AsyncToolCache
+from .config import check_name
+from .errors import CacheError
 
 __all__ = ["main"]
+
+PROG = "toolweaver-async"
 
 
 def _json(value: Any) -> str:
     return msgspec.json.format(msgspec.json.encode(value, enc_hook=repr), indent=2).decode()
 
 
+# -- argument types: a bad value is one line and exit 2, from argparse itself ----------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _namespace(text: str) -> str:
+    try:
+        return check_name(text, what="namespace")
+    except CacheError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# -- the command table ------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(
+    name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None] | None = None
+) -> Callable[[Callable[[argparse.Namespace], Coroutine[Any, Any, int]]], Any]:
+    """Register ``run(args) -> exit status`` as the subcommand ``name``."""
+
+    def register(run: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Any:
+        COMMANDS[name] = Command(name, help, run, arguments)
+        return run
+
+    return register
+
+
+# -- commands -----------------------------------------------------------------------------
+@command("doctor", "health of every store (exit 1 when one is down)")
 async def _doctor(_: argparse.Namespace) -> int:
     async with AsyncToolCache.from_env() as cache:
         report = await cache.health_check()
@@ -33,6 +85,12 @@ async def _doctor(_: argparse.Namespace) -> int:
     return 0 if all(store["ok"] for store in report["stores"].values()) else 1
 
 
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("key")
+    parser.add_argument("--namespace", type=_namespace, default="default")
+
+
+@command("inspect", "print the cached value of a key", _inspect_arguments)
 async def _inspect(args: argparse.Namespace) -> int:
     async with AsyncToolCache.from_env() as cache:
         missing = object()
@@ -46,23 +104,12 @@ async def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _clear(args: argparse.Namespace) -> int:
-    if not args.yes:
-        target = f"namespace {args.namespace!r}" if args.namespace else "every entry"
-        print(f"refusing to remove {target} without --yes", file=sys.stderr)
-        return 2
-    async with AsyncToolCache.from_env() as cache:
-        if args.namespace:
-            await cache.invalidate(args.namespace)
-        else:
-            await cache.clear()
-        print(
-            f"cleared prefix {cache.config.key_prefix!r}"
-            + (f" namespace {args.namespace!r}" if args.namespace else "")
-        )
-    return 0
+def _keys_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--namespace", type=_namespace, default="default")
+    parser.add_argument("--prefix", default="", help="only keys that start with this text")
 
 
+@command("keys", "list the keys of fresh entries, one a line", _keys_arguments)
 async def _keys(args: argparse.Namespace) -> int:
     """One key a line, streamed as the stores hand them over."""
     async with AsyncToolCache.from_env() as cache:
@@ -71,19 +118,71 @@ async def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clear_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--namespace", type=_namespace)
+    parser.add_argument("--yes", action="store_true", help="really remove them")
+
+
+@command("clear", "remove this prefix's entries (or one namespace)", _clear_arguments)
+async def _clear(args: argparse.Namespace) -> int:
+    """Says what was removed where, and what waits for an unreachable Redis: queued in the
+    outage journal (replayed when it answers) or, without a file store to keep the journal,
+    not done there at all (exit 1)."""
+    if not args.yes:
+        target = f"namespace {args.namespace!r}" if args.namespace else "every entry"
+        print(f"refusing to remove {target} without --yes", file=sys.stderr)
+        return 2
+    async with AsyncToolCache.from_env() as cache:
+        what = f"namespace {args.namespace!r}" if args.namespace else "every entry"
+        if args.namespace:
+            await cache.invalidate(args.namespace)
+        else:
+            await cache.clear()
+        report = await cache.health_check()
+    prefix = cache.config.key_prefix
+    done = [name for name, store in report["stores"].items() if store["ok"]]
+    status = 0
+    print(f"removed {what} of prefix {prefix!r} from {', '.join(done) or 'no store'}")
+    for name, store in report["stores"].items():
+        if store["ok"]:
+            continue
+        journal = store.get("journal") or {}
+        if journal.get("path"):
+            print(
+                f"{name} is unreachable ({store['error']}): the removal is queued in its outage "
+                f"journal ({journal['path']}) and runs when {name} answers again"
+            )
+        else:
+            print(
+                f"{name} is unreachable ({store['error']}): NOT removed there, and nothing "
+                "keeps the request (no file store in the chain): run clear again when it is back"
+            )
+            status = 1
+    return status
+
+
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", type=_positive_int, default=2000, help="sets and gets (>= 1)")
+
+
+@command("bench", "quick set/get latency of the configured chain", _bench_arguments)
 async def _bench(args: argparse.Namespace) -> int:
-    """A quick latency check of the configured chain (the full suite is ``make bench``)."""
+    """A quick latency check of the configured chain (the full suite is ``make bench``), in a
+    temporary folder and under a prefix of its own, both removed afterwards."""
     value = {"tool": "search", "results": [{"id": i, "score": i / 10} for i in range(20)]}
-    async with AsyncToolCache.from_env(key_prefix=f"bench-{uuid.uuid4().hex[:8]}") as cache:
-        sets, gets = [], []
-        for i in range(args.n):
-            started = time.perf_counter()
-            await cache.set(f"k{i % 100}", value)
-            sets.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            await cache.get(f"k{i % 100}")
-            gets.append(time.perf_counter() - started)
-        await cache.clear()
+    with tempfile.TemporaryDirectory(prefix="tw-bench-") as scratch:
+        async with AsyncToolCache.from_env(
+            key_prefix=f"bench-{uuid.uuid4().hex[:8]}", cache_dir=scratch
+        ) as cache:
+            sets, gets = [], []
+            for i in range(args.n):
+                started = time.perf_counter()
+                await cache.set(f"k{i % 100}", value)
+                sets.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                await cache.get(f"k{i % 100}")
+                gets.append(time.perf_counter() - started)
+            await cache.clear()
     chain = " + ".join(cache.config.enabled_stores)
     print(f"chain: {chain}; {args.n} sets and gets of a ~1 KB value")
     print(f"set p50 {statistics.median(sets) * 1e6:8.1f} µs")
@@ -91,51 +190,78 @@ async def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("demo", "a miss and a hit, with timings")
 async def _demo(_: argparse.Namespace) -> int:
     async def slow_tool(query: str) -> dict[str, Any]:
         await asyncio.sleep(0.2)
         return {"query": query, "answer": 42}
 
-    async with AsyncToolCache.from_env(key_prefix=f"demo-{uuid.uuid4().hex[:8]}") as cache:
-        for attempt in ("first call (miss)", "second call (hit)"):
-            started = time.perf_counter()
-            await cache.get_or_set("q:answer", lambda: slow_tool("answer"), namespace="results")
-            print(f"{attempt:<18} {(time.perf_counter() - started) * 1000:8.2f} ms")
-        print(_json(cache.stats().overall.to_dict()))
-        await cache.clear()
+    with tempfile.TemporaryDirectory(prefix="tw-demo-") as scratch:
+        async with AsyncToolCache.from_env(
+            key_prefix=f"demo-{uuid.uuid4().hex[:8]}", cache_dir=scratch
+        ) as cache:
+            for attempt in ("first call (miss)", "second call (hit)"):
+                started = time.perf_counter()
+                await cache.get_or_set("q:answer", lambda: slow_tool("answer"), namespace="results")
+                print(f"{attempt:<18} {(time.perf_counter() - started) * 1000:8.2f} ms")
+            print(_json(cache.stats().overall.to_dict()))
+            await cache.clear()
     return 0
+
+
+# -- entry point --------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (argparse prints the whole usage first by default)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog=PROG, description=__doc__)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument(
+        "--traceback", action="store_true", help="show the traceback of an unexpected error"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for entry in COMMANDS.values():
+        sub = commands.add_parser(entry.name, help=entry.help, description=entry.help)
+        if entry.arguments is not None:
+            entry.arguments(sub)
+    return parser
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member exception groups (task groups)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m toolweaver_async`` and the ``toolweaver-async`` script."""
-    parser = argparse.ArgumentParser(prog="toolweaver-async", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="a miss and a hit, with timings")
-    commands.add_parser("doctor", help="health of every store (exit 1 when one is down)")
-    inspect = commands.add_parser("inspect", help="print the cached value of a key")
-    inspect.add_argument("key")
-    inspect.add_argument("--namespace", default="default")
-    clear = commands.add_parser("clear", help="remove this prefix's entries (or one namespace)")
-    clear.add_argument("--namespace")
-    clear.add_argument("--yes", action="store_true", help="really remove them")
-    keys = commands.add_parser("keys", help="list the keys of fresh entries, one a line")
-    keys.add_argument("--namespace", default="default")
-    keys.add_argument("--prefix", default="", help="only keys that start with this text")
-    bench = commands.add_parser("bench", help="quick set/get latency of the configured chain")
-    bench.add_argument("-n", type=int, default=2000)
-    args = parser.parse_args(argv)
-    handler = {
-        "demo": _demo,
-        "doctor": _doctor,
-        "inspect": _inspect,
-        "clear": _clear,
-        "bench": _bench,
-        "keys": _keys,
-    }[args.command]
     try:
-        return asyncio.run(handler(args))
+        args = _parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a usage error already printed
+        return done.code if isinstance(done.code, int) else 2
+    try:
+        return asyncio.run(COMMANDS[args.command].run(args))
     except KeyboardInterrupt:
         return 130
+    except Exception as raised:
+        exc = _root_cause(raised)
+        if isinstance(exc, CacheError | ValueError):  # the configuration or an argument
+            print(f"{PROG}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
+        if args.traceback:
+            raise
+        print(
+            f"{PROG}: unexpected {type(exc).__name__}: {exc} (--traceback shows where)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -285,6 +285,25 @@ class ReadPath:
                 counters.misses += 1
             else:
                 found[key] = value
+        # As in read_through: a key written (or invalidated by another process) while this
+        # read is out must not have the older value found here promoted over the change.
+        tracker = self.tracker
+        tokens = {key: tracker.begin(namespace, key) for key in missing}
+        try:
+            return await self._get_many_through(missing, namespace, type_, counters, found, tokens)
+        finally:
+            for key, token in tokens.items():
+                tracker.end(namespace, key, token)
+
+    async def _get_many_through(
+        self,
+        missing: list[str],
+        namespace: str,
+        type_: Any,
+        counters: NamespaceCounters,
+        found: dict[str, Any],
+        tokens: dict[str, ReadToken],
+    ) -> dict[str, Any]:
         for index, layer in enumerate(self.layers):
             if not missing:
                 break
@@ -308,7 +327,8 @@ class ReadPath:
                     continue
                 counters.hits[layer.name] += 1
                 found[key] = envelope.payload
-                self.promote(index, namespace, key, data, envelope)
+                if self.tracker.still_current(tokens[key]):
+                    self.promote(index, namespace, key, data, envelope)
             missing = still_missing
         counters.misses += len(missing)
         return found

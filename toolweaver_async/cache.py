@@ -10,6 +10,7 @@ docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -23,6 +24,7 @@ from ._chain import build_chain
 from ._listing import list_keys
 from ._reads import MISSING, WRONG_TYPE, ReadPath
 from ._writes import WritePath
+from .coherence import coherence_for
 from .compat.helpers import ToolShapedHelpers
 from .config import CacheConfig, check_name
 from .errors import ConfigError
@@ -34,7 +36,7 @@ from .loading.coordinator import (
     LoadOptions,
 )
 from .loading.decorator import CachedFunction
-from .resilience.breaker import CircuitBreaker
+from .resilience.breaker import BreakerState, CircuitBreaker
 from .resilience.guard import FAILED, GuardedStore
 from .serialization import EntryCodec, PayloadDecodeError
 from .stats import CacheStats, StatsRecorder
@@ -92,6 +94,10 @@ class AsyncToolCache(ToolShapedHelpers):
             policy=policy,
             check_namespace=self._check_namespace,
             spawn=self._spawn,
+        )
+        # What the memory layer may trust while other processes write (see coherence.py).
+        self._coherence = coherence_for(
+            self.config, chain.memory, reader.tracker, [g.name for g in chain.layers]
         )
         # The read hot path, bound once: get() inlines the memory hit against these.
         self._namespace_reads = reader.namespaces
@@ -162,6 +168,13 @@ class AsyncToolCache(ToolShapedHelpers):
             for layer in self._layers:
                 tg.start_soon(probe, layer)
         logger.info("cache %s", self.config.describe_chain())
+        # Open the invalidation channel and give it a moment, so that the first reads are
+        # already vouched for; a Redis that is down leaves the memory layer in window mode.
+        self._coherence.start()
+        if all(layer.breaker.state is BreakerState.CLOSED for layer in self._layers):
+            await self._coherence.wait_live(
+                self.config.redis_connect_timeout + self.config.redis_command_timeout
+            )
 
     def breakers(self) -> dict[str, CircuitBreaker]:
         """The circuit breaker of every guarded store (Redis, file), by store name."""
@@ -176,6 +189,7 @@ class AsyncToolCache(ToolShapedHelpers):
             landing = list(self._writes.landing.values())
             if landing:  # loaded values on their way to Redis and files: let them arrive
                 await asyncio.wait(landing, timeout=_CLOSE_GRACE_SECONDS)
+            await self._coherence.aclose()
             for task in list(self._background):
                 task.cancel()
             if self._background:
@@ -366,11 +380,15 @@ class AsyncToolCache(ToolShapedHelpers):
 
     def stats(self) -> CacheStats:
         """Counters per namespace and overall: hits per store, misses, errors, loaders ..."""
-        return self._stats.snapshot(self._chain.corrupt_in_stores())
+        snapshot = self._stats.snapshot(self._chain.corrupt_in_stores())
+        return dataclasses.replace(snapshot, coherence=self._coherence.counters())
 
     async def health_check(self) -> dict[str, Any]:
-        """Which stores answer now, their breaker states, and why Redis is not in use."""
-        return await self._chain.health(self.config, self.stats().overall.errors)
+        """Which stores answer now, their breaker states, why Redis is not in use, and the
+        memory layer's coherence (``live``, ``reconnecting``, ``window`` ...)."""
+        report = await self._chain.health(self.config, self.stats().overall.errors)
+        report["coherence"] = self._coherence.describe()
+        return report
 
     # -- small helpers --------------------------------------------------------------------
     def _check_namespace(self, namespace: str) -> None:

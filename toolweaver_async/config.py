@@ -8,11 +8,12 @@ from __future__ import annotations
 import math
 import os
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -27,7 +28,15 @@ __all__ = [
 
 STORE_NAMES = ("memory", "redis", "file")
 
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# fullmatch, never match with "$": "$" also matches before a trailing newline.
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+# host[:port] or [v6]:port, comma-separated for Sentinel; anything else after a ':' may be a
+# password whose '@host' was left out.
+_HOST_PORT = r"(?:\[[^\]]*\]|[^:,\[\]]*)(?::[0-9]*)?"
+_PORTS = re.compile(f"{_HOST_PORT}(?:,{_HOST_PORT})*")
+_AUTHORITY_END = re.compile(r"[/?#]")
+# Query parameters redis-py turns into connection options that are secrets.
+_SECRET_QUERY = re.compile(r"(?i)(password[^=&#]*=)[^&#]*")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
@@ -192,6 +201,10 @@ class CacheConfig:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     # outage journal: writes that could not reach Redis, replayed when it is back
     journal_max_entries: int = 10_000
+    # Seconds a memory entry may be served while no invalidation channel vouches for it (see
+    # toolweaver_async.coherence); 0: memory serves nothing unvouched; None: coherence off,
+    # memory trusts entries until their TTL (one process alone).
+    coherence_window: float | None = 1.0
 
     def __post_init__(self) -> None:
         # A URL given on purpose is a wish to use Redis: silently running without it was the
@@ -232,10 +245,28 @@ class CacheConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        window = self.coherence_window
+        if window is not None and not (_is_number(window) and window >= 0):
+            raise ConfigError(f"coherence_window must be None or >= 0 seconds, got {window!r}")
         for name in ("redis_connect_timeout", "redis_command_timeout", "file_timeout"):
             value = getattr(self, name)
             if not (_is_number(value) and value > 0):
                 raise ConfigError(f"{name} must be > 0 seconds, got {value!r}")
+
+    def __repr__(self) -> str:
+        """Every field, with the Redis URL redacted and the password hidden: configs end up
+        in logs, tracebacks and bug reports."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "redis_url":
+                text = repr(redact_url(value))
+            elif f.name == "redis_password":
+                text = "None" if value is None else "'***'"
+            else:
+                text = repr(value)
+            shown.append(f"{f.name}={text}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     def describe_chain(self) -> str:
         """The chain as it runs, for one log line: ``memory -> redis (url) -> file (folder)``."""
@@ -317,38 +348,67 @@ def _check_field_names(cls: type[CacheConfig], values: Mapping[str, Any]) -> Non
 
 
 def check_name(name: object, *, what: str) -> str:
-    """Namespaces and prefixes appear in Redis keys and folder names: keep them plain."""
-    if not isinstance(name, str) or not _NAME_PATTERN.match(name) or name in {".", ".."}:
+    """Namespaces and prefixes appear in Redis keys and folder names: keep them plain. The
+    whole string must match; a ``str`` subclass comes back as a plain ``str``."""
+    if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name) or name in {".", ".."}:
+        shown = reprlib.repr(name)  # bounded: the value may be huge or nested
         raise ConfigError(
-            f"{what} must be 1-64 characters of letters, digits, '_', '.', '-'; got {name!r}"
+            f"{what} must be 1-64 characters of letters, digits, '_', '.', '-'; got {shown}"
         )
-    return name
+    return name if type(name) is str else str.__str__(name)
 
 
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, safe for logs and health reports."""
+def redact_url(url: object) -> str:
+    """``url`` with its password (and any ``password=`` query value) replaced by ``***``, safe
+    for logs, messages and health reports.
+
+    Deliberately not ``urlsplit``: a password holding ``/``, ``?`` or ``#`` ends its netloc early,
+    and the rest of the password would be shown as a path or query. Everything between ``://``
+    and the last ``@`` is taken as the user part instead, so such a URL is over-redacted rather
+    than leaked; a user name before a ``:`` is kept.
+    """
+    if not isinstance(url, str):
+        return f"<{type(url).__name__}, not a URL>"
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _SECRET_QUERY.sub(r"\1***", url)
+    userinfo, at, after = rest.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        shown_user = f"{user}:***" if colon and "/" not in user else "***"
+        rest = f"{shown_user}@{after}"
+    elif not _PORTS.fullmatch(_AUTHORITY_END.split(rest, maxsplit=1)[0]):
+        # "redis://user:secret" (the '@host' forgotten): its "port" may be a password
+        return f"{scheme}://***"
+    return f"{scheme}://" + _SECRET_QUERY.sub(r"\1***", rest)
+
+
+def _check_redis_url(url: object) -> None:
+    """A ``ConfigError`` for a URL that cannot work; its message shows the URL redacted."""
+    if not isinstance(url, str):
+        raise ConfigError(f"REDIS_URL must be a string, got {type(url).__name__}")
     try:
         parts = urlsplit(url)
     except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _check_redis_url(url: str) -> None:
+        # from None: some of urllib's messages quote the netloc, password and all
+        raise ConfigError(f"REDIS_URL is not a valid URL: {redact_url(url)}") from None
+    if "@" in url.partition("://")[2] and "@" not in parts.netloc:
+        # An '@' the URL parser did not take as the end of the user part: a password holding
+        # '/', '?' or '#' (which end the host part early), or a stray '@' further on.
+        raise ConfigError(
+            "REDIS_URL is ambiguous: the password or user name holds '/', '?', '#' or '@', or "
+            "an '@' follows the host; percent-encode them (urllib.parse.quote(password, "
+            "safe='')) or pass the password as redis_password / REDIS_PASSWORD"
+        )
     try:
-        parts = urlsplit(url)
         _ = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"REDIS_URL is not a valid URL: {redact_url(url)}") from exc
+    except ValueError:
+        # Neither the URL nor urllib's message: in "redis://user:secret" the "port" is a
+        # password the user forgot to follow with '@host'.
+        raise ConfigError(
+            "REDIS_URL's port must be a number from 0 to 65535 (the URL is not shown: what "
+            "follows its ':' may be a password)"
+        ) from None
     if parts.scheme not in {"redis", "rediss", "unix"}:
         raise ConfigError(
             f"REDIS_URL must start with redis://, rediss:// or unix://, got {redact_url(url)}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import reprlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,23 +32,27 @@ _deterministic = msgspec.msgpack.Encoder(order="deterministic")
 
 
 def check_key(key: object) -> str:
-    """``key`` itself when it is a ``str``; an ``InvalidKeyError`` otherwise."""
+    """``key`` itself when it is a ``str`` (a subclass comes back as a plain ``str``, whatever
+    its ``__str__`` says); an ``InvalidKeyError`` otherwise. Any string is a valid key: stores
+    hash or length-prefix it, so no character needs checking."""
     if type(key) is not str:
         if isinstance(key, str):
-            return str(key)
-        raise InvalidKeyError(f"cache keys must be str, got {type(key).__qualname__}: {key!r:.80}")
+            return str.__str__(key)
+        # reprlib: a bounded repr; a plain repr of a deeply nested key raises RecursionError
+        shown = reprlib.repr(key)
+        raise InvalidKeyError(f"cache keys must be str, got {type(key).__qualname__}: {shown}")
     return key
 
 
 def stable_hash(value: Any) -> str:
     """A 32-hex-digit hash of ``value`` that is equal for equal values in any process.
 
-    Dict key order does not matter; values msgspec cannot encode raise
-    ``UnhashableArgumentsError`` naming the type.
+    Dict key order does not matter; values msgspec cannot encode (cyclic or too deeply nested
+    ones included) raise ``UnhashableArgumentsError`` naming the type.
     """
     try:
         encoded = _deterministic.encode(value)
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
         raise UnhashableArgumentsError(
             f"cannot build a stable cache key: {exc}", value_type=type(value).__qualname__
         ) from exc

@@ -84,11 +84,14 @@ class EntryCodec:
         )
         try:
             data = self._encoder.encode(envelope)
-        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
+            # RecursionError: a cyclic value, or one nested deeper than the interpreter's
+            # recursion limit allows; msgspec stops cleanly, so nothing is half-written.
             type_name = type(value).__qualname__
+            why = "cyclic or nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             raise SerializationError(
                 f"cannot cache key {key!r} in namespace {namespace!r}: value of type "
-                f"{type_name} is not encodable with msgspec ({exc})",
+                f"{type_name} is not encodable with msgspec ({why})",
                 key=key,
                 value_type=type_name,
             ) from exc
@@ -104,7 +107,13 @@ class EntryCodec:
 
     def encode_payload(self, value: Any) -> bytes:
         """The msgpack bytes of ``value`` alone (used for stable hashing and size checks)."""
-        return self._encoder.encode(value)
+        try:
+            return self._encoder.encode(value)
+        except RecursionError as exc:
+            raise SerializationError(
+                f"value of type {type(value).__qualname__} is cyclic or nested too deeply",
+                value_type=type(value).__qualname__,
+            ) from exc
 
     def decode(self, data: bytes, type_: Any = None) -> Envelope[Any]:
         """The envelope in ``data`` with its payload decoded as ``type_`` (builtins when None).
@@ -122,6 +131,8 @@ class EntryCodec:
             raise CorruptEntryError(f"not a cache entry: {exc}") from exc
         except msgspec.DecodeError as exc:
             raise CorruptEntryError(f"not a cache entry: {exc}") from exc
+        except RecursionError as exc:  # foreign bytes nested deeper than we ever write
+            raise CorruptEntryError("not a cache entry: nested too deeply") from exc
         if envelope.version != FORMAT_VERSION:
             raise CorruptEntryError(f"unknown entry format version {envelope.version!r}")
         return envelope
@@ -130,7 +141,7 @@ class EntryCodec:
         """The envelope with its payload left undecoded: cheap checks of key and expiry."""
         try:
             envelope = self._raw_decoder.decode(data)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
             raise CorruptEntryError(f"not a cache entry: {exc}") from exc
         if envelope.version != FORMAT_VERSION:
             raise CorruptEntryError(f"unknown entry format version {envelope.version!r}")

@@ -89,6 +89,9 @@ class CacheStats:
 
     overall: NamespaceStats
     namespaces: Mapping[str, NamespaceStats]
+    # memory coherence across processes: invalidations received, entries they dropped, memory
+    # flushes, channel losses (see toolweaver_async.coherence)
+    coherence: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def hit_rate(self) -> float:
@@ -98,6 +101,7 @@ class CacheStats:
         return {
             "overall": self.overall.to_dict(),
             "namespaces": {name: s.to_dict() for name, s in self.namespaces.items()},
+            "coherence": dict(self.coherence),
         }
 
 

@@ -168,6 +168,21 @@ class RedisServer:
             time.sleep(0.001)
         raise RuntimeError(f"redis-server did not {'stop' if stopped else 'continue'} in time")
 
+    @property
+    def running(self) -> bool:
+        """Started and not dead (a paused server is running)."""
+        return self._process is not None and self._process.poll() is None
+
+    def ensure_running(self) -> None:
+        """Resume a paused server, start a killed one again on its port; for fixtures that
+        share one server between tests that may have stopped it."""
+        if self._process is None:
+            return
+        if self.running:
+            self.resume()
+        else:
+            self.start()
+
     def restart(self) -> None:
         """Start again on the same port (killing it first if it still runs); wait for PING."""
         self.kill()

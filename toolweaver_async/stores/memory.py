@@ -8,6 +8,11 @@ Each :class:`MemoryEntry` also has two slots the coordinator fills on the first 
 on every later one: ``header``, the checked envelope with its payload still encoded (so a hit
 checks freshness before decoding and decodes the payload alone), and ``shared``, the decoded
 object handed to every caller of a ``share_objects`` namespace. Replacing an entry drops both.
+
+``trust_for`` (seconds, ``None`` for no limit) caps how long an entry stored from now on may be
+served, whatever its TTL: while no invalidation channel vouches for the memory layer (see
+:mod:`toolweaver_async.coherence`), entries live at most the coherence window. The cap is folded
+into each entry's expiry when it is stored, so a hit pays nothing for it.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class MemoryStore:
         self._entries: OrderedDict[tuple[str, str], MemoryEntry] = OrderedDict()
         self._bytes = 0
         self.evictions = 0
+        self.trust_for: float | None = None
 
     # -- synchronous hot path -------------------------------------------------------------
     def lookup_entry(
@@ -89,10 +95,15 @@ class MemoryStore:
         """Store ``data``; ``False`` when it is larger than the whole store may hold."""
         size = len(data) + len(key) + _ENTRY_OVERHEAD
         k = (namespace, key)
-        if size > self.max_bytes:
+        trust_for = self.trust_for
+        if size > self.max_bytes or trust_for == 0:
             self._remove(k)
             return False
-        expires_at = None if ttl is None else self._clock() + ttl
+        if trust_for is None:
+            expires_at = None if ttl is None else self._clock() + ttl
+        else:
+            now = self._clock()
+            expires_at = now + (trust_for if ttl is None else min(ttl, trust_for))
         old = self._entries.pop(k, None)
         if old is not None:
             self._bytes -= old.size
@@ -118,6 +129,17 @@ class MemoryStore:
     def discard_all(self) -> None:
         self._entries.clear()
         self._bytes = 0
+
+    def expire_all_within(self, seconds: float) -> None:
+        """Let every entry live at most ``seconds`` more (one pass; used when the memory layer
+        stops being vouched for, which is rare)."""
+        if seconds <= 0:
+            self.discard_all()
+            return
+        limit = self._clock() + seconds
+        for entry in self._entries.values():
+            if entry.expires_at is None or entry.expires_at > limit:
+                entry.expires_at = limit
 
     def __len__(self) -> int:
         return len(self._entries)
