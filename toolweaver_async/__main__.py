@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -165,24 +167,36 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", type=_positive_int, default=2000, help="sets and gets (>= 1)")
 
 
+@contextlib.asynccontextmanager
+async def _scratch_folder(prefix: str) -> AsyncIterator[str]:
+    """A temporary folder made and removed in a worker thread: never file I/O on the loop."""
+    folder = await asyncio.to_thread(tempfile.mkdtemp, prefix=prefix)
+    try:
+        yield folder
+    finally:
+        await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
+
+
 @command("bench", "quick set/get latency of the configured chain", _bench_arguments)
 async def _bench(args: argparse.Namespace) -> int:
     """A quick latency check of the configured chain (the full suite is ``make bench``), in a
     temporary folder and under a prefix of its own, both removed afterwards."""
     value = {"tool": "search", "results": [{"id": i, "score": i / 10} for i in range(20)]}
-    with tempfile.TemporaryDirectory(prefix="tw-bench-") as scratch:
-        async with AsyncToolCache.from_env(
+    async with (
+        _scratch_folder("tw-bench-") as scratch,
+        AsyncToolCache.from_env(
             key_prefix=f"bench-{uuid.uuid4().hex[:8]}", cache_dir=scratch
-        ) as cache:
-            sets, gets = [], []
-            for i in range(args.n):
-                started = time.perf_counter()
-                await cache.set(f"k{i % 100}", value)
-                sets.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                await cache.get(f"k{i % 100}")
-                gets.append(time.perf_counter() - started)
-            await cache.clear()
+        ) as cache,
+    ):
+        sets, gets = [], []
+        for i in range(args.n):
+            started = time.perf_counter()
+            await cache.set(f"k{i % 100}", value)
+            sets.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await cache.get(f"k{i % 100}")
+            gets.append(time.perf_counter() - started)
+        await cache.clear()
     chain = " + ".join(cache.config.enabled_stores)
     print(f"chain: {chain}; {args.n} sets and gets of a ~1 KB value")
     print(f"set p50 {statistics.median(sets) * 1e6:8.1f} µs")
@@ -196,16 +210,18 @@ async def _demo(_: argparse.Namespace) -> int:
         await asyncio.sleep(0.2)
         return {"query": query, "answer": 42}
 
-    with tempfile.TemporaryDirectory(prefix="tw-demo-") as scratch:
-        async with AsyncToolCache.from_env(
+    async with (
+        _scratch_folder("tw-demo-") as scratch,
+        AsyncToolCache.from_env(
             key_prefix=f"demo-{uuid.uuid4().hex[:8]}", cache_dir=scratch
-        ) as cache:
-            for attempt in ("first call (miss)", "second call (hit)"):
-                started = time.perf_counter()
-                await cache.get_or_set("q:answer", lambda: slow_tool("answer"), namespace="results")
-                print(f"{attempt:<18} {(time.perf_counter() - started) * 1000:8.2f} ms")
-            print(_json(cache.stats().overall.to_dict()))
-            await cache.clear()
+        ) as cache,
+    ):
+        for attempt in ("first call (miss)", "second call (hit)"):
+            started = time.perf_counter()
+            await cache.get_or_set("q:answer", lambda: slow_tool("answer"), namespace="results")
+            print(f"{attempt:<18} {(time.perf_counter() - started) * 1000:8.2f} ms")
+        print(_json(cache.stats().overall.to_dict()))
+        await cache.clear()
     return 0
 
 
