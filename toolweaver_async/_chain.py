@@ -26,6 +26,7 @@ from .stores.base import (
     SelfBoundedStore,
     Store,
     TimedStore,
+    TopologyReportingStore,
 )
 from .stores.file import FileStore
 from .stores.memory import MemoryStore
@@ -117,6 +118,9 @@ class Chain:
             # describe(): state, failures, last_error, breaker, and the outage journal if any
             stores[layer.name] = {"ok": error is None, "error": error, **layer.describe()}
             stores[layer.name]["errors"] = errors.get(layer.name, 0)
+            if isinstance(layer.store, TopologyReportingStore):
+                with anyio.move_on_after(max(config.redis_command_timeout * 4, 1.0)):
+                    stores[layer.name]["topology"] = await layer.store.describe()
 
         async with anyio.create_task_group() as tg:
             for layer in self.layers:

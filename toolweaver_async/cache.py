@@ -38,6 +38,7 @@ from .loading.coordinator import (
 from .loading.decorator import CachedFunction
 from .resilience.breaker import BreakerState, CircuitBreaker
 from .resilience.guard import FAILED, GuardedStore
+from .savings import record_run, with_savings
 from .serialization import EntryCodec, PayloadDecodeError
 from .stats import CacheStats, StatsRecorder
 from .stores.base import Store
@@ -204,6 +205,8 @@ class AsyncToolCache(ToolShapedHelpers):
                     await store.aclose()
                 except Exception as exc:
                     logger.warning("closing %s store failed: %s", store.name, exc)
+            if self.config.stats_file is not None:
+                await record_run(self.config.stats_file, self.stats())
 
     # -- reads ----------------------------------------------------------------------------
     async def get(
@@ -381,6 +384,7 @@ class AsyncToolCache(ToolShapedHelpers):
     def stats(self) -> CacheStats:
         """Counters per namespace and overall: hits per store, misses, errors, loaders ..."""
         snapshot = self._stats.snapshot(self._chain.corrupt_in_stores())
+        snapshot = with_savings(snapshot, self.config.policy)
         return dataclasses.replace(snapshot, coherence=self._coherence.counters())
 
     async def health_check(self) -> dict[str, Any]:

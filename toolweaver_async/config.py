@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError
 
@@ -58,7 +58,8 @@ class NamespacePolicy:
     ``early_refresh_beta`` > 0 enables probabilistic early refresh (XFetch) of hot keys.
     ``negative_ttl`` > 0 caches loader exceptions for that long (off by default).
     ``share_objects`` returns the stored object itself from memory instead of a private copy:
-    faster, but callers must never mutate what they get.
+    faster, but callers must never mutate what they get. ``cost_per_call`` is what one loader
+    call costs (an API price); ``stats()`` turns hits into ``saved_cost`` with it.
     """
 
     ttl: float | None = HOUR
@@ -67,8 +68,15 @@ class NamespacePolicy:
     early_refresh_beta: float = 0.0
     negative_ttl: float | None = None
     share_objects: bool = False
+    # what one loader call of this namespace costs (an API price, in any currency): stats()
+    # reports saved_cost = hits x cost_per_call
+    cost_per_call: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (_is_number(self.cost_per_call) and self.cost_per_call >= 0):
+            raise ConfigError(
+                f"NamespacePolicy.cost_per_call must be >= 0, got {self.cost_per_call!r}"
+            )
         if self.ttl is not None and not (_is_number(self.ttl) and self.ttl > 0):
             raise ConfigError(f"NamespacePolicy.ttl must be > 0 seconds or None, got {self.ttl!r}")
         if not (_is_number(self.stale_ttl) and self.stale_ttl >= 0):
@@ -198,9 +206,14 @@ class CacheConfig:
     redis_command_timeout: float = 0.25
     redis_pool_size: int = 64
     redis_tls_verify: bool = True
+    # Redis Cluster: None detects it when the store first connects (INFO cluster); True skips
+    # the detection and speaks cluster; False forces a standalone server.
+    redis_cluster: bool | None = None
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     # outage journal: writes that could not reach Redis, replayed when it is back
     journal_max_entries: int = 10_000
+    # a JSON file each cache adds its counters to when it closes (toolweaver-async stats)
+    stats_file: Path | None = None
     # Seconds a memory entry may be served while no invalidation channel vouches for it (see
     # toolweaver_async.coherence); 0: memory serves nothing unvouched; None: coherence off,
     # memory trusts entries until their TTL (one process alone).
@@ -221,6 +234,8 @@ class CacheConfig:
             merged[name] = policy
         object.__setattr__(self, "namespaces", merged)
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
+        if self.stats_file is not None:
+            object.__setattr__(self, "stats_file", Path(self.stats_file).expanduser())
         object.__setattr__(self, "stores", tuple(self.stores))
         check_name(self.key_prefix, what="key_prefix")
         unknown = [s for s in self.stores if s not in STORE_NAMES]
@@ -234,6 +249,12 @@ class CacheConfig:
             )
         if self.use_redis:
             _check_redis_url(self.redis_url)
+        if self.redis_cluster not in (None, True, False):
+            raise ConfigError(
+                f"redis_cluster must be None, True or False, got {self.redis_cluster!r}"
+            )
+        if self.redis_cluster and self.redis_url.startswith(SENTINEL_SCHEMES):
+            raise ConfigError("redis_cluster=True cannot be used with a redis+sentinel:// URL")
         for name in (
             "memory_max_entries",
             "memory_max_bytes",
@@ -317,6 +338,8 @@ class CacheConfig:
             values["cache_dir"] = Path(env["TOOLWEAVER_CACHE_DIR"])
         if env.get("TOOLWEAVER_CACHE_PREFIX"):
             values["key_prefix"] = env["TOOLWEAVER_CACHE_PREFIX"]
+        if env.get("TOOLWEAVER_STATS_FILE"):
+            values["stats_file"] = Path(env["TOOLWEAVER_STATS_FILE"])
         _check_field_names(cls, overrides)
         if "redis_url" in overrides and "use_redis" not in overrides:
             values.pop("use_redis")  # an explicit URL turns Redis on (see __post_init__)
@@ -383,10 +406,74 @@ def redact_url(url: object) -> str:
     return f"{scheme}://" + _SECRET_QUERY.sub(r"\1***", rest)
 
 
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelURL:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]``.
+
+    The password (and user) apply to the data nodes, as ``REDIS_PASSWORD`` does; the
+    sentinels themselves are reached without one. ``tls`` (``rediss+sentinel``) applies to the
+    data nodes too.
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Read a ``redis+sentinel://`` URL; :class:`ConfigError` naming what is wrong."""
+    shown = redact_url(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in SENTINEL_SCHEMES:
+        raise ConfigError(f"not a redis+sentinel:// URL: {shown}")
+    netloc, _, path = rest.partition("/")
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon:
+            host, port = item.strip(), "26379"
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"sentinel address {item!r} is not host:port in {shown}")
+        sentinels.append((host, int(port)))
+    segments = [segment for segment in path.split("/") if segment]
+    if not segments or len(segments) > 2:
+        raise ConfigError(
+            f"a redis+sentinel:// URL needs /service_name[/db] after the sentinels: {shown}"
+        )
+    db = segments[1] if len(segments) == 2 else "0"
+    if not db.isdigit():
+        raise ConfigError(f"database {db!r} is not a number in {shown}")
+    return SentinelURL(
+        sentinels=tuple(sentinels),
+        service=unquote(segments[0]),
+        db=int(db),
+        username=username,
+        password=password,
+        tls=scheme == "rediss+sentinel",
+    )
+
+
 def _check_redis_url(url: object) -> None:
     """A ``ConfigError`` for a URL that cannot work; its message shows the URL redacted."""
     if not isinstance(url, str):
         raise ConfigError(f"REDIS_URL must be a string, got {type(url).__name__}")
+    if url.startswith(SENTINEL_SCHEMES):
+        parse_sentinel_url(url)
+        return
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -411,7 +498,8 @@ def _check_redis_url(url: object) -> None:
         ) from None
     if parts.scheme not in {"redis", "rediss", "unix"}:
         raise ConfigError(
-            f"REDIS_URL must start with redis://, rediss:// or unix://, got {redact_url(url)}"
+            "REDIS_URL must start with redis://, rediss://, unix:// or redis+sentinel://, "
+            f"got {redact_url(url)}"
         )
     if parts.scheme != "unix" and not parts.hostname:
         raise ConfigError(f"REDIS_URL has no host: {redact_url(url)}")

@@ -63,6 +63,10 @@ class NamespaceStats:
     loader_calls: int = 0
     loader_errors: int = 0
     loader_seconds: float = 0.0
+    # hits x the namespace's mean loader time, and x its NamespacePolicy.cost_per_call
+    # (filled by savings.with_savings)
+    saved_seconds: float = 0.0
+    saved_cost: float = 0.0
 
     @property
     def total_hits(self) -> int:

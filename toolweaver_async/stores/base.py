@@ -13,10 +13,11 @@ checks them once, when it is built (``_chain.py``); nothing later asks which sto
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "CorruptionCountingStore",
+    "TopologyReportingStore",
     "EntryPage",
     "HousekeepingStore",
     "KeyListingStore",
@@ -173,3 +174,11 @@ class HousekeepingStore(Protocol):
 
     @property
     def evicted(self) -> int: ...
+
+
+@runtime_checkable
+class TopologyReportingStore(Protocol):
+    """A store spread over servers (Redis standalone, Sentinel or Cluster) that reports its
+    topology for ``health_check()``: ``mode`` and ``nodes`` with each node's state."""
+
+    async def describe(self) -> dict[str, Any]: ...

@@ -4,7 +4,9 @@ A command that finds nothing in flight goes out at once, in the caller's own tas
 pays no batching delay. Commands that arrive while a round trip is in flight are queued and leave
 together on the next free connection, at the end of the current event-loop turn: every queued
 read in one ``MGET`` (duplicate keys sent once), every queued write after it in the same
-pipeline. Each caller gets its own reply or its own exception; cancelling a caller never touches
+pipeline. Reads may name a group (on a Redis Cluster: the hash slot their keys share); each group
+gets its own ``MGET`` in the pipeline, since one ``MGET`` may only span one slot there. Each
+caller gets its own reply or its own exception; cancelling a caller never touches
 a round trip it shares with others.
 
 Every call is bounded by ``timeout`` from the moment it is made (queue wait included), and every
@@ -22,14 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Final
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
-__all__ = ["MAX_BATCH_KEYS", "RoundTripBatcher", "RoundTripError", "pack_command"]
+__all__ = ["MAX_BATCH_KEYS", "ReadGroup", "RoundTripBatcher", "RoundTripError", "pack_command"]
+
+# Keys read together in one MGET, and the group that may share that MGET with other callers
+# (``None``: the one group of a standalone server).
+ReadGroup = tuple[Hashable, Sequence[bytes]]
 
 
 def _python_pack(args: tuple[Any, ...]) -> bytes:
@@ -61,23 +67,29 @@ class RoundTripError(RedisError):
 
 
 class _Request:
-    """One caller's share of a batch: MGET keys, or packed pipeline commands and their count."""
+    """One caller's share of a batch: groups of MGET keys, or packed pipeline commands and
+    their count. ``grouped``: the caller wants one reply per group (errors in place) rather
+    than the values of its single group."""
 
-    __slots__ = ("commands", "count", "deadline", "future", "keys")
+    __slots__ = ("commands", "count", "deadline", "future", "grouped", "reads", "weight")
 
     def __init__(
         self,
         future: asyncio.Future[list[Any]],
         deadline: float,
-        keys: Sequence[bytes] | None,
+        reads: Sequence[ReadGroup] | None,
         commands: bytes = b"",
         count: int = 0,
+        *,
+        grouped: bool = False,
     ) -> None:
         self.future = future
         self.deadline = deadline
-        self.keys = keys
+        self.reads = reads
         self.commands = commands
         self.count = count
+        self.grouped = grouped
+        self.weight = count if reads is None else sum(len(keys) for _, keys in reads)
 
 
 class _RoundTrip:
@@ -131,8 +143,9 @@ class RoundTripBatcher:
 
     # -- callers ---------------------------------------------------------------------------------
 
-    async def mget(self, keys: Sequence[bytes]) -> list[Any]:
-        """``MGET keys``: the values in order, ``None`` where absent."""
+    async def mget(self, keys: Sequence[bytes], group: Hashable = None) -> list[Any]:
+        """``MGET keys``: the values in order, ``None`` where absent. Calls naming the same
+        ``group`` may share one ``MGET``."""
         self.requests += 1
         if self._in_flight == 0 and not self._closed:
             conn = self._take_connection()
@@ -143,7 +156,18 @@ class RoundTripBatcher:
                     raise reply
                 result: list[Any] = reply
                 return result
-        return await self._join(keys, b"", 0)
+        return await self._join(((group, keys),), b"", 0)
+
+    async def mget_groups(self, groups: Sequence[ReadGroup]) -> list[Any]:
+        """One ``MGET`` per group: for each group its values in order, or the error that
+        group's ``MGET`` got (the other groups still ran)."""
+        self.requests += 1
+        if self._in_flight == 0 and not self._closed:
+            conn = self._take_connection()
+            if conn is not None:
+                packed = b"".join([pack_command(("MGET", *keys)) for _, keys in groups])
+                return await self._alone(conn, packed, len(groups))
+        return await self._join(groups, b"", 0, grouped=True)
 
     async def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Replies to ``commands``, in order; a command the server refused has its
@@ -200,12 +224,26 @@ class RoundTripBatcher:
             self._in_flight -= 1
             self._release(conn)
 
-    async def _join(self, keys: Sequence[bytes] | None, commands: bytes, count: int) -> list[Any]:
+    async def _join(
+        self,
+        reads: Sequence[ReadGroup] | None,
+        commands: bytes,
+        count: int,
+        *,
+        grouped: bool = False,
+    ) -> list[Any]:
         """Queue a call for the next shared round trip and wait for its replies."""
         if self._closed:
             raise RedisConnectionError("redis store closed")
         loop = asyncio.get_running_loop()
-        request = _Request(loop.create_future(), loop.time() + self._timeout, keys, commands, count)
+        request = _Request(
+            loop.create_future(),
+            loop.time() + self._timeout,
+            reads,
+            commands,
+            count,
+            grouped=grouped,
+        )
         queue = self._queue
         queue.append(request)
         if len(queue) == 1:
@@ -256,7 +294,7 @@ class RoundTripBatcher:
         queue = self._queue
         weight = 0
         for end, request in enumerate(queue):
-            weight += len(request.keys) if request.keys is not None else request.count
+            weight += request.weight
             if weight >= self._max_batch_keys:
                 batch, self._queue = queue[: end + 1], queue[end + 1 :]
                 return batch
@@ -264,31 +302,39 @@ class RoundTripBatcher:
         return queue
 
     async def _run_batch(self, conn: AbstractConnection, batch: list[_Request]) -> None:
-        keys: list[bytes] = []
-        positions: dict[bytes, int] = {}
-        plans: list[list[int] | None] = []
+        # One MGET per read group, first, then every queued write; duplicate keys sent once.
+        group_keys: list[list[bytes]] = []
+        group_positions: list[dict[bytes, int]] = []
+        group_index: dict[Hashable, int] = {}
+        plans: list[list[tuple[int, list[int]]] | None] = []
         writes: list[bytes] = []
-        expected = 0
         for request in batch:
-            if request.keys is None:
+            if request.reads is None:
                 plans.append(None)
                 writes.append(request.commands)
-                expected += request.count
                 continue
-            plan: list[int] = []
-            for key in request.keys:
-                at = positions.get(key)
-                if at is None:
-                    at = positions[key] = len(keys)
-                    keys.append(key)
-                plan.append(at)
+            plan: list[tuple[int, list[int]]] = []
+            for group, group_reads in request.reads:
+                index = group_index.get(group)
+                if index is None:
+                    index = group_index[group] = len(group_keys)
+                    group_keys.append([])
+                    group_positions.append({})
+                keys, positions = group_keys[index], group_positions[index]
+                wanted: list[int] = []
+                for key in group_reads:
+                    at = positions.get(key)
+                    if at is None:
+                        at = positions[key] = len(keys)
+                        keys.append(key)
+                    wanted.append(at)
+                plan.append((index, wanted))
             plans.append(plan)
-        if keys:
-            writes.insert(0, pack_command(("MGET", *keys)))
-            expected += 1
+        reads = [pack_command(("MGET", *keys)) for keys in group_keys]
+        expected = len(reads) + sum(r.count for r in batch if r.reads is None)
         self.round_trips += 1
         try:
-            replies = await self._exchange(conn, b"".join(writes), expected, batch)
+            replies = await self._exchange(conn, b"".join(reads + writes), expected, batch)
         except BaseException as exc:
             for request in batch:
                 if not request.future.done():
@@ -296,16 +342,20 @@ class RoundTripBatcher:
             if not isinstance(exc, Exception):
                 raise
             return
-        values: Any = replies[0] if keys else None
-        offset = 1 if keys else 0
-        for request, wanted in zip(batch, plans, strict=True):
+        offset = len(reads)
+        for request, read_plan in zip(batch, plans, strict=True):
             future = request.future
-            if wanted is None:
+            if read_plan is None:
                 result = replies[offset : offset + request.count]
                 offset += request.count
                 if not future.done():
                     future.set_result(result)
             elif not future.done():
+                if request.grouped:
+                    future.set_result([_pick(replies[at], wanted) for at, wanted in read_plan])
+                    continue
+                index, wanted = read_plan[0]
+                values = replies[index]
                 if isinstance(values, Exception):
                     future.set_exception(_own_error(values))
                 else:
@@ -354,6 +404,10 @@ class RoundTripBatcher:
     async def _send_and_read(
         conn: AbstractConnection, packed: bytes, count: int, replies: list[Any]
     ) -> None:
+        if not conn.is_connected:
+            # connect() and not the implicit connect of a send: a Sentinel-managed connection
+            # asks the sentinels for the primary's address there.
+            await conn.connect()  # type: ignore[no-untyped-call]
         await conn.send_packed_command(packed, check_health=False)
         for _ in range(count):
             try:
@@ -397,6 +451,13 @@ class RoundTripBatcher:
                 TimeoutError(f"no reply from redis within {self._timeout} s")
             )
         return []
+
+
+def _pick(values: Any, wanted: list[int]) -> Any:
+    """The values at ``wanted`` of one MGET reply, or that reply's error as the caller's own."""
+    if isinstance(values, Exception):
+        return _own_error(values)
+    return [values[at] for at in wanted]
 
 
 def _own_error(exc: BaseException) -> RoundTripError:

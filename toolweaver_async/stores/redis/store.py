@@ -13,148 +13,52 @@ once. When the reply shows a newer generation, the store adopts it and repeats t
 call once, so an invalidation by another process is honoured on the very next call, without an
 extra round trip while nothing changes. This relies on generations never going backwards, which
 is why :meth:`RedisStore.clear` leaves the counters in place.
+
+The same store speaks to a Sentinel-watched primary (``redis+sentinel://``: its connections ask
+the sentinels where the primary is whenever they reconnect) and to a Redis Cluster, detected on
+the first command (``INFO cluster``) unless ``cluster`` says so; on a cluster every operation is
+handed to :class:`~.cluster.ClusterEngine`, which keeps the same promises per node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
-from redis import __version__ as _REDIS_PY_VERSION
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, parse_url
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.driver_info import DriverInfo
-from redis.exceptions import RedisError
+from redis.exceptions import ResponseError
 
-from ...config import CacheConfig, _check_redis_url, check_name, redact_url
+from ...config import CacheConfig, check_name, parse_sentinel_url, redact_url
 from ...errors import ConfigError, StoreError
 from ..base import EntryPage, StoreItem
 from .batching import RoundTripBatcher
+from .client import DRIVER_ERRORS as _DRIVER_ERRORS
+from .client import build_client, build_cluster_client, is_sentinel_url
+from .client import secrets_of as _secrets
+from .client import store_error as _store_error
+from .client import ttl_ms as _ttl_ms
+from .cluster import ClusterEngine
+from .keyspace import Namespace as _Namespace
+from .keyspace import glob_escape
+from .keyspace import is_counter as _is_counter
+from .keyspace import raise_first_error as _raise_first_error
 from .lock import RedisLock
 
-__all__ = ["RedisStore", "build_client"]
+__all__ = ["RedisStore", "build_client", "glob_escape"]
+
+# How the store reaches Redis: decided when it is built, or on the first command (_PENDING).
+_PENDING, _STANDALONE, _CLUSTER = "pending", "standalone", "cluster"
 
 logger = logging.getLogger(__name__)
-
-# Everything the driver or the socket can raise for a failed command. CancelledError is a
-# BaseException and is deliberately absent: cancellation always passes through untouched.
-# UnicodeError: a key with lone surrogates cannot be encoded; nothing was sent.
-_DRIVER_ERRORS: Final = (RedisError, OSError, TimeoutError, UnicodeError)
 
 _SCAN_COUNT: Final = 1000
 # Connections that carry gets, sets and deletes, batched; a few keep several batches in flight
 # while the server works (SCAN, INCR, PING and locks use the client's pool).
 _BATCH_CONNECTIONS: Final = 4
 _UNLINK_BATCH: Final = 500
-# Shared by every connection; redis-py only reads it (see build_client).
-_DRIVER_INFO: Final = DriverInfo(name="redis-py", lib_version=_REDIS_PY_VERSION)
-
-
-class _Generation:
-    """One generation of a namespace as this process last saw it (immutable, swapped whole)."""
-
-    __slots__ = ("number", "prefix", "prefix_bytes", "raw")
-
-    def __init__(self, base: str, number: int, raw: Any) -> None:
-        self.number = number
-        self.raw = raw  # the counter's reply as seen on the wire: None, b"3" ...
-        self.prefix = f"{base}{number}:"
-        self.prefix_bytes = self.prefix.encode()
-
-
-class _Namespace:
-    """Precomputed key parts of one namespace and the generation this process last saw."""
-
-    __slots__ = ("base", "gen_key", "gen_key_bytes", "generation")
-
-    def __init__(self, prefix: str, name: str) -> None:
-        self.base = f"{prefix}:{name}:"
-        self.gen_key = f"{self.base}gen"
-        self.gen_key_bytes = self.gen_key.encode()
-        # Never seen: guess 0 (the counter is usually absent); the first reply corrects it.
-        self.generation = _Generation(self.base, 0, None)
-
-    def observe(self, raw: Any) -> _Generation:
-        """Adopt the counter value ``raw`` from a reply and return the generation it names."""
-        current = self.generation
-        if raw == current.raw:
-            return current
-        try:
-            number = 0 if raw is None else int(raw)
-        except (TypeError, ValueError) as exc:
-            raise StoreError(
-                f"generation counter {self.gen_key!r} holds {raw!r}, not an integer",
-                store="redis",
-            ) from exc
-        observed = _Generation(self.base, number, raw)
-        self.generation = observed
-        return observed
-
-
-def _store_error(operation: str, exc: BaseException, secrets: tuple[str, ...]) -> StoreError:
-    """The one translation seam: a driver or socket failure as a :class:`StoreError`."""
-    message = f"redis {operation} failed: {type(exc).__name__}: {exc}"
-    for secret in secrets:
-        message = message.replace(secret, "***")
-    return StoreError(message, store="redis")
-
-
-def _ttl_ms(ttl: float | None) -> int | None:
-    """Seconds as whole milliseconds for ``SET ... PX``, rounded up, at least 1."""
-    if ttl is None or ttl == math.inf:
-        return None
-    return max(1, math.ceil(ttl * 1000))
-
-
-def build_client(
-    url: str,
-    *,
-    password: str | None = None,
-    connect_timeout: float = 0.25,
-    command_timeout: float = 0.25,
-    pool_size: int = 64,
-    tls_verify: bool = True,
-) -> Redis:
-    """A ``redis.asyncio`` client for ``url`` that fails in milliseconds, built without any I/O.
-
-    Our settings win over the URL's query string, so ``?socket_timeout=30`` or
-    ``?ssl_cert_reqs=none`` cannot undo short timeouts or certificate checks.
-    """
-    try:
-        _check_redis_url(url)
-        options: dict[str, Any] = dict(parse_url(url))
-    except ValueError as exc:
-        raise ConfigError(f"cannot use Redis URL {redact_url(url)}: {exc}") from exc
-    if password is not None:
-        options["password"] = password
-    options.update(
-        max_connections=pool_size,
-        # BlockingConnectionPool: a caller finding all connections busy waits this long for
-        # one instead of failing at once with "Too many connections".
-        timeout=command_timeout,
-        socket_connect_timeout=connect_timeout,
-        socket_timeout=command_timeout,
-        # No retries: redis-py's client default (10 retries, backoff up to 1 s) costs seconds
-        # per call on a dead server; the circuit breaker decides when to try again.
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=False,
-        health_check_interval=0,
-        # RESP2: redis-py 8 defaults to RESP3 with maintenance notifications in "auto" mode,
-        # which adds handshake round trips and skips the pool's "unread data" check on checkout.
-        protocol=2,
-        # The version sent with CLIENT SETINFO, known once: left out, redis-py looks it up in
-        # the installed package metadata (an os.stat) for every connection it builds, on the loop.
-        driver_info=_DRIVER_INFO,
-    )
-    if url.startswith("rediss:"):
-        options["ssl_cert_reqs"] = "required" if tls_verify else "none"
-        options["ssl_check_hostname"] = tls_verify
-    return Redis.from_pool(BlockingConnectionPool(**options))
 
 
 class RedisStore:
@@ -185,6 +89,7 @@ class RedisStore:
         pool_size: int = 64,
         tls_verify: bool = True,
         client: Redis | None = None,
+        cluster: bool | None = None,
     ) -> None:
         # Validated names contain no ':' (the key layout stays unambiguous) and no glob
         # metacharacters (SCAN MATCH patterns need no escaping).
@@ -217,6 +122,40 @@ class RedisStore:
         self._stale_patterns: list[str] = []
         self._cleaner: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
+        # Standalone and Sentinel need no detection; a cluster is found by asking (or told).
+        self._sentinel = is_sentinel_url(url)
+        if cluster and (self._sentinel or client is not None):
+            raise ConfigError("cluster=True needs a redis:// URL and no injected client")
+        self._mode = (
+            _CLUSTER
+            if cluster
+            else _STANDALONE
+            if cluster is False or self._sentinel or client is not None
+            else _PENDING
+        )
+        self._detecting: asyncio.Task[None] | None = None
+        self._cluster: ClusterEngine | None = None
+
+        def make_cluster() -> ClusterEngine:
+            return ClusterEngine(
+                build_cluster_client(
+                    url,
+                    password=password,
+                    connect_timeout=connect_timeout,
+                    command_timeout=command_timeout,
+                    pool_size=pool_size,
+                    tls_verify=tls_verify,
+                ),
+                prefix=self._prefix,
+                secrets=self._secrets,
+                url=self._url,
+                command_timeout=command_timeout,
+                connections=min(_BATCH_CONNECTIONS, pool_size),
+            )
+
+        self._make_cluster = make_cluster
+        if self._mode is _CLUSTER:
+            self._cluster = make_cluster()
 
     @classmethod
     def from_config(cls, config: CacheConfig) -> RedisStore:
@@ -229,6 +168,7 @@ class RedisStore:
             command_timeout=config.redis_command_timeout,
             pool_size=config.redis_pool_size,
             tls_verify=config.redis_tls_verify,
+            cluster=config.redis_cluster,
         )
 
     def __repr__(self) -> str:
@@ -241,6 +181,10 @@ class RedisStore:
         (shared with the gets of other callers in the same event-loop turn)."""
         ns = self._namespaces.get(namespace)
         if ns is None or self._closing is not None:
+            if self._mode is not _STANDALONE:
+                engine = await self._engine()
+                if engine is not None:
+                    return await engine.get(namespace, key)
             ns = self._namespace(namespace)
         used = ns.generation
         mget = self._batcher.mget
@@ -263,6 +207,10 @@ class RedisStore:
         """Entry bytes for each of ``keys``, in order, ``None`` where absent; one ``MGET``."""
         if not keys:
             return []
+        if self._mode is not _STANDALONE:
+            engine = await self._engine()
+            if engine is not None:
+                return await engine.get_many(namespace, keys)
         ns = self._namespace(namespace)
         used = ns.generation
         reply: list[Any]
@@ -307,6 +255,10 @@ class RedisStore:
         only_new: bool,
     ) -> list[bool]:
         """SET each entry in one pipeline that ends by reading the generation counter."""
+        if self._mode is not _STANDALONE:
+            engine = await self._engine()
+            if engine is not None:
+                return await engine.write(operation, namespace, entries, only_new=only_new)
         ns = self._namespace(namespace)
         used = ns.generation
         try:
@@ -351,6 +303,10 @@ class RedisStore:
 
     async def delete(self, namespace: str, key: str) -> bool:
         """Remove ``key`` from the live generation; ``True`` when it existed."""
+        if self._mode is not _STANDALONE:
+            engine = await self._engine()
+            if engine is not None:
+                return await engine.delete(namespace, key)
         ns = self._namespace(namespace)
         used = ns.generation
         pipeline = self._batcher.pipeline
@@ -370,8 +326,13 @@ class RedisStore:
         """Make every entry of ``namespace`` unreadable at once (one ``INCR``), in every process.
 
         The old generation's keys are removed in the background, best effort; anything missed
-        is unreadable anyway and expires with its TTL.
+        is unreadable anyway and expires with its TTL. On a cluster: one ``INCR`` per stripe.
         """
+        if self._mode is not _STANDALONE:
+            engine = await self._engine()
+            if engine is not None:
+                await engine.invalidate(namespace)
+                return
         ns = self._namespace(namespace)
         try:
             number = await self._execute("INCR", ns.gen_key)
@@ -384,15 +345,27 @@ class RedisStore:
         """Remove every entry under this store's key prefix, and nothing else; never FLUSHDB.
 
         Generation counters stay: generations must never go backwards (see the module
-        docstring). Entries written while the scan runs may survive it.
+        docstring). Entries written while the scan runs may survive it. On a cluster every
+        primary is scanned.
         """
+        if self._mode is not _STANDALONE:
+            engine = await self._engine()
+            if engine is not None:
+                await engine.clear()
+                return
         try:
             await self._unlink_matching(f"{self._prefix}:*", keep_counters=True)
         except _DRIVER_ERRORS as exc:
             raise _store_error("clear", exc, self._secrets) from exc
 
     async def ping(self) -> None:
-        """Return when Redis answers ``PING``; raise :class:`StoreError` when it does not."""
+        """Return when Redis answers ``PING`` (on a cluster: every primary); raise
+        :class:`StoreError` when it does not."""
+        if self._mode is not _STANDALONE:
+            engine = await self._engine()
+            if engine is not None:
+                await engine.ping()
+                return
         try:
             await self._execute("PING")
         except _DRIVER_ERRORS as exc:
@@ -414,6 +387,12 @@ class RedisStore:
         """The live generation's entries whose key starts with ``prefix``: ``SCAN MATCH`` with
         the prefix glob-escaped, then one ``MGET`` per page (with the counter, so a listing
         that an invalidation overtakes stops instead of listing a dead generation)."""
+        if self._mode is not _STANDALONE:
+            engine = await self._engine()
+            if engine is not None:
+                async for page in engine.list_entries(namespace, prefix):
+                    yield page
+                return
         ns = self._namespace(namespace)
         try:
             used = ns.observe(await self._execute("GET", ns.gen_key))
@@ -501,11 +480,106 @@ class RedisStore:
             self._cleaner.cancel()
             await asyncio.wait([self._cleaner])
         await self._batcher.aclose()
+        if self._cluster is not None:
+            await self._cluster.aclose()
         if self._owns_client:
             try:
                 await self._client.aclose()
             except _DRIVER_ERRORS as exc:
                 logger.debug("closing redis pool for %s: %s", self._url, type(exc).__name__)
+
+    # -- topology ------------------------------------------------------------------------------
+
+    async def _engine(self) -> ClusterEngine | None:
+        """The cluster engine once the store knows it talks to a cluster; ``None`` on a
+        standalone server or a Sentinel primary. The first call asks the server."""
+        if self._closing is not None:
+            raise StoreError("RedisStore is closed", store="redis")
+        if self._mode is _PENDING:
+            if self._detecting is None or self._detecting.done():
+                self._detecting = asyncio.get_running_loop().create_task(self._detect())
+            await asyncio.shield(self._detecting)
+        return self._cluster
+
+    async def _detect(self) -> None:
+        try:
+            info = await self._execute("INFO", "cluster")
+        except ResponseError:
+            info = {}  # INFO refused (ACL, renamed command): treat the server as standalone
+        except _DRIVER_ERRORS as exc:
+            raise _store_error("connect", exc, self._secrets) from exc
+        if self._mode is not _PENDING:
+            return
+        if str(info.get("cluster_enabled", 0)) == "1":
+            self._cluster = self._make_cluster()
+            self._mode = _CLUSTER
+            logger.info("redis at %s is a cluster: using cluster mode", self._url)
+        else:
+            self._mode = _STANDALONE
+
+    @property
+    def mode(self) -> str:
+        """``"standalone"``, ``"sentinel"``, ``"cluster"``, or ``"pending"`` before the first
+        command has shown whether the server is part of a cluster."""
+        if self._sentinel:
+            return "sentinel"
+        return str(self._mode)
+
+    async def primaries(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of every primary this store writes to now: the server, the primary
+        the sentinels name, or each primary of the cluster. For whoever needs to reach them
+        all (cross-process invalidation subscribes on each)."""
+        engine = await self._engine()
+        if engine is not None:
+            await engine.start()
+            return engine.primaries()
+        pool = self._client.connection_pool
+        if self._sentinel:
+            try:
+                host, port = await pool.get_master_address()  # type: ignore[attr-defined]
+            except _DRIVER_ERRORS as exc:
+                raise _store_error("sentinel lookup", exc, self._secrets) from exc
+            return [(str(host), int(port))]
+        kwargs = pool.connection_kwargs
+        return [(str(kwargs.get("host", kwargs.get("path", ""))), int(kwargs.get("port", 0)))]
+
+    async def describe(self) -> dict[str, Any]:
+        """The topology for health reports: ``mode`` and ``nodes`` (address, role, state;
+        slots on a cluster), plus ``service`` and ``sentinels`` behind a Sentinel."""
+        try:
+            engine = await self._engine()
+        except StoreError as exc:
+            return {"mode": self.mode, "nodes": [], "error": str(exc)}
+        if engine is not None:
+            try:
+                await engine.start()
+            except StoreError as exc:
+                return {"mode": "cluster", "nodes": [], "error": str(exc)}
+            return await engine.describe()
+        report: dict[str, Any] = {"mode": self.mode}
+        pool = self._client.connection_pool
+        if self._sentinel:
+            report["service"] = getattr(pool, "service_name", None)
+            manager = getattr(pool, "sentinel_manager", None)
+            report["sentinels"] = [
+                f"{s.connection_pool.connection_kwargs.get('host')}:"
+                f"{s.connection_pool.connection_kwargs.get('port')}"
+                for s in getattr(manager, "sentinels", [])
+            ]
+        try:
+            primary = (await self.primaries())[0]
+            address = f"{primary[0]}:{primary[1]}" if primary[1] else primary[0]
+        except StoreError as exc:
+            report["nodes"] = []
+            report["error"] = str(exc)
+            return report
+        try:
+            await self.ping()
+            state = "ok"
+        except StoreError as exc:
+            state = f"failed: {exc}"
+        report["nodes"] = [{"address": address, "role": "primary", "state": state}]
+        return report
 
     # -- locks (get_or_set: one loader per key across processes) ----------------------------
 
@@ -520,6 +594,11 @@ class RedisStore:
 
         async def command(*args: Any) -> Any:
             try:
+                if self._mode is not _STANDALONE:
+                    engine = await self._engine()
+                    if engine is not None:
+                        await engine.start()
+                        return await engine.client.execute_command(*args)
                 return await self._execute(*args)
             except _DRIVER_ERRORS as exc:
                 raise _store_error(f"lock {args[0]}", exc, self._secrets) from exc
@@ -529,8 +608,14 @@ class RedisStore:
 
 def server_identity(url: str) -> str:
     """Which server and database ``url`` names, without secrets: ``host:port/db`` (or the
-    socket path), the same for every spelling of one URL. An outage journal replays only onto
-    the server it was recorded for."""
+    socket path; for Sentinel the service and database), the same for every spelling of one
+    URL. An outage journal replays only onto the server it was recorded for."""
+    if is_sentinel_url(url):
+        try:
+            parsed = parse_sentinel_url(url)
+        except ConfigError:
+            return redact_url(url)
+        return f"sentinel:{parsed.service}/{parsed.db}"
     try:
         options = parse_url(url)
     except ValueError:
@@ -539,31 +624,3 @@ def server_identity(url: str) -> str:
     if "path" in options:
         return f"unix:{options['path']}/{db}"
     return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{db}"
-
-
-def _raise_first_error(replies: list[Any]) -> list[Any]:
-    """``replies`` of a pipeline, or the first command error among them raised."""
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    return replies
-
-
-def glob_escape(text: str) -> str:
-    """``text`` matched literally by a Redis glob pattern (``SCAN MATCH``, ``KEYS``)."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-def _is_counter(key: bytes | str) -> bool:
-    """``<prefix>:<namespace>:gen`` has exactly two colons; entry keys have at least three."""
-    raw = key.encode() if isinstance(key, str) else key
-    return raw.endswith(b":gen") and raw.count(b":") == 2
-
-
-def _secrets(url: str, password: str | None) -> tuple[str, ...]:
-    """Passwords to scrub from error messages: the explicit one and the URL's."""
-    try:
-        in_url = parse_url(url).get("password")
-    except ValueError:
-        in_url = None
-    return tuple(s for s in (password, in_url) if s)

@@ -1,0 +1,81 @@
+"""Where entries live in Redis: physical key names, namespace generations, and small helpers.
+
+Physical keys are ``<prefix>:<namespace>:<generation>:<key>``, with the namespace's generation
+counter at ``<prefix>:<namespace>:gen``. On a Redis Cluster a namespace is split into stripes
+(see :mod:`.cluster_keys`), each a :class:`Namespace` whose base carries a hash tag:
+``<prefix>:<namespace>:{<tag>}:<generation>:<key>`` and ``<prefix>:<namespace>:{<tag>}:gen``, so
+an entry and the counter it is checked against always share a slot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import StoreError
+
+__all__ = ["Generation", "Namespace", "glob_escape", "is_counter", "raise_first_error"]
+
+
+class Generation:
+    """One generation of a namespace as this process last saw it (immutable, swapped whole)."""
+
+    __slots__ = ("number", "prefix", "prefix_bytes", "raw")
+
+    def __init__(self, base: str, number: int, raw: Any) -> None:
+        self.number = number
+        self.raw = raw  # the counter's reply as seen on the wire: None, b"3" ...
+        self.prefix = f"{base}{number}:"
+        self.prefix_bytes = self.prefix.encode()
+
+
+class Namespace:
+    """Precomputed key parts of one namespace (or one stripe of it, with ``tag``) and the
+    generation this process last saw."""
+
+    __slots__ = ("base", "gen_key", "gen_key_bytes", "generation")
+
+    def __init__(self, prefix: str, name: str, tag: str | None = None) -> None:
+        self.base = f"{prefix}:{name}:" if tag is None else f"{prefix}:{name}:{{{tag}}}:"
+        self.gen_key = f"{self.base}gen"
+        self.gen_key_bytes = self.gen_key.encode()
+        # Never seen: guess 0 (the counter is usually absent); the first reply corrects it.
+        self.generation = Generation(self.base, 0, None)
+
+    def observe(self, raw: Any) -> Generation:
+        """Adopt the counter value ``raw`` from a reply and return the generation it names."""
+        current = self.generation
+        if raw == current.raw:
+            return current
+        try:
+            number = 0 if raw is None else int(raw)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(
+                f"generation counter {self.gen_key!r} holds {raw!r}, not an integer",
+                store="redis",
+            ) from exc
+        observed = Generation(self.base, number, raw)
+        self.generation = observed
+        return observed
+
+
+def raise_first_error(replies: list[Any]) -> list[Any]:
+    """``replies`` of a pipeline, or the first command error among them raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis glob pattern (``SCAN MATCH``, ``KEYS``)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def is_counter(key: bytes | str) -> bool:
+    """A generation counter: ``<prefix>:<namespace>:gen`` (two colons) or, on a cluster,
+    ``<prefix>:<namespace>:{<tag>}:gen`` (three); entry keys have more colons than either."""
+    raw = key.encode() if isinstance(key, str) else key
+    if not raw.endswith(b":gen"):
+        return False
+    colons = raw.count(b":")
+    return colons == 2 or (colons == 3 and raw.endswith(b"}:gen"))
