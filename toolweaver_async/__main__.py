@@ -111,7 +111,7 @@ def command(
 async def _doctor(_: argparse.Namespace) -> int:
     async with _cache() as cache:
         report = await cache.health_check()
-    report["savings"] = _savings(CacheConfig.from_env())
+    report["savings"] = await asyncio.to_thread(_savings, CacheConfig.from_env())  # reads a file
     print(_json(report))
     return 0 if all(store["ok"] for store in report["stores"].values()) else 1
 
@@ -157,10 +157,11 @@ async def _stats(_: argparse.Namespace) -> int:
             "no stats file: set TOOLWEAVER_STATS_FILE, and every cache adds its counters to it "
             "when it closes"
         )
-    if not config.stats_file.exists():
+    # The stats file is read in a worker thread: no file I/O on the loop.
+    if not await asyncio.to_thread(config.stats_file.exists):
         print(f"no run recorded in {config.stats_file} yet", file=sys.stderr)
         return 1
-    runs, totals = read_stats_file(config.stats_file)
+    runs, totals = await asyncio.to_thread(read_stats_file, config.stats_file)
     print(_json({"stats_file": str(config.stats_file), "runs": runs, **totals.to_dict()}))
     return 0
 
