@@ -212,6 +212,8 @@ class CacheConfig:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     # outage journal: writes that could not reach Redis, replayed when it is back
     journal_max_entries: int = 10_000
+    # bytes of journaled values; past it the oldest journaled sets become deletes of their keys
+    journal_max_bytes: int = 64 * 1024 * 1024
     # a JSON file each cache adds its counters to when it closes (toolweaver-async stats)
     stats_file: Path | None = None
     # Seconds a memory entry may be served while no invalidation channel vouches for it (see
@@ -262,6 +264,7 @@ class CacheConfig:
             "max_value_bytes",
             "redis_pool_size",
             "journal_max_entries",
+            "journal_max_bytes",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
