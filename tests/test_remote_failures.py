@@ -104,7 +104,7 @@ async def test_journal_over_its_byte_bound_never_lets_redis_serve_an_older_value
 async def full_redis(own_redis_server: RedisServer) -> AsyncIterator[RedisServer]:
     """A private server that refuses every write that needs memory (noeviction), on demand:
     ``await full_redis.fill()``."""
-    client = aioredis.Redis.from_url(own_redis_server.url)
+    client = aioredis.Redis.from_url(own_redis_server.url, driver_info=None)  # no metadata stat
     await client.config_set("maxmemory-policy", "noeviction")
 
     async def fill() -> None:
