@@ -25,7 +25,6 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
 
-from ...errors import StoreError
 from ..base import EntryPage
 from .batching import RoundTripBatcher
 from .client import DRIVER_ERRORS, store_error
@@ -469,7 +468,7 @@ class ClusterEngine:
 
     # -- failures and topology -----------------------------------------------------------------
 
-    def _failure(self, operation: str, exc: BaseException) -> StoreError:
+    def _failure(self, operation: str, exc: BaseException) -> Exception:
         if not isinstance(exc, ResponseError) or isinstance(exc, ClusterDownError):
             self._schedule_refresh()  # a node failed or refused: maybe the topology changed
         return store_error(operation, exc, self._secrets)
