@@ -22,6 +22,7 @@ from .resilience.breaker import BreakerState
 from .resilience.guard import FAILED, GuardedStore, Unreachable
 from .serialization import EntryCodec, Envelope, PayloadDecodeError, TypeMismatchError
 from .stats import NamespaceCounters, StatsRecorder
+from .stores.base import ConditionalDeleteStore
 from .stores.memory import MemoryEntry, MemoryStore
 
 __all__ = ["MISSING", "WRONG_TYPE", "NamespaceReads", "ReadPath", "ReadTracker"]
@@ -109,6 +110,8 @@ class ReadPath:
     ) -> None:
         self.memory = chain.memory
         self.layers = chain.layers
+        # What each layer missed: its entries of those keys are read as misses.
+        self._missed = chain.missed
         self.tracker = ReadTracker()
         self.namespaces: dict[str, NamespaceReads] = {}
         self._codec = codec
@@ -226,6 +229,9 @@ class ReadPath:
             # Nothing faster to promote into (Redis or file alone, as benchmarks run them), so
             # no read tracking: ~0.5 us of a batched Redis hit.
             layer = layers[0]
+            missed = self._missed[0]
+            if missed and missed.holds_back(namespace, key):
+                return None
             data = await layer.get(namespace, key)
             if data is None or isinstance(data, Unreachable):
                 if data is FAILED:
@@ -240,12 +246,17 @@ class ReadPath:
             return envelope, layer.name
         tracker = self.tracker
         token = tracker.begin(namespace, key)
+        vouched = True  # no faster store was passed over (see promote)
         try:
             for index, layer in enumerate(layers):
+                missed = self._missed[index]
+                if missed and missed.holds_back(namespace, key):
+                    continue  # it missed a write of this key: what it holds may be older
                 data = await layer.get(namespace, key)
                 if isinstance(data, Unreachable):
                     if data is FAILED:
                         counters.errors[layer.name] += 1
+                    vouched = False
                     continue
                 if data is None:
                     continue
@@ -265,7 +276,7 @@ class ReadPath:
                 counters.hits[layer.name] += 1
                 if tracker.still_current(token):
                     self._drop_stale_memory_copy(namespace, key, envelope)
-                    self.promote(index, namespace, key, data, envelope)
+                    self.promote(index, namespace, key, data, envelope, vouched=vouched)
                 return envelope, layer.name
             return None
         finally:
@@ -307,16 +318,27 @@ class ReadPath:
         found: dict[str, Any],
         tokens: dict[str, ReadToken],
     ) -> dict[str, Any]:
+        vouched = True
         for index, layer in enumerate(self.layers):
             if not missing:
                 break
-            answers = await layer.get_many(namespace, missing)
+            missed = self._missed[index]
+            held_back: list[str] = []
+            asked = missing
+            if missed:
+                held_back = [k for k in missing if missed.holds_back(namespace, k)]
+                if held_back:
+                    asked = [k for k in missing if not missed.holds_back(namespace, k)]
+                    if not asked:
+                        continue
+            answers = await layer.get_many(namespace, asked)
             if isinstance(answers, Unreachable):
                 if answers is FAILED:
                     counters.errors[layer.name] += 1
+                vouched = False
                 continue
-            still_missing = []
-            for key, data in zip(missing, answers, strict=True):
+            still_missing = held_back
+            for key, data in zip(asked, answers, strict=True):
                 envelope = (
                     None
                     if data is None
@@ -331,7 +353,7 @@ class ReadPath:
                 counters.hits[layer.name] += 1
                 found[key] = envelope.payload
                 if self.tracker.still_current(tokens[key]):
-                    self.promote(index, namespace, key, data, envelope)
+                    self.promote(index, namespace, key, data, envelope, vouched=vouched)
             missing = still_missing
         counters.misses += len(missing)
         return found
@@ -359,26 +381,41 @@ class ReadPath:
             envelope = None
         if envelope is None or envelope.key != key or envelope.namespace != namespace:
             counters.corrupt += 1
-            self._remove_corrupt(namespace, key, layer)
+            self._remove_corrupt(namespace, key, layer, data)
             return None
         state = entry_state(envelope, self._clock())
         if state is _EXPIRED or (state is _STALE_SERVABLE and not until_hard_expiry):
             return None
         return envelope
 
-    def _remove_corrupt(self, namespace: str, key: str, layer: GuardedStore | None) -> None:
+    def _remove_corrupt(
+        self, namespace: str, key: str, layer: GuardedStore | None, data: bytes
+    ) -> None:
+        """Remove the corrupt ``data`` found under ``key``, and only it: the removal runs
+        later (a task), and a write landing before it must survive. A store that cannot
+        compare and delete keeps the broken entry, a counted miss until the next write."""
         if layer is None:
             if self.memory is not None:
-                self.memory.discard(namespace, key)
-        else:
-            self._spawn(layer.delete(namespace, key))
+                self.memory.discard_if(namespace, key, data)
+        elif isinstance(layer.store, ConditionalDeleteStore):
+            self._spawn(layer.attempt(layer.store.delete_if, namespace, key, data))
 
     # -- promotion ---------------------------------------------------------------------------
 
     def promote(
-        self, found_at: int, namespace: str, key: str, data: bytes, envelope: Envelope[Any]
+        self,
+        found_at: int,
+        namespace: str,
+        key: str,
+        data: bytes,
+        envelope: Envelope[Any],
+        *,
+        vouched: bool = True,
     ) -> None:
-        """Copy a hit into the faster stores with its remaining lifetime; never overwrite."""
+        """Copy a hit into the faster stores with its remaining lifetime; never overwrite.
+
+        ``vouched=False``: a faster store (Redis) was down or skipped, so the hit may be older
+        than what it holds; memory keeps it for the coherence window at most."""
         if found_at == 0 and self.memory is None:
             return
         hard = envelope.hard_expires_at
@@ -386,7 +423,7 @@ class ReadPath:
         if remaining is not None and remaining <= 0:
             return
         if self.memory is not None:
-            self.memory.put_if_absent(namespace, key, data, remaining)
+            self.memory.put_if_absent(namespace, key, data, remaining, vouched=vouched)
         for layer in self.layers[:found_at]:
             # Only into a healthy store: during an outage a task per hit would only be refused
             # by the open breaker (~15 us of loop time each), and a half-open store's probe
