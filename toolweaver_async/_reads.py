@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from ._chain import Chain
-from .config import NamespacePolicy
+from .config import MAX_TRACKED_NAMESPACES, NamespacePolicy
 from .freshness import EntryState, entry_state
 from .keys import check_key
 from .resilience.breaker import BreakerState
@@ -127,6 +127,8 @@ class ReadPath:
         reads = self.namespaces.get(namespace)
         if reads is None:
             self._check_namespace(namespace)
+            if len(self.namespaces) >= MAX_TRACKED_NAMESPACES:
+                self.namespaces.clear()  # a memo for the hot path: bounded, rebuilt on demand
             share = self._policy(namespace).share_objects
             reads = NamespaceReads(self._stats.counters(namespace), share)
             self.namespaces[namespace] = reads
