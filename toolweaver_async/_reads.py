@@ -239,6 +239,8 @@ class ReadPath:
                 if data is FAILED:
                     counters.errors[layer.name] += 1
                 return None
+            if missed and not missed.trusts(namespace, key, data):
+                return None
             envelope = self.usable(
                 data, namespace, key, type_, counters, layer, until_hard_expiry=until_hard_expiry
             )
@@ -262,6 +264,8 @@ class ReadPath:
                     continue
                 if data is None:
                     continue
+                if missed and not missed.trusts(namespace, key, data):
+                    continue  # older than the write it missed: not served
                 envelope = self.usable(
                     data,
                     namespace,
@@ -341,6 +345,8 @@ class ReadPath:
                 continue
             still_missing = held_back
             for key, data in zip(asked, answers, strict=True):
+                if data is not None and missed and not missed.trusts(namespace, key, data):
+                    data = None  # older than the write it missed: not served
                 envelope = (
                     None
                     if data is None
