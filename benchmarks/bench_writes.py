@@ -195,7 +195,10 @@ async def redis_gets(redis_url: str, seconds: float) -> dict[str, Result]:
             for _ in range(3):
                 slices["raw"].append(
                     await measure_throughput(
-                        f"raw redis.asyncio GET, {n}", group, raw_get, concurrency=n,
+                        f"raw redis.asyncio GET, {n}",
+                        group,
+                        raw_get,
+                        concurrency=n,
                         seconds=seconds / 3,
                     )
                 )
@@ -206,7 +209,10 @@ async def redis_gets(redis_url: str, seconds: float) -> dict[str, Result]:
                 )
                 slices["mget"].append(
                     await measure_throughput(
-                        f"raw MGET x100, {n}", group, raw_mget, concurrency=max(1, n // 100),
+                        f"raw MGET x100, {n}",
+                        group,
+                        raw_mget,
+                        concurrency=max(1, n // 100),
                         seconds=seconds / 3,
                     )
                 )
@@ -229,6 +235,62 @@ def _merge(results: list[Result]) -> Result:
         mean_us=round(statistics.fmean(r.mean_us for r in results), 1),
         ops_per_s=round(statistics.fmean(r.ops_per_s for r in results), 1),
     )
+
+
+_WRITER = """
+import asyncio, sys, time
+from pathlib import Path
+from toolweaver_async import AsyncToolCache, CacheConfig
+
+async def main():
+    config = CacheConfig(stores=("file",), cache_dir=Path(sys.argv[1]), key_prefix="crash")
+    async with AsyncToolCache(config) as cache:
+        n = 0
+        while True:
+            await cache.set(f"k{n}", {"n": n, "pad": "x" * 1000})
+            sys.stdout.write(f"{n} {time.monotonic()}\\n")
+            if n % 50 == 0:
+                sys.stdout.flush()
+            n += 1
+
+asyncio.run(main())
+"""
+
+
+async def crash_loss(root: Path, seconds: float) -> tuple[int, int, float, int]:
+    """SIGKILL a process writing 1 KB entries as fast as it can: (acknowledged writes, lost
+    ones, the span in ms of acknowledgements the lost ones cover, broken entries found)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from toolweaver_async.stores.file import FileStore
+
+    folder = root / "crash"
+
+    def collect() -> list[float]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(folder)], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None
+        acks: list[float] = []
+        stop = time.monotonic() + seconds
+        for line in proc.stdout:
+            acks.append(float(line.split()[1]))
+            if time.monotonic() > stop:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return acks
+
+    acks = await asyncio.to_thread(collect)
+    store = FileStore(root=folder, key_prefix="crash")
+    found = await store.get_many("default", [f"k{n}" for n in range(len(acks))])
+    await store.aclose()
+    lost = [n for n, data in enumerate(found) if data is None]
+    span_ms = (acks[-1] - acks[lost[0]]) * 1000 if lost else 0.0
+    return len(acks), len(lost), span_ms, store.corrupt_removed
 
 
 async def main() -> None:
@@ -295,6 +357,19 @@ async def main() -> None:
                     (ours.ratio or 0) >= 6 if n == 100 else True,
                 )
             )
+        crashes = [await crash_loss(root / f"c{i}", 1.5) for i in range(2 if args.quick else 5)]
+        worst = max(crashes, key=lambda c: c[1])
+        targets.append(
+            Target(
+                "SIGKILL of a writer (1 KB entries, file store alone): lost writes, torn entries",
+                f"worst of {len(crashes)}: {worst[1]} lost of {worst[0]:,} acknowledged, the "
+                f"last {worst[2]:.1f} ms; torn: {sum(c[3] for c in crashes)}",
+                "write-through loses none that were acknowledged",
+                None,
+                all(c[3] == 0 for c in crashes),
+                note="losses: " + ", ".join(f"{c[1]} ({c[2]:.1f} ms)" for c in crashes),
+            )
+        )
     emit(
         Report(
             stem="writes",

@@ -7,6 +7,7 @@ releases), so "queued but not on disk yet" is a state the tests control, not a r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -19,10 +20,10 @@ from typing import Any
 import pytest
 
 from tests.polling import eventually
-from toolweaver_async import AsyncToolCache, CacheConfig
+from toolweaver_async import AsyncToolCache, BreakerState, CacheConfig
 from toolweaver_async.stores.file import FileStore
 from toolweaver_async.stores.file_behind import WriteBehindFileStore
-from toolweaver_async.testing import FakeClock
+from toolweaver_async.testing import FakeClock, RedisServer
 
 
 def file_store_of(cache: AsyncToolCache) -> FileStore:
@@ -50,6 +51,7 @@ def file_only(make_cache: Callable[..., AsyncToolCache]) -> Callable[..., AsyncT
     def make(**changes: Any) -> AsyncToolCache:
         # a held worker must not trip the lane's deadline while the test looks
         changes.setdefault("file_timeout", 30.0)
+        changes.setdefault("file_write_behind", True)
         return make_cache(stores=("file",), **changes)
 
     return make
@@ -82,7 +84,9 @@ async def test_set_returns_before_disk_and_reads_see_the_queued_write(
 async def test_read_your_writes_with_redis_and_file_and_no_memory(
     make_cache: Callable[..., AsyncToolCache],
 ) -> None:
-    cache = make_cache(stores=("redis", "file"), use_redis=True, file_timeout=30.0)
+    cache = make_cache(
+        stores=("redis", "file"), use_redis=True, file_timeout=30.0, file_write_behind=True
+    )
     release = hold_worker(file_store_of(cache))
     try:
         for n in range(5):
@@ -202,7 +206,7 @@ async def test_aclose_writes_everything_queued(
 async def test_write_through_when_write_behind_is_off(
     file_only: Callable[..., AsyncToolCache], cache_dir: Path, key_prefix: str
 ) -> None:
-    cache = file_only(file_write_behind=False)
+    cache = file_only(file_write_behind=False)  # as CacheConfig(file_write_behind=False)
     store = file_store_of(cache)
     assert not isinstance(store, WriteBehindFileStore)
     await cache.set("k", 1)
@@ -271,3 +275,45 @@ def test_config_rejects_a_queue_bound_below_one() -> None:
 
     with pytest.raises(ConfigError):
         CacheConfig(file_queue_max_entries=0)
+
+
+@pytest.mark.slow
+async def test_redis_killed_under_50_agents_then_restarted_loses_nothing_and_serves_nothing_stale(
+    own_redis_server: RedisServer, tmp_path: Path, key_prefix: str
+) -> None:
+    config = CacheConfig(
+        use_redis=True, redis_url=own_redis_server.url, cache_dir=tmp_path, key_prefix=key_prefix
+    )
+    latest: dict[str, int] = {}
+
+    async def agents(cache: AsyncToolCache, rounds: int, base: int) -> None:
+        async def agent(a: int) -> None:
+            for n in range(rounds):
+                key = f"agent{a}:k{n % 20}"
+                await cache.set(key, base + n, namespace="results")
+                latest[key] = base + n
+                assert await cache.get(key, namespace="results") == base + n
+
+        await asyncio.gather(*(agent(a) for a in range(50)))
+
+    async with AsyncToolCache(config) as cache:
+        await agents(cache, 20, 0)
+        own_redis_server.kill()
+        await agents(cache, 20, 1000)  # every key rewritten while Redis is down
+        own_redis_server.restart()  # empty: --save ''
+        await agents(cache, 10, 2000)  # half of them again
+        redis = next(layer for layer in cache._chain.layers if layer.name == "redis")
+        assert redis.journal is not None
+
+        def recovered() -> bool:
+            return (
+                redis.breaker.state is BreakerState.CLOSED
+                and redis.journal is not None
+                and redis.journal.describe()["entries"] == 0
+            )
+
+        await eventually(recovered, within=30, what="journal replayed onto the restarted Redis")
+    for stores in (("redis",), ("file",)):
+        async with AsyncToolCache(dataclasses.replace(config, stores=stores)) as reader:
+            found = await reader.get_many(list(latest), namespace="results")
+        assert found == latest, stores
