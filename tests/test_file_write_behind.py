@@ -264,8 +264,9 @@ def test_sigkill_of_a_writer_loses_only_the_last_queued_writes_and_tears_nothing
     found, corrupt = asyncio.run(read_all())
     assert corrupt == 0  # no torn or half-written entry anywhere
     missing = [n for n, data in enumerate(found) if data is None]
-    # Only the newest writes may be missing: those still queued when the process died.
-    bound = CacheConfig().file_queue_max_entries
+    # Only the newest writes may be missing: those still queued, or in the batch being written,
+    # when the process died.
+    bound = CacheConfig().file_queue_max_entries + 64
     assert all(n > acked - bound for n in missing)
     assert len(missing) <= bound
 
@@ -278,6 +279,7 @@ def test_config_rejects_a_queue_bound_below_one() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.allow_blocking(reason="kills and restarts redis-server, a subprocess")
 async def test_redis_killed_under_50_agents_then_restarted_loses_nothing_and_serves_nothing_stale(
     own_redis_server: RedisServer, tmp_path: Path, key_prefix: str
 ) -> None:

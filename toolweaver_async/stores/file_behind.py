@@ -85,7 +85,7 @@ class WriteBehindFileStore(FileStore):
         max_bytes: int = 1024 * 1024 * 1024,
         step_timeout: float | None = 1.0,
         clock: Callable[[], float] = time.time,
-        max_queued_entries: int = 10_000,
+        max_queued_entries: int = 2_000,
         max_queued_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         super().__init__(
