@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from ._chain import Chain
-from .config import NamespacePolicy
+from .config import MAX_TRACKED_NAMESPACES, NamespacePolicy
 from .freshness import EntryState, entry_state
 from .keys import check_key
 from .resilience.breaker import BreakerState
@@ -127,6 +127,8 @@ class ReadPath:
         reads = self.namespaces.get(namespace)
         if reads is None:
             self._check_namespace(namespace)
+            if len(self.namespaces) >= MAX_TRACKED_NAMESPACES:
+                self.namespaces.clear()  # a memo for the hot path: bounded, rebuilt on demand
             share = self._policy(namespace).share_objects
             reads = NamespaceReads(self._stats.counters(namespace), share)
             self.namespaces[namespace] = reads
@@ -237,6 +239,8 @@ class ReadPath:
                 if data is FAILED:
                     counters.errors[layer.name] += 1
                 return None
+            if missed and not missed.trusts(namespace, key, data):
+                return None
             envelope = self.usable(
                 data, namespace, key, type_, counters, layer, until_hard_expiry=until_hard_expiry
             )
@@ -260,6 +264,8 @@ class ReadPath:
                     continue
                 if data is None:
                     continue
+                if missed and not missed.trusts(namespace, key, data):
+                    continue  # older than the write it missed: not served
                 envelope = self.usable(
                     data,
                     namespace,
@@ -339,6 +345,8 @@ class ReadPath:
                 continue
             still_missing = held_back
             for key, data in zip(asked, answers, strict=True):
+                if data is not None and missed and not missed.trusts(namespace, key, data):
+                    data = None  # older than the write it missed: not served
                 envelope = (
                     None
                     if data is None

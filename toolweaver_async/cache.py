@@ -26,7 +26,7 @@ from ._reads import MISSING, WRONG_TYPE, ReadPath
 from ._writes import WritePath
 from .coherence import coherence_for
 from .compat.helpers import ToolShapedHelpers
-from .config import CacheConfig, check_name
+from .config import MAX_TRACKED_NAMESPACES, CacheConfig, check_name
 from .errors import ConfigError
 from .keys import check_key
 from .loading.coordinator import (
@@ -388,6 +388,8 @@ class AsyncToolCache(ToolShapedHelpers):
     # -- small helpers --------------------------------------------------------------------
     def _check_namespace(self, namespace: str) -> None:
         if namespace not in self._known_namespaces:
+            if len(self._known_namespaces) >= MAX_TRACKED_NAMESPACES:
+                self._known_namespaces.clear()  # a memo of checked names: bounded, not kept
             check_name(namespace, what="namespace")
             self._known_namespaces.add(namespace)
 
