@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from ._chain import Chain
+from ._read_tracker import ReadToken, ReadTracker
 from .config import MAX_TRACKED_NAMESPACES, NamespacePolicy
 from .freshness import EntryState, entry_state
 from .keys import check_key
@@ -38,45 +39,7 @@ class _WrongType:
 _WRONG_TYPE = _WrongType()
 WRONG_TYPE: Any = _WRONG_TYPE  # the same marker, untyped, where values of any type flow
 
-ReadToken = tuple[list[int], int, int]
-
 _STALE_SERVABLE, _EXPIRED = EntryState.STALE_SERVABLE, EntryState.EXPIRED
-
-
-class ReadTracker:
-    """Knows which keys are being read from a slower store right now, and whether they were
-    written meanwhile, so a read never promotes a value older than a concurrent write."""
-
-    __slots__ = ("_epoch", "_inflight")
-
-    def __init__(self) -> None:
-        self._inflight: dict[tuple[str, str], list[int]] = {}  # key -> [readers, writes]
-        self._epoch = 0  # bumped by invalidate() and clear()
-
-    def begin(self, namespace: str, key: str) -> ReadToken:
-        slot = self._inflight.get((namespace, key))
-        if slot is None:
-            slot = self._inflight[(namespace, key)] = [0, 0]
-        slot[0] += 1
-        return slot, slot[1], self._epoch
-
-    def still_current(self, token: ReadToken) -> bool:
-        slot, writes, epoch = token
-        return slot[1] == writes and self._epoch == epoch
-
-    def end(self, namespace: str, key: str, token: ReadToken) -> None:
-        slot = token[0]
-        slot[0] -= 1
-        if slot[0] == 0:
-            self._inflight.pop((namespace, key), None)
-
-    def wrote(self, namespace: str, key: str) -> None:
-        slot = self._inflight.get((namespace, key))
-        if slot is not None:
-            slot[1] += 1
-
-    def wrote_everything(self) -> None:
-        self._epoch += 1
 
 
 class NamespaceReads:

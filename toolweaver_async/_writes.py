@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ._chain import Chain
-from ._reads import ReadTracker
+from ._read_tracker import ReadTracker
 from .config import NamespacePolicy
 from .errors import InvalidTTLError
 from .keys import check_key

@@ -170,9 +170,7 @@ class AsyncToolCache(ToolShapedHelpers):
 
     def journal_sizes(self) -> dict[str, int]:
         """Writes waiting in each store's outage journal (Redis keeps one), by store name."""
-        return {
-            layer.name: len(layer.journal) for layer in self._layers if layer.journal is not None
-        }
+        return self._chain.journal_sizes()
 
     def add_listener(self, listener: CacheListener) -> None:
         """Tell ``listener`` of every loader call and breaker state change. Hits, misses,
@@ -399,6 +397,4 @@ class AsyncToolCache(ToolShapedHelpers):
             if asyncio.iscoroutine(work):
                 work.close()
             return
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._adopt(asyncio.ensure_future(work))
