@@ -82,6 +82,7 @@ class _Request:
         count: int = 0,
         *,
         grouped: bool = False,
+        weight: int,
     ) -> None:
         self.future = future
         self.deadline = deadline
@@ -89,7 +90,7 @@ class _Request:
         self.commands = commands
         self.count = count
         self.grouped = grouped
-        self.weight = count if reads is None else sum(len(keys) for _, keys in reads)
+        self.weight = weight  # keys or commands it adds to a batch (see _take_batch)
 
 
 class _RoundTrip:
@@ -156,7 +157,7 @@ class RoundTripBatcher:
                     raise reply
                 result: list[Any] = reply
                 return result
-        return await self._join(((group, keys),), b"", 0)
+        return await self._join(((group, keys),), b"", 0, weight=len(keys))
 
     async def mget_groups(self, groups: Sequence[ReadGroup]) -> list[Any]:
         """One ``MGET`` per group: for each group its values in order, or the error that
@@ -167,7 +168,8 @@ class RoundTripBatcher:
             if conn is not None:
                 packed = b"".join([pack_command(("MGET", *keys)) for _, keys in groups])
                 return await self._alone(conn, packed, len(groups))
-        return await self._join(groups, b"", 0, grouped=True)
+        weight = sum(len(keys) for _, keys in groups)
+        return await self._join(groups, b"", 0, grouped=True, weight=weight)
 
     async def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Replies to ``commands``, in order; a command the server refused has its
@@ -180,7 +182,7 @@ class RoundTripBatcher:
             conn = self._take_connection()
             if conn is not None:
                 return await self._alone(conn, packed, count)
-        return await self._join(None, packed, count)
+        return await self._join(None, packed, count, weight=count)
 
     @property
     def queued(self) -> int:
@@ -231,6 +233,7 @@ class RoundTripBatcher:
         count: int,
         *,
         grouped: bool = False,
+        weight: int,
     ) -> list[Any]:
         """Queue a call for the next shared round trip and wait for its replies."""
         if self._closed:
@@ -243,6 +246,7 @@ class RoundTripBatcher:
             commands,
             count,
             grouped=grouped,
+            weight=weight,
         )
         queue = self._queue
         queue.append(request)
