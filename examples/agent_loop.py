@@ -20,10 +20,10 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from toolweaver_async import AsyncToolCache
+from toolweaver_async import DEFAULT_NAMESPACES, AsyncToolCache
 
 # Simulated cost of each kind of work: seconds and dollars per call.
 CATALOG_DISCOVERY = (0.050, 0.0)
@@ -176,7 +176,15 @@ async def main() -> None:
     print(summary("without cache", plain_latencies, plain_wall, plain))
 
     with tempfile.TemporaryDirectory() as scratch:
-        overrides: dict[str, Any] = {"key_prefix": f"demo-{uuid.uuid4().hex[:8]}"}
+        # What one call of each kind costs, so stats() can say what the cache saved.
+        prices = {"embeddings": EMBEDDING[1], "search": SEARCH[1], "results": TOOL_CALL[1]}
+        overrides: dict[str, Any] = {
+            "key_prefix": f"demo-{uuid.uuid4().hex[:8]}",
+            "namespaces": {
+                name: replace(DEFAULT_NAMESPACES[name], cost_per_call=price)
+                for name, price in prices.items()
+            },
+        }
         if not os.environ.get("TOOLWEAVER_CACHE_DIR"):
             overrides["cache_dir"] = scratch
         async with AsyncToolCache.from_env(**overrides) as cache:
@@ -201,6 +209,10 @@ async def main() -> None:
         f"cost ${plain.dollars:.3f} -> ${metered.dollars:.3f}, "
         f"median step {statistics.median(plain_latencies) * 1000:.0f} ms -> "
         f"{statistics.median(cached_latencies) * 1000:.2f} ms"
+    )
+    print(
+        f"the cache's own account (stats()): saved {stats.overall.saved_seconds:.2f} s of "
+        f"loader time and ${stats.overall.saved_cost:.3f} in {stats.overall.total_hits} hits"
     )
     print(f"service calls without cache: {plain.calls}")
     print(f"service calls with cache:    {metered.calls}")

@@ -34,7 +34,7 @@ def run_example(name: str, cache_dir: Path) -> subprocess.CompletedProcess[str]:
     [
         pytest.param(
             "agent_loop.py",
-            ["with cache", "service calls with cache:"],
+            ["with cache", "service calls with cache:", "the cache's own account (stats()): saved"],
             marks=pytest.mark.slow,  # about 4.5 s: it runs the uncached loop for real
             id="agent_loop",
         ),

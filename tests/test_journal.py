@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -442,3 +443,32 @@ def test_replay_after_any_failure_order_leaves_the_newest_value_of_each_key(
             store = dict.fromkeys(store)
     for key, value in truth.items():
         assert store.get(key) == value, (key, made)
+
+
+# -- bounded by bytes --------------------------------------------------------------------------
+
+
+def test_journal_over_its_byte_bound_replays_its_oldest_sets_as_deletes_in_place() -> None:
+    j = OutageJournal(max_entries=1000, max_bytes=10_000, clock=FakeClock())
+    for n in range(20):
+        j.record_set("ns", f"k{n:02}", bytes(1000), None)
+    assert j.describe()["bytes"] <= 10_000
+    assert j.sets_dropped > 0
+    shown = ops(j)
+    assert [op[2] for op in shown] == [f"k{n:02}" for n in range(20)]  # order kept
+    kinds = [op[0] for op in shown]
+    assert kinds == sorted(kinds)  # deletes (oldest) first, then the newest sets
+    assert shown[-1] == ("set", "ns", "k19", bytes(1000))
+
+
+async def test_journal_on_disk_stays_under_about_twice_its_byte_bound(tmp_path: Path) -> None:
+    j = OutageJournal(max_entries=100_000, max_bytes=512 * 1024, clock=FakeClock(), folder=tmp_path)
+    await j.open()
+    for n in range(300):  # 4.2 MB of values
+        j.record_set("ns", f"k{n}", bytes(14_000), None)
+        if n % 50 == 0:
+            await asyncio.sleep(0.02)  # let the log be written as it grows
+    await j.aclose()
+    assert j.path is not None
+    assert j.path.stat().st_size <= 2 * 512 * 1024
+    assert len(j) == 300  # every key is still covered

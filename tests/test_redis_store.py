@@ -211,12 +211,17 @@ async def test_invalidate_removes_old_generation_keys_in_the_background(
     assert await raw_redis.get(f"{key_prefix}:{NS}:gen") == b"1"
 
 
-async def test_non_integer_generation_counter_is_a_store_error(
+async def test_non_integer_generation_counter_is_a_miss_until_invalidate_repairs_it(
     store: RedisStore, raw_redis: Redis, key_prefix: str
 ) -> None:
+    await store.set(NS, "k", b"old", None)
     await raw_redis.set(f"{key_prefix}:{NS}:gen", b"not a number")
-    with pytest.raises(StoreError, match="not an integer"):
-        await store.get(NS, "k")
+    assert await store.get(NS, "k") is None
+    assert await store.get_many(NS, ["k"]) == [None]
+    await store.invalidate(NS)
+    assert await store.get(NS, "k") is None
+    await store.set(NS, "k", b"new", None)
+    assert await store.get(NS, "k") == b"new"
 
 
 async def test_namespace_that_could_break_the_key_layout_is_rejected(store: RedisStore) -> None:

@@ -12,6 +12,7 @@ from .cache import AsyncToolCache
 from .config import DEFAULT_NAMESPACES, BreakerSettings, CacheConfig, NamespacePolicy, redact_url
 from .errors import (
     BreakerOpenError,
+    CacheClosedError,
     CacheError,
     ConfigError,
     CorruptEntryError,
@@ -50,6 +51,7 @@ __all__ = [
     "BreakerSettings",
     "BreakerSettingsFields",
     "BreakerState",
+    "CacheClosedError",
     "CacheConfig",
     "CacheError",
     "CacheStats",

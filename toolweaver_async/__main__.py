@@ -1,6 +1,6 @@
 """Command line: ``python -m toolweaver_async {demo,doctor,inspect,keys,stats,clear,bench}``.
 
-Every command builds its cache with ``AsyncToolCache.from_env()``, so it sees exactly what an
+Every command builds its cache with ``_cache()``, so it sees exactly what an
 agent configured by the same environment sees. Bad input (environment, arguments) ends with one
 line on stderr and exit status 2, never a traceback. A command is one decorated coroutine
 function; add one with ``@command(name, help, arguments)``.
@@ -22,8 +22,9 @@ from typing import Any, NoReturn
 import msgspec
 
 from .cache import AsyncToolCache
-from .config import check_name
-from .errors import CacheError
+from .config import CacheConfig, check_name
+from .errors import CacheError, ConfigError
+from .stats_file import read_stats_file
 
 __all__ = ["main"]
 
@@ -32,6 +33,33 @@ PROG = "toolweaver-async"
 
 def _json(value: Any) -> str:
     return msgspec.json.format(msgspec.json.encode(value, enc_hook=repr), indent=2).decode()
+
+
+def _cache(**overrides: Any) -> AsyncToolCache:
+    """The environment's cache; its counters stay out of the stats file (a look with the
+    command line is not a run of the agent)."""
+    return AsyncToolCache.from_env(stats_file=None, **overrides)
+
+
+def _savings(config: CacheConfig) -> dict[str, Any]:
+    """What the runs recorded in the stats file saved, for ``stats`` and ``doctor``."""
+    if config.stats_file is None:
+        return {
+            "stats_file": None,
+            "note": "set TOOLWEAVER_STATS_FILE (or CacheConfig.stats_file) and every cache "
+            "adds its counters to that file when it closes",
+        }
+    runs, totals = read_stats_file(config.stats_file)
+    overall = totals.overall
+    return {
+        "stats_file": str(config.stats_file),
+        "runs": runs,
+        "hits": overall.total_hits,
+        "hit_rate": overall.hit_rate,
+        "loader_calls": overall.loader_calls,
+        "saved_seconds": overall.saved_seconds,
+        "saved_cost": overall.saved_cost,
+    }
 
 
 # -- argument types: a bad value is one line and exit 2, from argparse itself ----------------
@@ -77,10 +105,11 @@ def command(
 
 
 # -- commands -----------------------------------------------------------------------------
-@command("doctor", "health of every store (exit 1 when one is down)")
+@command("doctor", "health of every store (exit 1 when one is down), and savings so far")
 async def _doctor(_: argparse.Namespace) -> int:
-    async with AsyncToolCache.from_env() as cache:
+    async with _cache() as cache:
         report = await cache.health_check()
+    report["savings"] = _savings(CacheConfig.from_env())
     print(_json(report))
     return 0 if all(store["ok"] for store in report["stores"].values()) else 1
 
@@ -92,7 +121,7 @@ def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("inspect", "print the cached value of a key", _inspect_arguments)
 async def _inspect(args: argparse.Namespace) -> int:
-    async with AsyncToolCache.from_env() as cache:
+    async with _cache() as cache:
         missing = object()
         value = await cache.get(args.key, namespace=args.namespace, default=missing)
         answered = {n: c for n, c in cache.stats().overall.hits.items() if c}
@@ -112,9 +141,25 @@ def _keys_arguments(parser: argparse.ArgumentParser) -> None:
 @command("keys", "list the keys of fresh entries, one a line", _keys_arguments)
 async def _keys(args: argparse.Namespace) -> int:
     """One key a line, streamed as the stores hand them over."""
-    async with AsyncToolCache.from_env() as cache:
+    async with _cache() as cache:
         async for key in cache.keys(namespace=args.namespace, prefix=args.prefix):
             print(key)
+    return 0
+
+
+@command("stats", "what every recorded run hit, loaded and saved (JSON; TOOLWEAVER_STATS_FILE)")
+async def _stats(_: argparse.Namespace) -> int:
+    config = CacheConfig.from_env()
+    if config.stats_file is None:
+        raise ConfigError(
+            "no stats file: set TOOLWEAVER_STATS_FILE, and every cache adds its counters to it "
+            "when it closes"
+        )
+    if not config.stats_file.exists():
+        print(f"no run recorded in {config.stats_file} yet", file=sys.stderr)
+        return 1
+    runs, totals = read_stats_file(config.stats_file)
+    print(_json({"stats_file": str(config.stats_file), "runs": runs, **totals.to_dict()}))
     return 0
 
 
@@ -132,7 +177,7 @@ async def _clear(args: argparse.Namespace) -> int:
         target = f"namespace {args.namespace!r}" if args.namespace else "every entry"
         print(f"refusing to remove {target} without --yes", file=sys.stderr)
         return 2
-    async with AsyncToolCache.from_env() as cache:
+    async with _cache() as cache:
         what = f"namespace {args.namespace!r}" if args.namespace else "every entry"
         if args.namespace:
             await cache.invalidate(args.namespace)
@@ -171,9 +216,7 @@ async def _bench(args: argparse.Namespace) -> int:
     temporary folder and under a prefix of its own, both removed afterwards."""
     value = {"tool": "search", "results": [{"id": i, "score": i / 10} for i in range(20)]}
     with tempfile.TemporaryDirectory(prefix="tw-bench-") as scratch:
-        async with AsyncToolCache.from_env(
-            key_prefix=f"bench-{uuid.uuid4().hex[:8]}", cache_dir=scratch
-        ) as cache:
+        async with _cache(key_prefix=f"bench-{uuid.uuid4().hex[:8]}", cache_dir=scratch) as cache:
             sets, gets = [], []
             for i in range(args.n):
                 started = time.perf_counter()
@@ -197,9 +240,7 @@ async def _demo(_: argparse.Namespace) -> int:
         return {"query": query, "answer": 42}
 
     with tempfile.TemporaryDirectory(prefix="tw-demo-") as scratch:
-        async with AsyncToolCache.from_env(
-            key_prefix=f"demo-{uuid.uuid4().hex[:8]}", cache_dir=scratch
-        ) as cache:
+        async with _cache(key_prefix=f"demo-{uuid.uuid4().hex[:8]}", cache_dir=scratch) as cache:
             for attempt in ("first call (miss)", "second call (hit)"):
                 started = time.perf_counter()
                 await cache.get_or_set("q:answer", lambda: slow_tool("answer"), namespace="results")

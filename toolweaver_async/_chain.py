@@ -8,6 +8,7 @@ of :mod:`toolweaver_async.stores.base`; they are checked here, once, and the ans
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ import anyio
 from .config import CacheConfig, redact_url
 from .loading.locks import GuardedLock
 from .resilience.breaker import CircuitBreaker
-from .resilience.guard import GuardedStore
+from .resilience.guard import FAILED, GuardedStore
 from .resilience.journal import OutageJournal
 from .stores.base import (
     CorruptionCountingStore,
@@ -33,6 +34,11 @@ from .stores.memory import MemoryStore
 from .stores.redis.store import RedisStore
 
 __all__ = ["Chain", "build_chain", "build_stores"]
+
+logger = logging.getLogger("toolweaver_async.cache")
+
+# The clock of breakers and of the guards timing calls for them: intervals, never persisted.
+_INTERVALS = time.monotonic
 
 
 def build_stores(config: CacheConfig, clock: Callable[[], float]) -> list[Store]:
@@ -78,6 +84,40 @@ class Chain:
         """Every store, in chain order."""
         return ([self.memory] if self.memory is not None else []) + [g.store for g in self.layers]
 
+    async def open(self) -> None:
+        """Load the outage journals a previous run left (their replay starts by itself), then
+        ping every slower store once; one that does not answer starts with its breaker open,
+        so the first agent steps do not each wait on a dead server."""
+
+        async def probe(layer: GuardedStore) -> None:
+            await layer.open()
+            outcome = await layer.attempt(layer.store.ping)
+            if outcome is FAILED:
+                layer.breaker.trip()  # the breaker logs the state change once
+                logger.info(
+                    "%s store unavailable at start (%s); continuing without it",
+                    layer.name,
+                    layer.last_error,
+                )
+
+        async with anyio.create_task_group() as tg:
+            for layer in self.layers:
+                tg.start_soon(probe, layer)
+
+    async def aclose(self) -> None:
+        """Stop journal replays and recovery watches, write journals to disk, then release
+        every store; a failure to close one is logged and does not stop the others."""
+        for layer in self.layers:
+            try:
+                await layer.aclose()
+            except Exception as exc:
+                logger.warning("closing %s store's guard failed: %s", layer.name, exc)
+        for store in self.stores:
+            try:
+                await store.aclose()
+            except Exception as exc:
+                logger.warning("closing %s store failed: %s", store.name, exc)
+
     def lock_for(self, namespace: str, key: str, ttl: float) -> GuardedLock | None:
         """A lock on ``key`` from the first store that offers locks, behind that store's
         breaker; ``None`` when no store does."""
@@ -85,6 +125,10 @@ class Chain:
             return None
         store, layer = self._locking
         return GuardedLock(store.lock(namespace, key, ttl=ttl), layer.attempt)
+
+    def bugs(self) -> dict[str, int]:
+        """Exceptions each slower store raised that were not outages (see ``guard.py``)."""
+        return {layer.name: layer.bugs for layer in self.layers}
 
     def corrupt_in_stores(self) -> dict[str, int]:
         """Broken entries stores found and dropped themselves (the file store judges its own
@@ -169,7 +213,7 @@ def guard(store: Store, config: CacheConfig, clock: Callable[[], float]) -> Guar
     watch = config.breaker.health_check_interval
     breaker = breaker_for(store, config)
     if not isinstance(store, RemoteStore):
-        return GuardedStore(store, breaker, watch_interval=watch)
+        return GuardedStore(store, breaker, watch_interval=watch, clock=_INTERVALS)
     folder = None
     if "file" in config.enabled_stores:
         # Beside the prefix folder, not in it: FileStore.clear() empties that one. '~' cannot
@@ -177,6 +221,7 @@ def guard(store: Store, config: CacheConfig, clock: Callable[[], float]) -> Guar
         folder = config.cache_dir / "~journal" / config.key_prefix
     journal = OutageJournal(
         max_entries=config.journal_max_entries,
+        max_bytes=config.journal_max_bytes,
         clock=clock,
         folder=folder,
         # The server (and db) it is for: a journal never replays onto any other.
@@ -188,7 +233,14 @@ def guard(store: Store, config: CacheConfig, clock: Callable[[], float]) -> Guar
     deadline = None
     if not isinstance(store, SelfBoundedStore):
         deadline = _call_timeout(store, default=config.redis_command_timeout)
-    return GuardedStore(store, breaker, journal=journal, deadline=deadline, watch_interval=watch)
+    return GuardedStore(
+        store,
+        breaker,
+        journal=journal,
+        deadline=deadline,
+        watch_interval=watch,
+        clock=_INTERVALS,
+    )
 
 
 def breaker_for(store: Store, config: CacheConfig) -> CircuitBreaker:
@@ -198,7 +250,7 @@ def breaker_for(store: Store, config: CacheConfig) -> CircuitBreaker:
         config.breaker,
         name=store.name,
         slow_call_timeout=_call_timeout(store, default=None),
-        clock=time.monotonic,
+        clock=_INTERVALS,
     )
 
 

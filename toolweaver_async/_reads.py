@@ -16,6 +16,7 @@ import msgspec
 
 from ._chain import Chain
 from .config import NamespacePolicy
+from .freshness import EntryState, entry_state
 from .keys import check_key
 from .resilience.breaker import BreakerState
 from .resilience.guard import FAILED, GuardedStore, Unreachable
@@ -37,6 +38,8 @@ _WRONG_TYPE = _WrongType()
 WRONG_TYPE: Any = _WRONG_TYPE  # the same marker, untyped, where values of any type flow
 
 ReadToken = tuple[list[int], int, int]
+
+_STALE_SERVABLE, _EXPIRED = EntryState.STALE_SERVABLE, EntryState.EXPIRED
 
 
 class ReadTracker:
@@ -141,8 +144,8 @@ class ReadPath:
             header = self._check_memory_entry(memory, entry, namespace, key, reads.counters)
             if header is None:
                 return MISSING
-        expires_at = header.expires_at
-        if expires_at is not None and expires_at <= now:
+        state = entry_state(header, now)
+        if state is _STALE_SERVABLE or state is _EXPIRED:
             return MISSING  # stale: only get_or_set may serve it, and only while it refreshes
         if reads.share:
             shared = entry.shared
@@ -358,8 +361,8 @@ class ReadPath:
             counters.corrupt += 1
             self._remove_corrupt(namespace, key, layer)
             return None
-        limit = envelope.hard_expires_at if until_hard_expiry else envelope.expires_at
-        if limit is not None and limit <= self._clock():
+        state = entry_state(envelope, self._clock())
+        if state is _EXPIRED or (state is _STALE_SERVABLE and not until_hard_expiry):
             return None
         return envelope
 
@@ -396,14 +399,19 @@ class ReadPath:
         memory would go on shadowing it until its grace period ends."""
         memory = self.memory
         now = self._clock()
-        if memory is None or (found.expires_at is not None and found.expires_at <= now):
+        if memory is None or _past_expiry(found, now):
             return
         data = memory.lookup(namespace, key)
         if data is None:
             return
         try:
-            expires_at = self._codec.decode_header(data).expires_at
+            stale = _past_expiry(self._codec.decode_header(data), now)
         except Exception:
-            expires_at = now
-        if expires_at is not None and expires_at <= now:
+            stale = True  # a broken copy shadows the fresh entry just as well
+        if stale:
             memory.discard(namespace, key)
+
+
+def _past_expiry(entry: Envelope[Any], now: float) -> bool:
+    state = entry_state(entry, now)
+    return state is _STALE_SERVABLE or state is _EXPIRED

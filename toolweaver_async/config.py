@@ -58,7 +58,8 @@ class NamespacePolicy:
     ``early_refresh_beta`` > 0 enables probabilistic early refresh (XFetch) of hot keys.
     ``negative_ttl`` > 0 caches loader exceptions for that long (off by default).
     ``share_objects`` returns the stored object itself from memory instead of a private copy:
-    faster, but callers must never mutate what they get.
+    faster, but callers must never mutate what they get. ``cost_per_call`` is what one loader
+    call costs (an API price); ``stats()`` turns hits into ``saved_cost`` with it.
     """
 
     ttl: float | None = HOUR
@@ -67,8 +68,15 @@ class NamespacePolicy:
     early_refresh_beta: float = 0.0
     negative_ttl: float | None = None
     share_objects: bool = False
+    # what one loader call of this namespace costs (an API price, in any currency): stats()
+    # reports saved_cost = hits x cost_per_call
+    cost_per_call: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (_is_number(self.cost_per_call) and self.cost_per_call >= 0):
+            raise ConfigError(
+                f"NamespacePolicy.cost_per_call must be >= 0, got {self.cost_per_call!r}"
+            )
         if self.ttl is not None and not (_is_number(self.ttl) and self.ttl > 0):
             raise ConfigError(f"NamespacePolicy.ttl must be > 0 seconds or None, got {self.ttl!r}")
         if not (_is_number(self.stale_ttl) and self.stale_ttl >= 0):
@@ -204,6 +212,10 @@ class CacheConfig:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     # outage journal: writes that could not reach Redis, replayed when it is back
     journal_max_entries: int = 10_000
+    # bytes of journaled values; past it the oldest journaled sets become deletes of their keys
+    journal_max_bytes: int = 64 * 1024 * 1024
+    # a JSON file each cache adds its counters to when it closes (toolweaver-async stats)
+    stats_file: Path | None = None
     # Seconds a memory entry may be served while no invalidation channel vouches for it (see
     # toolweaver_async.coherence); 0: memory serves nothing unvouched; None: coherence off,
     # memory trusts entries until their TTL (one process alone).
@@ -224,6 +236,8 @@ class CacheConfig:
             merged[name] = policy
         object.__setattr__(self, "namespaces", merged)
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
+        if self.stats_file is not None:
+            object.__setattr__(self, "stats_file", Path(self.stats_file).expanduser())
         object.__setattr__(self, "stores", tuple(self.stores))
         check_name(self.key_prefix, what="key_prefix")
         unknown = [s for s in self.stores if s not in STORE_NAMES]
@@ -250,6 +264,7 @@ class CacheConfig:
             "max_value_bytes",
             "redis_pool_size",
             "journal_max_entries",
+            "journal_max_bytes",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -326,6 +341,8 @@ class CacheConfig:
             values["cache_dir"] = Path(env["TOOLWEAVER_CACHE_DIR"])
         if env.get("TOOLWEAVER_CACHE_PREFIX"):
             values["key_prefix"] = env["TOOLWEAVER_CACHE_PREFIX"]
+        if env.get("TOOLWEAVER_STATS_FILE"):
+            values["stats_file"] = Path(env["TOOLWEAVER_STATS_FILE"])
         _check_field_names(cls, overrides)
         if "redis_url" in overrides and "use_redis" not in overrides:
             values.pop("use_redis")  # an explicit URL turns Redis on (see __post_init__)

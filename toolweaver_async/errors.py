@@ -11,6 +11,7 @@ and ``TypeError`` subclasses that are *also* ``CacheError``\\ s, so both styles 
     │   └── UnhashableArgumentsError  decorator arguments with no stable hash
     ├── ValueTooLargeError          an encoded value over ``max_value_bytes`` (also ValueError)
     ├── BreakerOpenError            a guarded call refused while its breaker is open
+    ├── CacheClosedError            a load cut short because its cache was closed
     ├── LoaderTimeoutError          waited too long for another process's loader
     ├── SyncInEventLoopError        a blocking call on a running loop's thread (also RuntimeError)
     └── StoreError                  a store failed; absorbed by the chain, never raised by get/set
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 __all__ = [
     "BreakerOpenError",
+    "CacheClosedError",
     "CacheError",
     "ConfigError",
     "CorruptEntryError",
@@ -80,6 +82,10 @@ class ValueTooLargeError(CacheError, ValueError):
 
 class BreakerOpenError(CacheError):
     """A call refused by an open (or saturated half-open) circuit breaker."""
+
+
+class CacheClosedError(CacheError):
+    """A ``get_or_set`` whose shared load was cancelled because the cache closed under it."""
 
 
 class LoaderTimeoutError(CacheError):

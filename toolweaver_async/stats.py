@@ -63,6 +63,10 @@ class NamespaceStats:
     loader_calls: int = 0
     loader_errors: int = 0
     loader_seconds: float = 0.0
+    # hits x the namespace's mean loader time, and x its NamespacePolicy.cost_per_call
+    # (filled by savings.with_savings)
+    saved_seconds: float = 0.0
+    saved_cost: float = 0.0
 
     @property
     def total_hits(self) -> int:
@@ -85,10 +89,12 @@ class NamespaceStats:
 
 @dataclass(frozen=True, slots=True)
 class CacheStats:
-    """A snapshot: ``overall`` plus one :class:`NamespaceStats` per namespace used."""
+    """A snapshot: ``overall`` plus one :class:`NamespaceStats` per namespace used, and per
+    store the ``bugs``: exceptions a store raised that were not outages (logged at ERROR)."""
 
     overall: NamespaceStats
     namespaces: Mapping[str, NamespaceStats]
+    bugs: Mapping[str, int] = field(default_factory=dict)
     # memory coherence across processes: invalidations received, entries they dropped, memory
     # flushes, channel losses (see toolweaver_async.coherence)
     coherence: Mapping[str, int] = field(default_factory=dict)
@@ -101,6 +107,7 @@ class CacheStats:
         return {
             "overall": self.overall.to_dict(),
             "namespaces": {name: s.to_dict() for name, s in self.namespaces.items()},
+            "bugs": dict(self.bugs),
             "coherence": dict(self.coherence),
         }
 
@@ -118,9 +125,14 @@ class StatsRecorder:
             found = self._by_namespace[namespace] = NamespaceCounters(self._store_names)
         return found
 
-    def snapshot(self, corrupt_in_stores: Mapping[str, int] | None = None) -> CacheStats:
+    def snapshot(
+        self,
+        corrupt_in_stores: Mapping[str, int] | None = None,
+        bugs: Mapping[str, int] | None = None,
+    ) -> CacheStats:
         """Frozen counters; ``corrupt_in_stores`` adds broken entries that a store found and
-        dropped itself, per namespace (the file store checks its own file headers)."""
+        dropped itself, per namespace (the file store checks its own file headers); ``bugs``
+        are counted by the guards, per store."""
         for namespace in corrupt_in_stores or ():
             self.counters(namespace)
         per_namespace = {
@@ -128,7 +140,9 @@ class StatsRecorder:
             for name, c in sorted(self._by_namespace.items())
         }
         return CacheStats(
-            overall=_sum(per_namespace.values(), self._store_names), namespaces=per_namespace
+            overall=_sum(per_namespace.values(), self._store_names),
+            namespaces=per_namespace,
+            bugs=dict(bugs or {}),
         )
 
 

@@ -29,6 +29,7 @@ import anyio
 
 from ..config import NamespacePolicy
 from ..errors import ConfigError, InvalidTTLError
+from ..freshness import EntryState, entry_state
 from ..serialization import Envelope
 from ..stats import NamespaceCounters
 from .locks import GuardedLock
@@ -63,6 +64,8 @@ _MAX_REMEMBERED: Final = 4096
 
 
 Loader = Callable[[], Awaitable[Any]]
+_FRESH, _REFRESH_DUE = EntryState.FRESH, EntryState.REFRESH_DUE
+_STALE_SERVABLE = EntryState.STALE_SERVABLE
 
 
 def _is_number(value: object) -> bool:
@@ -192,39 +195,37 @@ class LoadCoordinator:
     ) -> bool:
         """Whether ``envelope`` may be returned now; starts a refresh when it is stale or,
         by XFetch's draw, close enough to expiry."""
-        now = self._clock()
-        expires_at = envelope.expires_at
-        if expires_at is None:
+        window = 0.0 if envelope.expires_at is None else self._refresh_window(namespace, key)
+        state = entry_state(envelope, self._clock(), window)
+        if state is _FRESH:
             return True
-        if now < expires_at:
-            if self._due_early(namespace, key, expires_at, now):
-                self._refresh(namespace, key, loader, options)
+        if state is _REFRESH_DUE:
+            self._refresh(namespace, key, loader, options)
             return True
-        stale_until = envelope.stale_until
-        if stale_until is not None and now < stale_until:
+        if state is _STALE_SERVABLE:
             self._counters(namespace).stale_served += 1
             self._refresh(namespace, key, loader, options)
             return True
         return False
 
     def _fresh(self, envelope: Envelope[Any]) -> bool:
-        expires_at = envelope.expires_at
-        return expires_at is None or self._clock() < expires_at
+        return entry_state(envelope, self._clock()) is _FRESH
 
-    def _due_early(self, namespace: str, key: str, expires_at: float, now: float) -> bool:
+    def _refresh_window(self, namespace: str, key: str) -> float:
         """XFetch (Vattani et al., 2015): refresh when ``now - delta * beta * ln(u) >= expiry``
-        for ``u`` uniform in (0, 1], ``delta`` the time a load of this key takes."""
+        for ``u`` uniform in (0, 1], ``delta`` the time a load of this key takes; the window
+        is ``-delta * beta * ln(u)`` seconds before expiry."""
         beta = self._policy(namespace).early_refresh_beta
         if beta <= 0:
-            return False
+            return 0.0
         delta = self._durations.get((namespace, key))
         if delta is None:  # loaded by another process: this namespace's mean loader time
             counters = self._counters(namespace)
             calls = counters.loader_calls
             delta = counters.loader_seconds / calls if calls else 0.0
         if delta <= 0:
-            return False
-        return now - delta * beta * math.log(1.0 - self._random()) >= expires_at
+            return 0.0
+        return -(delta * beta * math.log(1.0 - self._random()))
 
     def _refresh(self, namespace: str, key: str, loader: Loader, options: LoadOptions) -> None:
         """Start the one background refresh of ``key`` unless it runs already or has just

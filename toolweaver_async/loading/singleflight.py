@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, Generic, TypeVar
 
-from ..errors import CacheError
+from ..errors import CacheClosedError
 
 __all__ = ["SingleFlight"]
 
@@ -72,7 +72,9 @@ class SingleFlight(Generic[K, T]):
         except asyncio.CancelledError:
             if task.cancelled() and not _cancelling():
                 # The load was cancelled from outside (the cache closed), not this caller.
-                raise CacheError(f"the load of {key!r} was cancelled: the cache closed") from None
+                raise CacheClosedError(
+                    f"the load of {key!r} was cancelled: the cache closed"
+                ) from None
             raise
         finally:
             flight.callers -= 1

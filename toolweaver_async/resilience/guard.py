@@ -1,9 +1,11 @@
 """A store behind its circuit breaker: the one place where store failures are absorbed.
 
-Every call either returns the store's answer or one of two markers: :data:`SKIPPED` (no I/O
-happened: the breaker refused, or the outage journal holds a newer write of that key) or
-:data:`FAILED` (the store raised or missed its deadline; the breaker counted it). The
-coordinator never sees a store exception.
+Every call either returns the store's answer or one of three markers: :data:`SKIPPED` (no I/O
+happened: the breaker refused, or the outage journal holds a newer write of that key),
+:data:`FAILED` (an outage: the store raised :class:`~toolweaver_async.errors.StoreError` or
+missed its deadline; the breaker counted it) or :data:`BUG` (the store raised anything else: a
+bug, absorbed for the caller but logged once per exception type at ERROR with its traceback and
+counted in ``bugs``, never as an outage). The coordinator never sees a store exception.
 
 A guarded store may carry an :class:`~toolweaver_async.resilience.journal.OutageJournal` (Redis
 does): writes it could not deliver are journaled, reads of journaled keys skip it, and
@@ -21,13 +23,14 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, Final, TypeVar
 
+from ..errors import StoreError
 from ..stores.base import HousekeepingStore, Store, StoreItem
 from .breaker import BreakerState, CircuitBreaker
 from .journal import JournalOp, OutageJournal
 from .recovery_watch import RecoveryWatch
 from .replay import JournalReplay
 
-__all__ = ["FAILED", "SKIPPED", "GuardedStore", "Unreachable", "answered_at_once"]
+__all__ = ["BUG", "FAILED", "SKIPPED", "GuardedStore", "Unreachable", "answered_at_once"]
 
 T = TypeVar("T")
 logger = logging.getLogger("toolweaver_async.cache")
@@ -38,12 +41,16 @@ class Unreachable(enum.Enum):
 
     SKIPPED = "skipped"
     FAILED = "failed"
+    BUG = "bug"
 
 
 _CLOSED, _OPEN = BreakerState.CLOSED, BreakerState.OPEN  # enum lookups cost ~60 ns on 3.11
 
 SKIPPED = Unreachable.SKIPPED
 FAILED = Unreachable.FAILED
+BUG = Unreachable.BUG
+# What an outage looks like: a store's own translated error, or no answer in time.
+_OUTAGES: Final = (StoreError, TimeoutError)
 
 
 class _Now:
@@ -78,13 +85,18 @@ class GuardedStore:
     ``deadline``, when set, bounds every call but ``clear`` (a scan that may legitimately take
     longer), for stores that do not bound their calls themselves (``RedisStore`` does, with one
     shared timer, cheaper than an ``asyncio.timeout`` per call).
+
+    ``clock`` times calls for the breaker's slow-call limit; give it the breaker's own clock.
     """
 
     __slots__ = (
+        "_bug_types",
+        "_clock",
         "_closed",
         "_housekeeping",
         "_watch",
         "breaker",
+        "bugs",
         "deadline",
         "failures",
         "journal",
@@ -102,12 +114,16 @@ class GuardedStore:
         journal: OutageJournal | None = None,
         deadline: float | None = None,
         watch_interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.breaker = breaker
         self.name = store.name
         self.last_error: str | None = None
         self.failures = 0
+        self.bugs = 0  # exceptions that are not outages (see module doc)
+        self._bug_types: set[type[BaseException]] = set()
+        self._clock = clock
         self.deadline = deadline
         self.journal = journal
         self._housekeeping = store if isinstance(store, HousekeepingStore) else None
@@ -150,14 +166,15 @@ class GuardedStore:
         # An outcome that arrives after the breaker changed state (a call admitted before a
         # trip, answering during the half-open probe) must not count as the probe.
         epoch = breaker.epoch
-        started = time.monotonic()
+        clock = self._clock
+        started = clock()
         try:
             if deadline is None:
                 result = await fn(*args)
             else:
                 async with asyncio.timeout(deadline):
                     result = await fn(*args)
-        except Exception as exc:
+        except _OUTAGES as exc:
             if breaker.epoch == epoch:
                 breaker.record_failure()
             self.failures += 1
@@ -167,13 +184,32 @@ class GuardedStore:
                 self.last_error = f"{type(exc).__name__}: {exc}"
             logger.debug("%s store call failed: %s", self.name, self.last_error)
             return FAILED
+        except Exception as exc:
+            if breaker.epoch == epoch:
+                breaker.release()  # a bug says nothing about the store being up or down
+            self._bug(exc)
+            return BUG
         except BaseException:
             if breaker.epoch == epoch:
                 breaker.release()  # cancelled: neither a success nor a failure
             raise
         if breaker.epoch == epoch:
-            breaker.record_success(time.monotonic() - started)
+            breaker.record_success(clock() - started)
         return result
+
+    def _bug(self, exc: Exception) -> None:
+        """Count a store exception that is not an outage; log its first of each type."""
+        self.bugs += 1
+        kind = type(exc)
+        if kind not in self._bug_types:
+            self._bug_types.add(kind)
+            logger.error(
+                "%s store raised %s, which is a bug, not an outage: the call counts as a miss, "
+                "the breaker ignores it (logged once per exception type)",
+                self.name,
+                kind.__name__,
+                exc_info=exc,
+            )
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -360,6 +396,7 @@ class GuardedStore:
         info: dict[str, Any] = {
             "state": self.breaker.state.value,
             "failures": self.failures,
+            "bugs": self.bugs,
             "last_error": self.last_error,
             "breaker": self.breaker.snapshot(),
         }

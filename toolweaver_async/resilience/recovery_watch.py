@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from ..errors import ConfigError
 from .breaker import BreakerState, CircuitBreaker
 
 __all__ = ["RecoveryWatch"]
@@ -38,7 +39,7 @@ class RecoveryWatch:
         name: str,
     ) -> None:
         if not interval > 0:
-            raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
+            raise ConfigError(f"interval must be > 0 seconds, got {interval!r}")
         self._breaker = breaker
         self._ping = ping
         self._interval = interval

@@ -4,6 +4,11 @@ Latest wins: one operation per key (a newer write replaces an older one), an inv
 namespace drops that namespace's earlier operations, a clear drops everything. Operations are
 kept in the order they happened and handed back in that order for replay.
 
+Bounded twice. Past ``max_bytes`` of journaled values, the oldest journaled sets become deletes
+of their keys (a few dozen bytes each): the store forgets its older value instead of receiving
+the newer one, which the file store still holds. Past ``max_entries`` operations, the namespace
+with the most journaled keys gives way to one invalidation of it, and invalidations to one clear.
+
 "Newer" means the order in which callers wrote, not the order in which failures were noticed:
 each write takes its sequence number when the caller makes it (:meth:`JournalLedger.begin_set`
 and friends) and is settled when its outcome is known. A write that fails after a newer write
@@ -61,11 +66,18 @@ class JournalLedger:
     """
 
     def __init__(
-        self, *, max_entries: int, clock: Callable[[], float], name: str = "redis"
+        self,
+        *,
+        max_entries: int,
+        clock: Callable[[], float],
+        max_bytes: int = UNBOUNDED,
+        name: str = "redis",
     ) -> None:
-        if not isinstance(max_entries, int) or max_entries < 1:
-            raise ValueError(f"max_entries must be a positive integer, got {max_entries!r}")
+        for what, bound in (("max_entries", max_entries), ("max_bytes", max_bytes)):
+            if not isinstance(bound, int) or bound < 1:
+                raise ValueError(f"{what} must be a positive integer, got {bound!r}")
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.name = name
         self.on_pending: Callable[[], None] | None = None
         self._clock = clock
@@ -86,6 +98,7 @@ class JournalLedger:
         self.recorded = 0
         self.replayed = 0
         self.overflows = 0  # times a full journal gave up writes for an invalidation or clear
+        self.sets_dropped = 0  # journaled sets that became deletes to stay under max_bytes
 
     # -- questions, asked on the hot path ------------------------------------------------------
 
@@ -220,7 +233,39 @@ class JournalLedger:
         self._put(op)
         for kept in later:
             self._put(kept)
+        if self._live_bytes > self.max_bytes:
+            self._shed_bytes()
         return True
+
+    def _shed_bytes(self) -> None:
+        """Turn the oldest journaled sets into deletes of their keys until a quarter of
+        ``max_bytes`` is free again (so a journal at its bound does not scan on every write).
+        A delete never lets the store serve an older value; the newer one is in the file
+        store, and reads copy it back."""
+        goal = self.max_bytes - self.max_bytes // 4
+        dropped = 0
+        for slot, op in list(self._ops.items()):
+            if self._live_bytes <= goal:
+                break
+            if isinstance(op, JournalSet):
+                # Same slot and seq: it keeps its place in the replay order.
+                delete = JournalDelete(op.seq, op.namespace, op.key)
+                self._ops[slot] = delete
+                self._live_bytes += size_of(delete) - size_of(op)
+                dropped += 1
+        if dropped:
+            if not self.sets_dropped:
+                logger.warning(
+                    "outage journal for %s holds more than %d bytes: its oldest writes will be "
+                    "replayed as deletes (their keys are read from the next store meanwhile)",
+                    self.name,
+                    self.max_bytes,
+                )
+            self.sets_dropped += dropped
+            self._persist_shed()
+
+    def _persist_shed(self) -> None:
+        """The log must learn of sets turned into deletes; the ledger keeps no log."""
 
     def _namespace_ops(self, namespace: str) -> list[JournalOp]:
         return [self._ops[(namespace, key)] for key in self._keys_by_namespace.get(namespace, ())]

@@ -3,7 +3,9 @@
 Records are written by one worker-thread hop per 10 ms of changes, never on the event loop; a
 process that dies loses at most the records of its last 10 ms, and a torn tail is ignored on
 load. The log is compacted (rewritten to the live operations, also in the worker thread) when it
-grows past twice their size, and emptied when the journal drains.
+grows past twice their size (or when sets were turned into deletes to stay under
+``max_bytes``), and emptied when the journal drains: on disk it stays under about twice
+``max_bytes``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from .ledger import JournalLedger, live_operations
+from .ledger import UNBOUNDED, JournalLedger, live_operations
 from .log import JournalFile
 from .records import (
     JournalClear,
@@ -59,11 +61,12 @@ class OutageJournal(JournalLedger):
         *,
         max_entries: int,
         clock: Callable[[], float],
+        max_bytes: int = UNBOUNDED,
         folder: Path | None = None,
         name: str = "redis",
         server: str = "",
     ) -> None:
-        super().__init__(max_entries=max_entries, clock=clock, name=name)
+        super().__init__(max_entries=max_entries, max_bytes=max_bytes, clock=clock, name=name)
         self._folder = folder
         self.server = server
         self._file: JournalFile | None = None
@@ -161,6 +164,12 @@ class OutageJournal(JournalLedger):
         self._pending.append(frame(record))
         self._schedule_flush()
 
+    def _persist_shed(self) -> None:
+        # Sets turned into deletes in place: only a rewrite drops their bytes from the log.
+        if self._file is not None:
+            self._rewrite_due = True
+            self._schedule_flush()
+
     def _schedule_flush(self) -> None:
         if self._closed or self._file is None:
             return
@@ -216,6 +225,9 @@ class OutageJournal(JournalLedger):
         return {
             "entries": len(self._ops),
             "max_entries": self.max_entries,
+            "bytes": self._live_bytes,
+            "max_bytes": self.max_bytes,
+            "sets_dropped": self.sets_dropped,
             "pending_namespaces": sorted(self._marked),
             "clear_pending": self._cleared,
             "recorded": self.recorded,

@@ -126,6 +126,8 @@ class ClusterEngine:
             if raw == used.raw:
                 return value
             seen = stripe.observe(raw)
+            if not seen.readable:
+                return None  # the counter holds foreign bytes: a miss until it is repaired
             if seen.number == used.number:
                 return value
             raw, value = await self._mget(
@@ -133,7 +135,8 @@ class ClusterEngine:
             )
         except DRIVER_ERRORS as exc:
             raise self._failure("get", exc) from exc
-        if stripe.observe(raw).number != seen.number:
+        again = stripe.observe(raw)
+        if again.number != seen.number or not again.readable:
             return None
         return value
 
@@ -162,6 +165,8 @@ class ClusterEngine:
                 moved = []
                 for index, reply in zip(pending, replies, strict=True):
                     seen = striped.stripes[index].observe(reply[0])
+                    if not seen.readable:
+                        continue  # foreign bytes in the counter: misses until repaired
                     if seen.number == used[index].number:
                         for position, value in zip(by_stripe[index], reply[1:], strict=True):
                             result[position] = value
@@ -615,7 +620,8 @@ class ClusterEngine:
         )
         page = []
         for index, reply in zip(stripes, replies, strict=True):
-            if striped.stripes[index].observe(reply[0]).number != generations[index]:
+            seen = striped.stripes[index].observe(reply[0])
+            if seen.number != generations[index] or not seen.readable:
                 continue  # invalidated meanwhile: nothing listed from this stripe is live
             for (_, key), data in zip(keys_by_stripe[index], reply[1:], strict=True):
                 if data is not None:

@@ -9,23 +9,27 @@ an entry and the counter it is checked against always share a slot.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from ...errors import StoreError
-
 __all__ = ["Generation", "Namespace", "glob_escape", "is_counter", "raise_first_error"]
+
+logger = logging.getLogger("toolweaver_async.stores.redis")
 
 
 class Generation:
     """One generation of a namespace as this process last saw it (immutable, swapped whole)."""
 
-    __slots__ = ("number", "prefix", "prefix_bytes", "raw")
+    __slots__ = ("number", "prefix", "prefix_bytes", "raw", "readable")
 
-    def __init__(self, base: str, number: int, raw: Any) -> None:
+    def __init__(self, base: str, number: int, raw: Any, *, readable: bool = True) -> None:
         self.number = number
         self.raw = raw  # the counter's reply as seen on the wire: None, b"3" ...
         self.prefix = f"{base}{number}:"
         self.prefix_bytes = self.prefix.encode()
+        # False while the counter holds bytes that are no integer (written by something else):
+        # nothing of the namespace can be trusted, so reads miss until invalidate or clear.
+        self.readable = readable
 
 
 class Namespace:
@@ -48,11 +52,18 @@ class Namespace:
             return current
         try:
             number = 0 if raw is None else int(raw)
-        except (TypeError, ValueError) as exc:
-            raise StoreError(
-                f"generation counter {self.gen_key!r} holds {raw!r}, not an integer",
-                store="redis",
-            ) from exc
+        except (TypeError, ValueError):
+            if current.readable:
+                logger.warning(
+                    "redis generation counter %r holds %d bytes that are no integer: reads of "
+                    "that namespace miss until invalidate() or clear() repairs it",
+                    self.gen_key,
+                    len(raw) if isinstance(raw, bytes) else -1,
+                )
+            # Writes keep going to the last good generation (nobody reads it meanwhile); a
+            # raw value that matches nothing sends every reply back here.
+            self.generation = Generation(self.base, current.number, object(), readable=False)
+            return self.generation
         observed = Generation(self.base, number, raw)
         self.generation = observed
         return observed

@@ -23,18 +23,20 @@ handed to :class:`~.cluster.ClusterEngine`, which keeps the same promises per no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, parse_url
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from ...config import CacheConfig, check_name, parse_sentinel_url, redact_url
 from ...errors import ConfigError, StoreError
 from ..base import EntryPage, StoreItem
-from .batching import RoundTripBatcher, pack_command
+from .batching import RoundTripBatcher, RoundTripError, pack_command
 from .client import DRIVER_ERRORS as _DRIVER_ERRORS
 from .client import (
     FollowingSentinelPool,
@@ -204,12 +206,15 @@ class RedisStore:
             if raw == used.raw:
                 return value
             seen = ns.observe(raw)
+            if not seen.readable:
+                return None
             if seen.number == used.number:
                 return value
             raw, value = await mget((ns.gen_key_bytes, seen.prefix_bytes + key.encode()))
         except _DRIVER_ERRORS as exc:
             raise _store_error("get", exc, self._secrets) from exc
-        if ns.observe(raw).number != seen.number:
+        again = ns.observe(raw)
+        if again.number != seen.number or not again.readable:
             return None  # invalidated again between the two reads: a dead generation's value
         return value
 
@@ -229,13 +234,16 @@ class RedisStore:
             prefix = used.prefix_bytes
             reply = await mget([ns.gen_key_bytes, *[prefix + key.encode() for key in keys]])
             seen = ns.observe(reply[0])
+            if not seen.readable:
+                return [None] * len(keys)
             if seen.number == used.number:
                 return reply[1:]
             prefix = seen.prefix_bytes
             reply = await mget([ns.gen_key_bytes, *[prefix + key.encode() for key in keys]])
         except _DRIVER_ERRORS as exc:
             raise _store_error("get_many", exc, self._secrets) from exc
-        if ns.observe(reply[0]).number != seen.number:
+        again = ns.observe(reply[0])
+        if again.number != seen.number or not again.readable:
             return [None] * len(keys)
         return reply[1:]
 
@@ -307,7 +315,14 @@ class RedisStore:
                 args += ("NX",)
             commands.append(args)
         commands.append(("GET", gen_key))
-        replies = _raise_first_error(await self._batcher.pipeline(commands))
+        replies = await self._batcher.pipeline(commands)
+        if not only_new:
+            # Out of memory (noeviction), Redis refuses a SET but still takes UNLINK: the older
+            # value goes, so no other process reads it while the journal holds the newer one.
+            full = [c[1] for c, r in zip(commands, replies, strict=True) if _refused_as_full(r)]
+            if full:
+                await self._batcher.pipeline([("UNLINK", *full)])
+        _raise_first_error(replies)
         first = 1 if unlink else 0
         return [bool(r) for r in replies[first:-1]], replies[-1]
 
@@ -345,11 +360,34 @@ class RedisStore:
                 return
         ns = self._namespace(namespace)
         try:
-            number = await self._execute("INCR", ns.gen_key)
+            try:
+                number = await self._execute("INCR", ns.gen_key)
+            except ResponseError as exc:
+                if not _holds_no_integer(exc):
+                    raise
+                number = await self._repair_counter(ns)
         except _DRIVER_ERRORS as exc:
+            if _refused_as_full(exc):
+                await self._unlink_live_generation(ns)
             raise _store_error("invalidate", exc, self._secrets) from exc
         ns.observe(str(number).encode())
         self._schedule_cleanup(f"{ns.base}{int(number) - 1}:*")
+
+    async def _repair_counter(self, ns: _Namespace) -> int:
+        """Replace a generation counter that holds no integer with one above every generation
+        it can have held (generations never go backwards): the wall clock in milliseconds,
+        far beyond any count of invalidations, or one more than the last number seen."""
+        number = max(int(time.time() * 1000), ns.generation.number + 1)
+        await self._execute("SET", ns.gen_key, number)
+        logger.warning("redis generation counter %r repaired (now %d)", ns.gen_key, number)
+        return number
+
+    async def _unlink_live_generation(self, ns: _Namespace) -> None:
+        """Out of memory, Redis refuses ``INCR`` but still scans and unlinks: remove the live
+        generation's entries instead, so no process reads them until the invalidation lands."""
+        with contextlib.suppress(StoreError, *_DRIVER_ERRORS):
+            seen = ns.observe(await self._execute("GET", ns.gen_key))
+            await self._unlink_matching(f"{seen.prefix}*", keep_counters=False)
 
     async def clear(self) -> None:
         """Remove every entry under this store's key prefix, and nothing else; never FLUSHDB.
@@ -364,9 +402,20 @@ class RedisStore:
                 await engine.clear()
                 return
         try:
-            await self._unlink_matching(f"{self._prefix}:*", keep_counters=True)
+            counters = await self._unlink_matching(f"{self._prefix}:*", keep_counters=True)
+            if counters:
+                await self._repair_counters(counters)
         except _DRIVER_ERRORS as exc:
             raise _store_error("clear", exc, self._secrets) from exc
+
+    async def _repair_counters(self, counters: list[bytes]) -> None:
+        """Give every counter among ``counters`` that holds no integer a valid one again."""
+        values = await self._execute("MGET", *counters)
+        for counter, value in zip(counters, values, strict=True):
+            if value is None or value.isdigit():
+                continue
+            name = counter.decode().split(":")[1]
+            await self._repair_counter(self._namespace(name))
 
     async def ping(self) -> None:
         """Return when Redis answers ``PING`` (on a cluster: every primary); raise
@@ -406,6 +455,8 @@ class RedisStore:
         ns = self._namespace(namespace)
         try:
             used = ns.observe(await self._execute("GET", ns.gen_key))
+            if not used.readable:
+                return
             pattern = used.prefix_bytes + glob_escape(prefix).encode() + b"*"
             skip = len(used.prefix_bytes)
             cursor: Any = 0
@@ -415,7 +466,8 @@ class RedisStore:
                 )
                 if found:
                     raw, *values = await self._execute("MGET", ns.gen_key, *found)
-                    if ns.observe(raw).number != used.number:
+                    seen = ns.observe(raw)
+                    if seen.number != used.number or not seen.readable:
                         return  # invalidated meanwhile: nothing listed from here on is live
                     page = []
                     for name, data in zip(found, values, strict=True):
@@ -463,18 +515,21 @@ class RedisStore:
                     _store_error("cleanup", exc, self._secrets),
                 )
 
-    async def _unlink_matching(self, pattern: str, *, keep_counters: bool) -> None:
+    async def _unlink_matching(self, pattern: str, *, keep_counters: bool) -> list[bytes]:
+        """Unlink every key matching ``pattern``; the generation counters kept, if asked to."""
         cursor = 0
+        kept: list[bytes] = []
         while True:
             cursor, found = await self._execute(
                 "SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT
             )
             if keep_counters:
+                kept += [key for key in found if _is_counter(key)]
                 found = [key for key in found if not _is_counter(key)]
             for start in range(0, len(found), _UNLINK_BATCH):
                 await self._execute("UNLINK", *found[start : start + _UNLINK_BATCH])
             if cursor == 0:
-                return
+                return kept
 
     def _new_connection(self) -> AbstractConnection:
         """A connection of the batcher's own, like the pool's but without redis-py's per-read
@@ -675,3 +730,15 @@ def server_identity(url: str) -> str:
     if "path" in options:
         return f"unix:{options['path']}/{db}"
     return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{db}"
+
+
+def _holds_no_integer(exc: ResponseError) -> bool:
+    """Whether ``INCR`` failed because the counter holds bytes that are no integer."""
+    return "not an integer" in str(exc)
+
+
+def _refused_as_full(reply: Any) -> bool:
+    """Whether ``reply`` is Redis refusing a write because it is out of memory."""
+    if isinstance(reply, RoundTripError):
+        reply = reply.__cause__
+    return isinstance(reply, OutOfMemoryError)
