@@ -225,7 +225,7 @@ def guard(store: Store, config: CacheConfig, clock: Callable[[], float]) -> Guar
         clock=clock,
         folder=folder,
         # The server (and db) it is for: a journal never replays onto any other.
-        server=getattr(store, "identity", store.name),
+        server=store.identity,
     )
     # A store that bounds every call itself (RedisStore: one shared watchdog timer, queue wait
     # included) needs no second bound here: asyncio.timeout costs ~3.4 us a call on uvloop and

@@ -69,6 +69,10 @@ class ChangeSink(Protocol):
         (the last heartbeat answered), ``None`` when unknown."""
         ...
 
+    def channel_unsupported(self, channel: InvalidationChannel, reason: str) -> None:
+        """The channel can never vouch for the whole cache (say, a cluster node)."""
+        ...
+
 
 class InvalidationChannel(Protocol):
     """A feed of changes to the cache's keys made by any client (one per Redis primary)."""
@@ -203,6 +207,13 @@ class MemoryCoherence:
             "memory coherence lost (%s); memory entries now live at most %s s",
             self.last_error,
             self.window,
+        )
+
+    def channel_unsupported(self, channel: InvalidationChannel, reason: str) -> None:
+        self.channel_lost(channel, reason)
+        self.mode = "window"
+        logger.warning(
+            "memory coherence: %s; memory entries live at most %s s", reason, self.window
         )
 
     # -- introspection ------------------------------------------------------------------------

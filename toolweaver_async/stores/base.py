@@ -138,9 +138,13 @@ class SelfBoundedStore(Protocol):
 class RemoteStore(Protocol):
     """A store reached over the network: shared by processes and prone to outages. The chain
     gives it an outage journal, so that it never serves a value older than one written while
-    it was down."""
+    it was down. ``identity`` names the server (and database) it talks to, without secrets: a
+    journal is only ever replayed onto the server it was written for."""
 
     remote: Literal[True]
+
+    @property
+    def identity(self) -> str: ...
 
 
 @runtime_checkable

@@ -25,7 +25,9 @@ after a short backoff. Each new session is a fresh subscription, so a server res
 ``run_id``) needs nothing special: the sink flushes whatever it stored while the channel was down.
 
 One channel follows one server. A Redis Cluster needs one per primary (each primary broadcasts
-only the keys it holds); the sink already waits for all of its channels.
+only the keys it holds; the sink already waits for all of its channels): until the channel is
+built per primary, a cluster node is refused (``unsupported``) and the memory layer stays in
+window mode rather than trust a channel that sees only part of the keys.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ def heartbeat_for(window: float) -> tuple[float, float]:
     within interval + deadline + interval <= max(window, 0.25 s)."""
     interval = max(window / 5, 0.05)
     return interval, max(window - 2 * interval, 0.15)
+
+
+class _Unsupported(Exception):
+    """This server cannot vouch for the whole cache: stay in window mode, do not retry."""
 
 
 class RedisInvalidationChannel:
@@ -163,6 +169,11 @@ class RedisInvalidationChannel:
                 sink.channel_live(self)
                 backoff = _BACKOFF_FIRST
                 await self._listen(connection, sink)
+            except _Unsupported as exc:
+                self.state = "unsupported"
+                self.last_error = str(exc)
+                sink.channel_unsupported(self, f"{self._address} is {exc}")
+                return
             except _ERRORS as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             finally:
@@ -186,6 +197,11 @@ class RedisInvalidationChannel:
             client_id = await connection.read_response()
             await connection.send_command("INFO", "server")
             self._note_run_id(await connection.read_response())
+            await connection.send_command("INFO", "cluster")
+            if b"cluster_enabled:1" in await connection.read_response():
+                # This server broadcasts only the keys it holds: one channel per primary is
+                # needed, and vouching for the whole cache from one would be a silent gap.
+                raise _Unsupported("a Redis Cluster node: no cluster-wide channel yet")
             await connection.send_command(
                 "CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST", "PREFIX", self._prefix
             )
@@ -215,11 +231,15 @@ class RedisInvalidationChannel:
                 await connection.send_command("PING")
                 pings.append(now)
                 next_ping = now + self._heartbeat
-            if pings and now - pings[0] > self._heartbeat_timeout:
-                raise TimeoutError(f"no PONG within {self._heartbeat_timeout:.2f} s")
+            overdue = bool(pings) and now - pings[0] > self._heartbeat_timeout
+            # When overdue, one short read first: after the loop was starved, a PONG may sit
+            # read but unparsed (the previous read's timeout fired before it was parsed).
             reply = await connection.read_response(
-                timeout=max(next_ping - now, 0.001), disconnect_on_error=False
+                timeout=0.01 if overdue else max(next_ping - now, 0.001),
+                disconnect_on_error=False,
             )
+            if overdue and reply is None:
+                raise TimeoutError(f"no PONG within {self._heartbeat_timeout:.2f} s")
             if reply is None:  # nothing within the timeout: time for the next PING
                 continue
             kind = reply[0]
@@ -230,8 +250,9 @@ class RedisInvalidationChannel:
 
     def _deliver(self, keys: list[bytes] | None, sink: ChangeSink) -> None:
         """``<prefix>:<ns>:<generation>:<key>`` names an entry, ``<prefix>:<ns>:gen`` a
-        namespace's generation counter (invalidate), ``None`` a flushed database; lock keys
-        (``<prefix>:!lock:...``) and anything else are not memory entries."""
+        namespace's generation counter (invalidate), ``None`` a flushed database; on a cluster
+        a stripe's ``{<tag>}:`` comes after the namespace. Lock keys (``<prefix>:!lock:...``)
+        and anything else are not memory entries."""
         if keys is None:
             sink.everything_changed()
             return
@@ -241,6 +262,8 @@ class RedisInvalidationChannel:
             namespace, sep, rest = raw[skip:].partition(b":")
             if not sep or namespace.startswith(b"!"):
                 continue
+            if rest.startswith(b"{"):  # a cluster stripe: <ns>:{<tag>}:<generation>:<key>
+                rest = rest.partition(b"}:")[2]
             if rest == b"gen":
                 sink.namespace_changed(namespace.decode())
                 continue
