@@ -10,7 +10,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,speed,langchain,langgraph,mcp,llama-index,adapters-test]'
+	$(PY) -m pip install --quiet -e '.[dev,speed,otel,prometheus,langchain,langgraph,mcp,llama-index,adapters-test]'
 	@touch $(STAMP)
 
 install: $(STAMP)  ## virtualenv with the package and its dev tools
@@ -38,7 +38,7 @@ unit: $(STAMP) redis-server
 test: lint typecheck unit  ## everything CI runs
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,speed,langchain,langgraph,mcp,llama-index,adapters-test,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,speed,otel,prometheus,langchain,langgraph,mcp,llama-index,adapters-test,bench]'
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP) redis-server  ## all benchmarks; tables and plots land in benchmarks/results/

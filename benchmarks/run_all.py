@@ -28,6 +28,7 @@ SCRIPTS = (
     ("bench_failover", "failover.md"),
     ("bench_stampede", "stampede.md"),
     ("bench_coherence", "coherence.md"),
+    ("bench_metrics", "metrics.md"),
 )
 
 

@@ -17,7 +17,8 @@ from langgraph.types import CachePolicy
 from toolweaver_async import AsyncToolCache
 from toolweaver_async._bridge import bridge_for
 from toolweaver_async.config import check_name
-from toolweaver_async.integrations.langgraph import ToolWeaverNodeCache, namespace_name
+from toolweaver_async.integrations._names import namespace_name
+from toolweaver_async.integrations.langgraph import ToolWeaverNodeCache
 from toolweaver_async.testing import FakeClock
 
 from ._adapter_chains import CHAINS, make_chain_cache

@@ -27,6 +27,7 @@ from .errors import (
 )
 from .keys import stable_hash
 from .loading.decorator import BoundCachedFunction, CachedFunction
+from .metrics.hooks import CacheListener
 from .resilience.breaker import (
     BreakerListener,
     BreakerSettingsFields,
@@ -54,6 +55,7 @@ __all__ = [
     "CacheClosedError",
     "CacheConfig",
     "CacheError",
+    "CacheListener",
     "CacheStats",
     "CachedFunction",
     "CircuitBreaker",

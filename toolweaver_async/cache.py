@@ -36,6 +36,7 @@ from .loading.coordinator import (
     LoadOptions,
 )
 from .loading.decorator import CachedFunction
+from .metrics.hooks import CacheListener, attach_listener
 from .resilience.breaker import BreakerState, CircuitBreaker
 from .savings import record_run, with_savings
 from .serialization import EntryCodec, PayloadDecodeError
@@ -166,6 +167,18 @@ class AsyncToolCache(ToolShapedHelpers):
     def breakers(self) -> dict[str, CircuitBreaker]:
         """The circuit breaker of every guarded store (Redis, file), by store name."""
         return {layer.name: layer.breaker for layer in self._layers}
+
+    def journal_sizes(self) -> dict[str, int]:
+        """Writes waiting in each store's outage journal (Redis keeps one), by store name."""
+        return {
+            layer.name: len(layer.journal) for layer in self._layers if layer.journal is not None
+        }
+
+    def add_listener(self, listener: CacheListener) -> None:
+        """Tell ``listener`` of every loader call and breaker state change. Hits, misses,
+        sets and errors are counters read from :meth:`stats` when needed: the read and write
+        paths do no extra work for listeners (see :mod:`toolweaver_async.metrics`)."""
+        attach_listener(listener, self._loads, self.breakers())
 
     async def aclose(self) -> None:
         """Stop background work and release every store. Idempotent."""

@@ -13,10 +13,7 @@ in LangGraph. Values go through LangGraph's own serializer, as its stock caches 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import math
-import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,19 +23,9 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from .._bridge import CacheBridge, bridge_for
 from ..cache import AsyncToolCache
+from ._names import READABLE_CHARS, namespace_name
 
-__all__ = ["ToolWeaverNodeCache", "namespace_name"]
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-_READABLE_CHARS = 36  # 64 allowed: "<base>." + readable + "-" + 12 hex of hash
-
-
-def namespace_name(base: str, namespace: Namespace) -> str:
-    """The cache namespace of a LangGraph namespace tuple: readable, valid, collision-free."""
-    exact = json.dumps(list(namespace), ensure_ascii=False).encode("utf-8", "surrogatepass")
-    digest = hashlib.blake2b(exact, digest_size=6).hexdigest()
-    readable = _UNSAFE.sub("_", ".".join(namespace)).strip("._")[:_READABLE_CHARS] or "root"
-    return f"{base}.{readable}-{digest}"
+__all__ = ["ToolWeaverNodeCache"]
 
 
 class ToolWeaverNodeCache(BaseCache[ValueT]):
@@ -53,7 +40,7 @@ class ToolWeaverNodeCache(BaseCache[ValueT]):
     ) -> None:
         super().__init__(serde=serde)
         cache._check_namespace(namespace)
-        if len(namespace) > 64 - _READABLE_CHARS - 14:
+        if len(namespace) > 64 - READABLE_CHARS - 14:
             raise ValueError(f"namespace {namespace!r} leaves no room for LangGraph's names")
         self.cache = cache
         self.registry = namespace  # keys: the cache namespaces this adapter wrote

@@ -148,6 +148,8 @@ class LoadCoordinator:
         self._clock = clock
         self._random = random
         self._track = track
+        # called as on_load(namespace, seconds, failed) after every loader call (metrics/hooks.py)
+        self.on_load: Callable[[str, float, bool], None] | None = None
         # a foreground load's outcome: the value, and whether it is a stale entry's
         self._loads: SingleFlight[FlightKey, tuple[Any, bool]] = SingleFlight(track)
         self._refreshes: SingleFlight[FlightKey, Any] = SingleFlight(track)
@@ -376,8 +378,10 @@ class LoadCoordinator:
         flight = (namespace, key)
         counters.loader_calls += 1
         started = time.monotonic()
+        failed = True
         try:
             value = await loader()
+            failed = False
         except Exception as exc:
             counters.loader_errors += 1
             self._remember_failure(flight, exc)
@@ -385,6 +389,8 @@ class LoadCoordinator:
         finally:
             elapsed = time.monotonic() - started
             counters.loader_seconds += elapsed
+            if self.on_load is not None:  # listeners (metrics): loads only, never hits
+                self.on_load(namespace, elapsed, failed)
         _remember(self._durations, flight, elapsed)
         # With a memory layer the value is readable in this process as soon as memory has it:
         # the callers sharing this load are released then, and the writes to Redis and files
