@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from ...config import SENTINEL_SCHEMES, _check_redis_url, parse_sentinel_url, redact_url
 from ...errors import ConfigError, StoreError
+from .batching import RoundTripError
 
 __all__ = [
     "DRIVER_ERRORS",
@@ -41,14 +42,25 @@ __all__ = [
 
 # Everything the driver or the socket can raise for a failed command. CancelledError is a
 # BaseException and is deliberately absent: cancellation always passes through untouched.
-# UnicodeError: a key with lone surrogates cannot be encoded; nothing was sent.
-DRIVER_ERRORS: Final = (RedisError, OSError, TimeoutError, UnicodeError)
+# Not UnicodeError: a key that cannot be encoded says nothing about the server (the store
+# answers such keys itself: a miss, nothing written).
+DRIVER_ERRORS: Final = (RedisError, OSError, TimeoutError)
 # Shared by every connection; redis-py only reads it.
 _DRIVER_INFO: Final = DriverInfo(name="redis-py", lib_version=_REDIS_PY_VERSION)
 
 
-def store_error(operation: str, exc: BaseException, secrets: tuple[str, ...]) -> StoreError:
-    """The one translation seam: a driver or socket failure as a :class:`StoreError`."""
+def store_error(operation: str, exc: BaseException, secrets: tuple[str, ...]) -> Exception:
+    """The one translation seam: a driver or socket failure as a :class:`StoreError`.
+
+    redis-py wraps *anything* raised while connecting in a ``ConnectionError``; when that is
+    no socket or driver failure (a blocking call caught on the event loop, a bug), it comes
+    back as itself, so the guard reports it as a bug instead of counting an outage."""
+    wrapper: BaseException | None = exc
+    while isinstance(wrapper, RedisConnectionError | RoundTripError):
+        cause = wrapper.__cause__
+        if isinstance(cause, Exception) and not isinstance(cause, DRIVER_ERRORS):
+            return cause
+        wrapper = cause
     message = f"redis {operation} failed: {type(exc).__name__}: {exc}"
     for secret in secrets:
         message = message.replace(secret, "***")

@@ -26,7 +26,6 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from ...errors import StoreError
 from ..base import EntryPage
 from .batching import RoundTripBatcher
 from .client import DRIVER_ERRORS, store_error
@@ -477,7 +476,7 @@ class ClusterEngine:
 
     # -- failures and topology -----------------------------------------------------------------
 
-    def _failure(self, operation: str, exc: BaseException) -> StoreError:
+    def _failure(self, operation: str, exc: BaseException) -> Exception:
         if not isinstance(exc, ResponseError) or isinstance(exc, ClusterDownError):
             self._schedule_refresh()  # a node failed or refused: maybe the topology changed
         return store_error(operation, exc, self._secrets)

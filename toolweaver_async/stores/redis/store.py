@@ -26,12 +26,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, parse_url
-from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import NoPermissionError, OutOfMemoryError, ResponseError
 
 from ...config import CacheConfig, check_name, parse_sentinel_url, redact_url
 from ...errors import ConfigError, StoreError
@@ -52,7 +52,7 @@ from .keyspace import Namespace as _Namespace
 from .keyspace import glob_escape
 from .keyspace import is_counter as _is_counter
 from .keyspace import raise_first_error as _raise_first_error
-from .lock import RedisLock
+from .lock import LockPolicy, RedisLock
 
 __all__ = ["RedisStore", "build_client", "glob_escape"]
 
@@ -68,6 +68,7 @@ _BATCH_CONNECTIONS: Final = 4
 _UNLINK_BATCH: Final = 500
 # After a failover, retiring generations is tried every 50 ms for up to ~5 s.
 _RETIRE_ATTEMPTS: Final = 100
+_MAX_LOCK_CLEANUPS: Final = 16  # locks released in the background at once
 
 
 class RedisStore:
@@ -99,6 +100,7 @@ class RedisStore:
         tls_verify: bool = True,
         client: Redis | None = None,
         cluster: bool | None = None,
+        namespaces: Iterable[str] = (),
     ) -> None:
         # Validated names contain no ':' (the key layout stays unambiguous) and no glob
         # metacharacters (SCAN MATCH patterns need no escaping).
@@ -130,6 +132,12 @@ class RedisStore:
         self._namespaces: dict[str, _Namespace] = {}
         self._stale_patterns: list[str] = []
         self._cleaner: asyncio.Task[None] | None = None
+        self._lock_cleanups: set[asyncio.Future[None]] = set()
+        # Commands the server refuses this user (ACL): each reported once, then done without.
+        self._refused: set[str] = set()
+        self._unlink_command = "UNLINK"
+        self._known_namespaces = tuple(namespaces)
+        self._locks = LockPolicy(self._spawn)
         self._closing: asyncio.Task[None] | None = None
         # Standalone and Sentinel need no detection; a cluster is found by asking (or told).
         self._sentinel = is_sentinel_url(url)
@@ -181,6 +189,7 @@ class RedisStore:
             pool_size=config.redis_pool_size,
             tls_verify=config.redis_tls_verify,
             cluster=config.redis_cluster,
+            namespaces=config.namespaces,
         )
 
     def __repr__(self) -> str:
@@ -193,6 +202,8 @@ class RedisStore:
         (shared with the gets of other callers in the same event-loop turn)."""
         ns = self._namespaces.get(namespace)
         if ns is None or self._closing is not None:
+            if not _storable(key):
+                return None
             if self._mode is not _STANDALONE:
                 engine = await self._engine()
                 if engine is not None:
@@ -211,6 +222,8 @@ class RedisStore:
             if seen.number == used.number:
                 return value
             raw, value = await mget((ns.gen_key_bytes, seen.prefix_bytes + key.encode()))
+        except UnicodeEncodeError:
+            return None  # never written: such a key is never sent to Redis
         except _DRIVER_ERRORS as exc:
             raise _store_error("get", exc, self._secrets) from exc
         again = ns.observe(raw)
@@ -222,6 +235,10 @@ class RedisStore:
         """Entry bytes for each of ``keys``, in order, ``None`` where absent; one ``MGET``."""
         if not keys:
             return []
+        if not all(map(_storable, keys)):
+            asked = [key for key in keys if _storable(key)]
+            found = dict(zip(asked, await self.get_many(namespace, asked), strict=True))
+            return [found.get(key) for key in keys]
         if self._mode is not _STANDALONE:
             engine = await self._engine()
             if engine is not None:
@@ -249,19 +266,25 @@ class RedisStore:
 
     # -- writes ------------------------------------------------------------------------------
 
+    # A key that cannot be encoded (lone surrogates) is never sent: Redis can hold no value of
+    # it, so a read of it is a miss and a write of it stores nothing; never a store failure.
+
     async def set(self, namespace: str, key: str, data: bytes, ttl: float | None) -> None:
         """Store ``data`` under the live generation, expiring after ``ttl`` seconds."""
-        await self._write("set", namespace, ((key, data, _ttl_ms(ttl)),), only_new=False)
+        if _storable(key):
+            await self._write("set", namespace, ((key, data, _ttl_ms(ttl)),), only_new=False)
 
     async def add(self, namespace: str, key: str, data: bytes, ttl: float | None) -> bool:
         """Store ``data`` only where no entry is present (``SET NX``); ``True`` when stored."""
+        if not _storable(key):
+            return False
         stored = await self._write("add", namespace, ((key, data, _ttl_ms(ttl)),), only_new=True)
         return stored[0]
 
     async def set_many(self, namespace: str, items: Sequence[StoreItem]) -> None:
         """Store several entries in one pipelined round trip."""
-        if items:
-            entries = [(key, data, _ttl_ms(ttl)) for key, data, ttl in items]
+        entries = [(key, data, _ttl_ms(ttl)) for key, data, ttl in items if _storable(key)]
+        if entries:
             await self._write("set_many", namespace, entries, only_new=False)
 
     async def _write(
@@ -306,7 +329,7 @@ class RedisStore:
         unlink: Sequence[str] = (),
     ) -> tuple[list[bool], Any]:
         # One pipeline, shared with other callers' commands of the same loop turn.
-        commands: list[tuple[Any, ...]] = [("UNLINK", *unlink)] if unlink else []
+        commands: list[tuple[Any, ...]] = [(self._unlink_command, *unlink)] if unlink else []
         for key, data, px in entries:
             args: tuple[Any, ...] = ("SET", prefix + key, data)
             if px is not None:
@@ -321,13 +344,15 @@ class RedisStore:
             # value goes, so no other process reads it while the journal holds the newer one.
             full = [c[1] for c, r in zip(commands, replies, strict=True) if _refused_as_full(r)]
             if full:
-                await self._batcher.pipeline([("UNLINK", *full)])
+                await self._batcher.pipeline([(self._unlink_command, *full)])
         _raise_first_error(replies)
         first = 1 if unlink else 0
         return [bool(r) for r in replies[first:-1]], replies[-1]
 
     async def delete(self, namespace: str, key: str) -> bool:
         """Remove ``key`` from the live generation; ``True`` when it existed."""
+        if not _storable(key):
+            return False
         if self._mode is not _STANDALONE:
             engine = await self._engine()
             if engine is not None:
@@ -336,11 +361,16 @@ class RedisStore:
         used = ns.generation
         pipeline = self._batcher.pipeline
         try:
-            replies = await pipeline((("UNLINK", used.prefix + key), ("GET", ns.gen_key)))
+            unlink = self._unlink_command
+            replies = await pipeline(((unlink, used.prefix + key), ("GET", ns.gen_key)))
+            if isinstance(replies[0], NoPermissionError) and unlink == "UNLINK":
+                self._refuse("UNLINK", replies[0], "DEL removes keys")
+                self._unlink_command = unlink = "DEL"
+                replies = await pipeline(((unlink, used.prefix + key), ("GET", ns.gen_key)))
             removed, raw = _raise_first_error(replies)
             seen = ns.observe(raw)
             if seen.number != used.number:
-                replies = await pipeline((("UNLINK", seen.prefix + key), ("GET", ns.gen_key)))
+                replies = await pipeline(((unlink, seen.prefix + key), ("GET", ns.gen_key)))
                 removed, raw = _raise_first_error(replies)
         except _DRIVER_ERRORS as exc:
             raise _store_error("delete", exc, self._secrets) from exc
@@ -402,11 +432,33 @@ class RedisStore:
                 await engine.clear()
                 return
         try:
-            counters = await self._unlink_matching(f"{self._prefix}:*", keep_counters=True)
-            if counters:
-                await self._repair_counters(counters)
+            if "SCAN" not in self._refused:
+                try:
+                    counters = await self._unlink_matching(f"{self._prefix}:*", keep_counters=True)
+                except NoPermissionError as exc:
+                    self._refuse("SCAN", exc, "clear() invalidates every namespace it knows")
+                else:
+                    if counters:
+                        await self._repair_counters(counters)
+                    return
         except _DRIVER_ERRORS as exc:
             raise _store_error("clear", exc, self._secrets) from exc
+        # Without SCAN the keys cannot be found: make every namespace this store has used or
+        # been configured with unreadable instead (a new generation each).
+        for namespace in dict.fromkeys([*self._known_namespaces, *self._namespaces]):
+            await self.invalidate(namespace)
+
+    def _refuse(self, command: str, exc: BaseException, instead: str) -> None:
+        """Note that the server refuses ``command`` to this user: not an outage, reported once."""
+        if command not in self._refused:
+            self._refused.add(command)
+            logger.warning(
+                "redis at %s refuses %s to this user (%s): %s instead",
+                self._url,
+                command,
+                exc,
+                instead,
+            )
 
     async def _repair_counters(self, counters: list[bytes]) -> None:
         """Give every counter among ``counters`` that holds no integer a valid one again."""
@@ -481,6 +533,8 @@ class RedisStore:
                         yield page
                 if int(cursor) == 0:
                     return
+        except NoPermissionError as exc:
+            self._refuse("SCAN", exc, "keys() lists the other stores' entries only")
         except _DRIVER_ERRORS as exc:
             raise _store_error("list", exc, self._secrets) from exc
 
@@ -527,7 +581,15 @@ class RedisStore:
                 kept += [key for key in found if _is_counter(key)]
                 found = [key for key in found if not _is_counter(key)]
             for start in range(0, len(found), _UNLINK_BATCH):
-                await self._execute("UNLINK", *found[start : start + _UNLINK_BATCH])
+                batch = found[start : start + _UNLINK_BATCH]
+                try:
+                    await self._execute(self._unlink_command, *batch)
+                except NoPermissionError as exc:
+                    if self._unlink_command != "UNLINK":
+                        raise
+                    self._refuse("UNLINK", exc, "DEL removes keys")
+                    self._unlink_command = "DEL"
+                    await self._execute("DEL", *batch)
             if cursor == 0:
                 return kept
 
@@ -541,6 +603,10 @@ class RedisStore:
 
     async def _release(self) -> None:
         self._stale_patterns.clear()
+        for task in list(self._lock_cleanups):
+            task.cancel()
+        if self._lock_cleanups:
+            await asyncio.wait(list(self._lock_cleanups))
         if self._cleaner is not None:
             self._cleaner.cancel()
             await asyncio.wait([self._cleaner])
@@ -663,6 +729,9 @@ class RedisStore:
                 return {"mode": "cluster", "nodes": [], "error": str(exc)}
             return await engine.describe()
         report: dict[str, Any] = {"mode": self.mode}
+        refused = sorted(self._refused | ({"EVAL"} if self._locks.scripts_refused else set()))
+        if refused:
+            report["refused_commands"] = refused  # by the server's ACL: done without them
         pool = self._client.connection_pool
         if self._sentinel:
             report["service"] = getattr(pool, "service_name", None)
@@ -696,6 +765,8 @@ class RedisStore:
         removes it, nothing else can) and can never be an entry or a counter: ``!`` is not
         allowed in namespace names.
         """
+        if not _storable(key):  # any name that can be sent; sharing one is merely slower
+            key = "!" + key.encode("utf-8", "surrogatepass").hex()
         name = f"{self._prefix}:!lock:{check_name(namespace, what='namespace')}:{key}"
 
         async def command(*args: Any) -> Any:
@@ -709,7 +780,18 @@ class RedisStore:
             except _DRIVER_ERRORS as exc:
                 raise _store_error(f"lock {args[0]}", exc, self._secrets) from exc
 
-        return RedisLock(command, name, ttl=ttl)
+        return RedisLock(command, name, ttl=ttl, policy=self._locks)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        """Run lock clean-up owed to Redis in the background; ``aclose`` stops it."""
+        # Bounded: past this many (an outage), the rest simply expire with their ttl.
+        if self._closing is not None or len(self._lock_cleanups) >= _MAX_LOCK_CLEANUPS:
+            if asyncio.iscoroutine(work):
+                work.close()
+            return
+        task = asyncio.ensure_future(work)
+        self._lock_cleanups.add(task)
+        task.add_done_callback(self._lock_cleanups.discard)
 
 
 def server_identity(url: str) -> str:
@@ -730,6 +812,17 @@ def server_identity(url: str) -> str:
     if "path" in options:
         return f"unix:{options['path']}/{db}"
     return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{db}"
+
+
+def _storable(key: str) -> bool:
+    """Whether ``key`` can be sent to Redis (UTF-8 without lone surrogates)."""
+    if key.isascii():
+        return True
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _holds_no_integer(exc: ResponseError) -> bool:
