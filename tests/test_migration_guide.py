@@ -18,6 +18,7 @@ def test_the_guide_has_runnable_examples() -> None:
     assert len(BLOCKS) >= 3
 
 
+@pytest.mark.slow  # a Python process per block (a pytest run for test blocks)
 @pytest.mark.parametrize(("line", "code"), BLOCKS, ids=[f"line{line}" for line, _ in BLOCKS])
 def test_guide_example_runs(
     line: int, code: str, redis_server: RedisServer, tmp_path: Path
