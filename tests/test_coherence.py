@@ -319,3 +319,25 @@ async def test_flushdb_by_another_client_empties_memory(
             assert cache.stats().coherence["flushes"] >= 2  # going live, then FLUSHDB
     finally:
         await client.aclose()
+
+
+async def test_a_value_read_past_an_open_redis_breaker_lives_only_the_window_in_memory(
+    redis_url: str, key_prefix: str, cache_dir: Path, clock: FakeClock
+) -> None:
+    """The channel may be live while Redis is skipped: what the file store answers then may be
+    older than Redis's value, and no later message would correct it."""
+    settings: dict[str, Any] = {"key_prefix": key_prefix, "cache_dir": cache_dir}
+    redis = {"use_redis": True, "redis_url": redis_url}
+    async with (
+        AsyncToolCache(CacheConfig(**settings, **redis), clock=clock) as cache,
+        AsyncToolCache(CacheConfig(**settings, stores=("file",)), clock=clock) as files,
+    ):
+        assert (await cache.health_check())["coherence"]["mode"] == "live"
+        await files.set("k", "from the file")
+        cache.breakers()["redis"].trip()
+        assert await cache.get("k") == "from the file"
+        assert await cache.get("k") == "from the file"
+        assert cache.stats().overall.hits["memory"] == 1  # kept, for the window
+        clock.advance(1.1)
+        assert await cache.get("k") == "from the file"
+        assert cache.stats().overall.hits["file"] == 2  # not trusted past the window

@@ -94,6 +94,7 @@ async def test_open_breaker_skips_redis_with_no_io_at_all(
             max_recovery_timeout=60,
             health_check_interval=None,  # no background ping either: this test counts bytes
         ),
+        coherence_window=None,  # nor the invalidation channel's heartbeat
     )
     await cache.set("warm", 1)
     redis_layer(cache).breaker.trip()

@@ -240,12 +240,14 @@ class ReadPath:
             return envelope, layer.name
         tracker = self.tracker
         token = tracker.begin(namespace, key)
+        vouched = True  # no faster store was passed over (see promote)
         try:
             for index, layer in enumerate(layers):
                 data = await layer.get(namespace, key)
                 if isinstance(data, Unreachable):
                     if data is FAILED:
                         counters.errors[layer.name] += 1
+                    vouched = False
                     continue
                 if data is None:
                     continue
@@ -265,7 +267,7 @@ class ReadPath:
                 counters.hits[layer.name] += 1
                 if tracker.still_current(token):
                     self._drop_stale_memory_copy(namespace, key, envelope)
-                    self.promote(index, namespace, key, data, envelope)
+                    self.promote(index, namespace, key, data, envelope, vouched=vouched)
                 return envelope, layer.name
             return None
         finally:
@@ -307,6 +309,7 @@ class ReadPath:
         found: dict[str, Any],
         tokens: dict[str, ReadToken],
     ) -> dict[str, Any]:
+        vouched = True
         for index, layer in enumerate(self.layers):
             if not missing:
                 break
@@ -314,6 +317,7 @@ class ReadPath:
             if isinstance(answers, Unreachable):
                 if answers is FAILED:
                     counters.errors[layer.name] += 1
+                vouched = False
                 continue
             still_missing = []
             for key, data in zip(missing, answers, strict=True):
@@ -331,7 +335,7 @@ class ReadPath:
                 counters.hits[layer.name] += 1
                 found[key] = envelope.payload
                 if self.tracker.still_current(tokens[key]):
-                    self.promote(index, namespace, key, data, envelope)
+                    self.promote(index, namespace, key, data, envelope, vouched=vouched)
             missing = still_missing
         counters.misses += len(missing)
         return found
@@ -376,9 +380,19 @@ class ReadPath:
     # -- promotion ---------------------------------------------------------------------------
 
     def promote(
-        self, found_at: int, namespace: str, key: str, data: bytes, envelope: Envelope[Any]
+        self,
+        found_at: int,
+        namespace: str,
+        key: str,
+        data: bytes,
+        envelope: Envelope[Any],
+        *,
+        vouched: bool = True,
     ) -> None:
-        """Copy a hit into the faster stores with its remaining lifetime; never overwrite."""
+        """Copy a hit into the faster stores with its remaining lifetime; never overwrite.
+
+        ``vouched=False``: a faster store (Redis) was down or skipped, so the hit may be older
+        than what it holds; memory keeps it for the coherence window at most."""
         if found_at == 0 and self.memory is None:
             return
         hard = envelope.hard_expires_at
@@ -386,7 +400,7 @@ class ReadPath:
         if remaining is not None and remaining <= 0:
             return
         if self.memory is not None:
-            self.memory.put_if_absent(namespace, key, data, remaining)
+            self.memory.put_if_absent(namespace, key, data, remaining, vouched=vouched)
         for layer in self.layers[:found_at]:
             # Only into a healthy store: during an outage a task per hit would only be refused
             # by the open breaker (~15 us of loop time each), and a half-open store's probe

@@ -120,6 +120,8 @@ class MemoryCoherence:
             self.mode = "window"
         else:
             self.mode = "local"
+        if memory is not None and self.mode not in ("off", "local"):
+            memory.window = window
         if memory is not None and self.mode in ("connecting", "window"):
             memory.trust_for = window
 

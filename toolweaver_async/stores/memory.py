@@ -11,8 +11,9 @@ object handed to every caller of a ``share_objects`` namespace. Replacing an ent
 
 ``trust_for`` (seconds, ``None`` for no limit) caps how long an entry stored from now on may be
 served, whatever its TTL: while no invalidation channel vouches for the memory layer (see
-:mod:`toolweaver_async.coherence`), entries live at most the coherence window. The cap is folded
-into each entry's expiry when it is stored, so a hit pays nothing for it.
+:mod:`toolweaver_async.coherence`), entries live at most the coherence window (``window``), and
+so does an entry read past a store that was down. The cap is folded into each entry's expiry
+when it is stored, so a hit pays nothing for it.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class MemoryStore:
         self._bytes = 0
         self.evictions = 0
         self.trust_for: float | None = None
+        # the coherence window, for entries read past a store that was down (see put)
+        self.window: float | None = None
 
     # -- synchronous hot path -------------------------------------------------------------
     def lookup_entry(
@@ -91,11 +94,16 @@ class MemoryStore:
         entry = self.lookup_entry(namespace, key)
         return None if entry is None else entry.data
 
-    def put(self, namespace: str, key: str, data: bytes, ttl: float | None) -> bool:
-        """Store ``data``; ``False`` when it is larger than the whole store may hold."""
+    def put(
+        self, namespace: str, key: str, data: bytes, ttl: float | None, *, vouched: bool = True
+    ) -> bool:
+        """Store ``data``; ``False`` when it is larger than the whole store may hold.
+        ``vouched=False``: whatever the mode, keep it ``window`` seconds at most."""
         size = len(data) + len(key) + _ENTRY_OVERHEAD
         k = (namespace, key)
         trust_for = self.trust_for
+        if not vouched and self.window is not None:
+            trust_for = self.window if trust_for is None else min(trust_for, self.window)
         if size > self.max_bytes or trust_for == 0:
             self._remove(k)
             return False
@@ -112,10 +120,12 @@ class MemoryStore:
         self._evict()
         return True
 
-    def put_if_absent(self, namespace: str, key: str, data: bytes, ttl: float | None) -> bool:
+    def put_if_absent(
+        self, namespace: str, key: str, data: bytes, ttl: float | None, *, vouched: bool = True
+    ) -> bool:
         if self.lookup_entry(namespace, key) is not None:
             return False
-        return self.put(namespace, key, data, ttl)
+        return self.put(namespace, key, data, ttl, vouched=vouched)
 
     def discard(self, namespace: str, key: str) -> bool:
         return self._remove((namespace, key))
