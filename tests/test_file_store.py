@@ -152,7 +152,7 @@ async def test_concurrent_adds_of_one_key_store_exactly_one(
 async def test_add_works_on_a_filesystem_without_hard_links(
     store: FileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_links(src: str, dst: str) -> None:
+    def no_links(src: str, dst: str, **_: object) -> None:
         raise OSError(errno.EPERM, os.strerror(errno.EPERM), src)
 
     monkeypatch.setattr(os, "link", no_links)
@@ -307,8 +307,10 @@ async def test_disk_full_raises_store_error_leaves_no_temp_file_and_keeps_the_ol
     await store.set(NS, "k", b"old", None)
     real = file_module._write_new_file
 
-    def disk_fills_after_the_first_part(path: str, parts: Sequence[bytes]) -> None:
-        real(path, parts[:1])  # the temp file exists, partly written, when the kernel says no
+    def disk_fills_after_the_first_part(path: str, parts: Sequence[bytes], folder: int) -> None:
+        real(
+            path, parts[:1], folder
+        )  # the temp file exists, partly written, when the kernel says no
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
     monkeypatch.setattr(file_module, "_write_new_file", disk_fills_after_the_first_part)
@@ -412,9 +414,9 @@ async def test_write_whose_folder_is_invalidated_mid_write_is_ordered_before_it(
     moved = tmp_path / "moved-away"
 
     def another_process_invalidates_after_the_temp_is_written(
-        path: str, parts: Sequence[bytes]
+        path: str, parts: Sequence[bytes], folder: int
     ) -> None:
-        real(path, parts)
+        real(path, parts, folder)
         (tmp_path / PREFIX / NS).rename(moved)
 
     monkeypatch.setattr(
@@ -516,20 +518,28 @@ async def test_first_write_counts_files_other_processes_wrote_and_drops_stale_te
 # --- failures -------------------------------------------------------------------------------
 
 
-async def test_a_file_where_the_namespace_folder_belongs_gives_store_error(
+async def test_a_stray_file_where_the_namespace_folder_belongs_is_replaced_by_the_folder(
     store: FileStore, tmp_path: Path
 ) -> None:
     (tmp_path / PREFIX).mkdir()
-    (tmp_path / PREFIX / NS).write_bytes(b"not a folder")  # ENOTDIR on every path below it
+    (tmp_path / PREFIX / NS).write_bytes(b"not a folder")
+    assert await store.get(NS, "k") is None  # nothing of ours is there
+    assert await store.get_many(NS, ["k"]) == [None]
+    await store.set(NS, "k", b"v", None)  # the tree is the store's own: the stray file goes
+    assert await store.get(NS, "k") == b"v"
+    assert (tmp_path / PREFIX / NS).is_dir()
+
+
+async def test_a_file_where_the_prefix_folder_belongs_gives_store_error(
+    store: FileStore, tmp_path: Path
+) -> None:
+    (tmp_path / PREFIX).write_bytes(b"not a folder")  # not the store's to remove
     with pytest.raises(StoreError) as raised:
         await store.set(NS, "k", b"v", None)
     assert raised.value.store == "file"
-    assert isinstance(raised.value.__cause__, NotADirectoryError)
     with pytest.raises(StoreError):
-        await store.get(NS, "k")
-    with pytest.raises(StoreError):
-        await store.get_many(NS, ["k"])
-    assert await store.get("elsewhere", "k") is None
+        await store.ping()
+    assert (tmp_path / PREFIX).read_bytes() == b"not a folder"
 
 
 @pytest.mark.skipif(
@@ -559,12 +569,14 @@ async def test_root_deleted_underneath_reads_as_miss_and_next_write_works(
     assert await store.get(NS, "k") == b"again"
 
 
-async def test_ping_creates_the_folder_and_leaves_nothing_behind(
-    store: FileStore, tmp_path: Path
-) -> None:
-    await store.ping()
-    assert (tmp_path / PREFIX).is_dir()
+async def test_ping_only_looks_and_leaves_nothing_behind(store: FileStore, tmp_path: Path) -> None:
+    await store.ping()  # a folder not made yet is fine: the first write makes it
     assert all_files(tmp_path) == []
+    assert not (tmp_path / PREFIX).exists()
+    await store.set(NS, "k", b"v", None)
+    before = all_files(tmp_path)
+    await store.ping()
+    assert all_files(tmp_path) == before
     await store.aclose()
     await store.aclose()
 

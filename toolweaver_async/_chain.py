@@ -20,6 +20,7 @@ from .loading.locks import GuardedLock
 from .resilience.breaker import CircuitBreaker
 from .resilience.guard import FAILED, GuardedStore
 from .resilience.journal import OutageJournal
+from .resilience.missed_writes import MissedWrites
 from .stores.base import (
     CorruptionCountingStore,
     LockingStore,
@@ -64,7 +65,7 @@ class Chain:
     """The built chain: the in-process L1 (if any), the slower stores behind their guards in
     order, and what the capabilities found when it was built."""
 
-    __slots__ = ("_counting", "_locking", "layers", "memory")
+    __slots__ = ("_counting", "_locking", "layers", "memory", "missed")
 
     def __init__(
         self,
@@ -73,6 +74,11 @@ class Chain:
     ) -> None:
         self.memory = memory
         self.layers = layers
+        # Per layer: what it missed (see resilience/missed_writes.py); None for a layer whose
+        # outage journal already keeps it from serving what it missed.
+        self.missed: list[MissedWrites | None] = [
+            None if g.journal is not None else MissedWrites() for g in layers
+        ]
         # The first store that offers locks (Redis) elects one loader per key across processes.
         self._locking: tuple[LockingStore, GuardedStore] | None = next(
             ((g.store, g) for g in layers if isinstance(g.store, LockingStore)), None

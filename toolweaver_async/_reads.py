@@ -22,6 +22,7 @@ from .resilience.breaker import BreakerState
 from .resilience.guard import FAILED, GuardedStore, Unreachable
 from .serialization import EntryCodec, Envelope, PayloadDecodeError, TypeMismatchError
 from .stats import NamespaceCounters, StatsRecorder
+from .stores.base import ConditionalDeleteStore
 from .stores.memory import MemoryEntry, MemoryStore
 
 __all__ = ["MISSING", "WRONG_TYPE", "NamespaceReads", "ReadPath", "ReadTracker"]
@@ -109,6 +110,8 @@ class ReadPath:
     ) -> None:
         self.memory = chain.memory
         self.layers = chain.layers
+        # What each layer missed: its entries of those keys are read as misses.
+        self._missed = chain.missed
         self.tracker = ReadTracker()
         self.namespaces: dict[str, NamespaceReads] = {}
         self._codec = codec
@@ -226,6 +229,9 @@ class ReadPath:
             # Nothing faster to promote into (Redis or file alone, as benchmarks run them), so
             # no read tracking: ~0.5 us of a batched Redis hit.
             layer = layers[0]
+            missed = self._missed[0]
+            if missed and missed.holds_back(namespace, key):
+                return None
             data = await layer.get(namespace, key)
             if data is None or isinstance(data, Unreachable):
                 if data is FAILED:
@@ -243,6 +249,9 @@ class ReadPath:
         vouched = True  # no faster store was passed over (see promote)
         try:
             for index, layer in enumerate(layers):
+                missed = self._missed[index]
+                if missed and missed.holds_back(namespace, key):
+                    continue  # it missed a write of this key: what it holds may be older
                 data = await layer.get(namespace, key)
                 if isinstance(data, Unreachable):
                     if data is FAILED:
@@ -313,14 +322,23 @@ class ReadPath:
         for index, layer in enumerate(self.layers):
             if not missing:
                 break
-            answers = await layer.get_many(namespace, missing)
+            missed = self._missed[index]
+            held_back: list[str] = []
+            asked = missing
+            if missed:
+                held_back = [k for k in missing if missed.holds_back(namespace, k)]
+                if held_back:
+                    asked = [k for k in missing if not missed.holds_back(namespace, k)]
+                    if not asked:
+                        continue
+            answers = await layer.get_many(namespace, asked)
             if isinstance(answers, Unreachable):
                 if answers is FAILED:
                     counters.errors[layer.name] += 1
                 vouched = False
                 continue
-            still_missing = []
-            for key, data in zip(missing, answers, strict=True):
+            still_missing = held_back
+            for key, data in zip(asked, answers, strict=True):
                 envelope = (
                     None
                     if data is None
@@ -363,19 +381,24 @@ class ReadPath:
             envelope = None
         if envelope is None or envelope.key != key or envelope.namespace != namespace:
             counters.corrupt += 1
-            self._remove_corrupt(namespace, key, layer)
+            self._remove_corrupt(namespace, key, layer, data)
             return None
         state = entry_state(envelope, self._clock())
         if state is _EXPIRED or (state is _STALE_SERVABLE and not until_hard_expiry):
             return None
         return envelope
 
-    def _remove_corrupt(self, namespace: str, key: str, layer: GuardedStore | None) -> None:
+    def _remove_corrupt(
+        self, namespace: str, key: str, layer: GuardedStore | None, data: bytes
+    ) -> None:
+        """Remove the corrupt ``data`` found under ``key``, and only it: the removal runs
+        later (a task), and a write landing before it must survive. A store that cannot
+        compare and delete keeps the broken entry, a counted miss until the next write."""
         if layer is None:
             if self.memory is not None:
-                self.memory.discard(namespace, key)
-        else:
-            self._spawn(layer.delete(namespace, key))
+                self.memory.discard_if(namespace, key, data)
+        elif isinstance(layer.store, ConditionalDeleteStore):
+            self._spawn(layer.attempt(layer.store.delete_if, namespace, key, data))
 
     # -- promotion ---------------------------------------------------------------------------
 

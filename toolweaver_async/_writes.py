@@ -18,7 +18,8 @@ from ._reads import ReadTracker
 from .config import NamespacePolicy
 from .errors import InvalidTTLError
 from .keys import check_key
-from .resilience.guard import FAILED, GuardedStore, answered_at_once
+from .resilience.guard import FAILED, GuardedStore, Unreachable, answered_at_once
+from .resilience.missed_writes import WriteScope
 from .serialization import EntryCodec
 from .stats import StatsRecorder
 from .stores.base import StoreItem
@@ -56,6 +57,8 @@ class WritePath:
     ) -> None:
         self.memory = chain.memory
         self.layers = chain.layers
+        self._missed = chain.missed
+        self._tracks_missed = any(m is not None for m in chain.missed)
         self._codec = codec
         self._clock = clock
         self._random = random
@@ -108,7 +111,9 @@ class WritePath:
         self._stats.counters(namespace).sets += 1
         if self.memory is not None:
             self.memory.put(namespace, key, data, store_ttl)
-        return self.on_every_layer(lambda g: g.set(namespace, key, data, store_ttl), namespace)
+        return self.on_every_layer(
+            lambda g: g.set(namespace, key, data, store_ttl), namespace, (namespace, (key,))
+        )
 
     async def set_many(self, mapping: Mapping[str, Any], namespace: str, ttl: float | None) -> None:
         """Every item, all encoded first, so one bad value writes nothing."""
@@ -126,14 +131,19 @@ class WritePath:
             self._tracker.wrote(namespace, key)
             if self.memory is not None:
                 self.memory.put(namespace, key, data, store_ttl)
-        await self.on_every_layer(lambda g: g.set_many(namespace, items), namespace)
+        keys = [item[0] for item in items]
+        await self.on_every_layer(
+            lambda g: g.set_many(namespace, items), namespace, (namespace, keys)
+        )
 
     async def delete(self, namespace: str, key: str) -> bool:
         """Remove ``key`` from every store (callers made way first, see :meth:`make_way`)."""
         self._tracker.wrote(namespace, key)
         self._stats.counters(namespace).deletes += 1
         removed = self.memory.discard(namespace, key) if self.memory is not None else False
-        answers = await self.on_every_layer(lambda g: g.delete(namespace, key), namespace)
+        answers = await self.on_every_layer(
+            lambda g: g.delete(namespace, key), namespace, (namespace, (key,))
+        )
         return removed or any(a is True for a in answers)
 
     async def invalidate(self, namespace: str) -> None:
@@ -141,17 +151,20 @@ class WritePath:
         self._tracker.wrote_everything()
         if self.memory is not None:
             self.memory.discard_namespace(namespace)
-        await self.on_every_layer(lambda g: g.invalidate(namespace), namespace)
+        await self.on_every_layer(lambda g: g.invalidate(namespace), namespace, (namespace, None))
 
     async def clear(self) -> None:
         """Remove every entry of this cache from every store (after make_way)."""
         self._tracker.wrote_everything()
         if self.memory is not None:
             self.memory.discard_all()
-        await self.on_every_layer(lambda g: g.clear(), None)
+        await self.on_every_layer(lambda g: g.clear(), None, (None, None))
 
     async def on_every_layer(
-        self, op: Callable[[GuardedStore], Awaitable[Any]], namespace: str | None
+        self,
+        op: Callable[[GuardedStore], Awaitable[Any]],
+        namespace: str | None,
+        scope: WriteScope,
     ) -> list[Any]:
         """Run ``op`` on every remote layer concurrently; failures are counted, not raised.
 
@@ -163,26 +176,48 @@ class WritePath:
         if not layers:
             return []
         calls = [op(g) for g in layers]
-        if sum(not answered_at_once(call) for call in calls) <= 1:
-            # At most one store does I/O (the others journaled the write or were skipped):
-            # it runs in the caller's task, as a lone store's write does.
-            answers = [await call for call in calls]
-        else:
-            # gather wraps each write in a task that has not started yet: cancelling them with
-            # the caller would skip those stores altogether.
-            writes = asyncio.gather(*calls)
-            try:
-                answers = list(await asyncio.shield(writes))
-            except asyncio.CancelledError:
-                if not writes.done():
-                    self._adopt(asyncio.ensure_future(_settle(writes)))
-                raise
+        try:
+            if sum(not answered_at_once(call) for call in calls) <= 1:
+                # At most one store does I/O (the others journaled the write or were skipped):
+                # it runs in the caller's task, as a lone store's write does.
+                answers = [await call for call in calls]
+            else:
+                # gather wraps each write in a task that has not started yet: cancelling them with
+                # the caller would skip those stores altogether.
+                writes = asyncio.gather(*calls)
+                try:
+                    answers = list(await asyncio.shield(writes))
+                except asyncio.CancelledError:
+                    if not writes.done():
+                        self._adopt(asyncio.ensure_future(_settle(writes)))
+                    raise
+        except BaseException:
+            # Cancelled mid-write: whether each store got it is unknown, so every store that
+            # keeps no journal counts as having missed it (a miss there, never an older value).
+            self._note_missed(scope, None)
+            raise
+        if self._tracks_missed:
+            self._note_missed(scope, answers)
         if namespace is not None and FAILED in answers:
             counters = self._stats.counters(namespace)
             for layer, answer in zip(layers, answers, strict=True):
                 if answer is FAILED:
                     counters.errors[layer.name] += 1
         return answers
+
+    def _note_missed(self, scope: WriteScope, answers: list[Any] | None) -> None:
+        """Record, per store without a journal, whether the write of ``scope`` reached it:
+        a store that did not (failed, skipped by its breaker, unknown after a cancel) must
+        not serve what it holds for that scope until a later write of it does
+        (resilience/missed_writes.py). Marked only on a miss, so a read racing a write that
+        lands still reads the store, as it would have an instant earlier."""
+        for index, missed in enumerate(self._missed):
+            if missed is None:
+                continue
+            if answers is None or isinstance(answers[index], Unreachable):
+                missed.mark(scope)
+            else:
+                missed.lift(scope)
 
     # -- write-behind ------------------------------------------------------------------------
 

@@ -28,6 +28,12 @@ __all__ = [
 
 STORE_NAMES = ("memory", "redis", "file")
 
+# Per-namespace bookkeeping (stats counters, memos) is kept for this many namespaces at most;
+# counts of the namespaces beyond are summed under OTHER_NAMESPACES, a name no namespace can
+# have ('~' fails check_name). 200 000 namespaces must not cost 160 MB for ever.
+MAX_TRACKED_NAMESPACES = 1024
+OTHER_NAMESPACES = "~other"
+
 # fullmatch, never match with "$": "$" also matches before a trailing newline.
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 # host[:port] or [v6]:port, comma-separated for Sentinel; anything else after a ':' may be a

@@ -99,11 +99,16 @@ class SyncInEventLoopError(CacheError, RuntimeError):
 
 
 class StoreError(CacheError):
-    """A store could not do what was asked (I/O, network, timeout); the chain absorbs it."""
+    """A store could not do what was asked (I/O, network, timeout); the chain absorbs it.
 
-    def __init__(self, message: str, *, store: str = ""):
+    ``refused``: the store answered at once and refused this one call (a read-only or full
+    disk, no permission to write). It is not down, so its breaker does not count the call:
+    reads it can still serve go on being served."""
+
+    def __init__(self, message: str, *, store: str = "", refused: bool = False):
         super().__init__(message)
         self.store = store
+        self.refused = refused
 
 
 class CorruptEntryError(StoreError):

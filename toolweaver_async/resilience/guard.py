@@ -176,7 +176,10 @@ class GuardedStore:
                     result = await fn(*args)
         except _OUTAGES as exc:
             if breaker.epoch == epoch:
-                breaker.record_failure()
+                if getattr(exc, "refused", False):
+                    breaker.release()  # the store answered, refusing this call: not down
+                else:
+                    breaker.record_failure()
             self.failures += 1
             if isinstance(exc, TimeoutError) and not str(exc):
                 self.last_error = f"TimeoutError: no answer within {deadline} s"

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
+    "ConditionalDeleteStore",
     "CorruptionCountingStore",
     "TopologyReportingStore",
     "EntryPage",
@@ -93,6 +94,16 @@ class KeyListingStore(Protocol):
         """Pages of ``(key, entry bytes)`` of ``namespace`` whose key starts with ``prefix``,
         streamed: never every entry at once. An entry present for the whole listing appears
         once; the caller judges freshness from the bytes."""
+        ...
+
+
+@runtime_checkable
+class ConditionalDeleteStore(Protocol):
+    """A store that can remove an entry only while it holds given bytes: how the coordinator
+    removes a corrupt entry it found without deleting a fresh one written since."""
+
+    async def delete_if(self, namespace: str, key: str, data: bytes) -> bool:
+        """Remove ``key`` only while it holds exactly ``data``; ``True`` when removed."""
         ...
 
 

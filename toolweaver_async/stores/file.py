@@ -27,9 +27,10 @@ from typing import Any, TypeVar
 
 import aiofiles.os
 
-from ..config import CacheConfig, check_name
+from ..config import MAX_TRACKED_NAMESPACES, OTHER_NAMESPACES, CacheConfig, check_name
 from ..errors import ConfigError, StoreError
 from .base import EntryPage, StoreItem
+from .file_tree import O_NOFOLLOW, check_base, lexists_at, open_base, open_folder, remove_tree
 from .worker_lane import WorkerLane
 
 __all__ = ["FileStore"]
@@ -50,10 +51,20 @@ _STALE_TEMP_SECONDS = 3600.0
 _EVICT_DOWN_TO = 0.9
 _TRASH_ATTEMPTS = 3
 _SEP = os.sep
-_O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # O_BINARY: Windows only
+# O_NOFOLLOW: an entry file that is a link is never read through (a link is foreign here).
+_O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0) | O_NOFOLLOW  # O_BINARY: Windows only
+_O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+# Header peeks during eviction never block on a FIFO standing where an entry belongs.
+_O_PEEK = _O_READ | getattr(os, "O_NONBLOCK", 0)
 # First read of an entry file; under glibc's mmap threshold, so the buffer is a cheap malloc.
 _READ_SIZE = 64 * 1024
 
+
+# Errors with which a file system refuses a write at once while still serving reads.
+_REFUSALS = frozenset(
+    {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+)
+_REFUSABLE_STEPS = frozenset({"write", "delete"})
 
 # Bulk calls (get_many, set_many) go to the lane in steps of at most this many entries: a step
 # is what the lane's deadline bounds and what other callers may wait behind (a 1 KB write costs
@@ -86,11 +97,19 @@ class _Ledger:
         # awaiting caller that is cancelled would release an anyio.Lock while its thread still runs.
         self.maintenance = threading.Lock()
         self.corrupt_removed = 0
-        # Broken entries met by reads, per namespace, for the cache's stats()
+        # Broken entries met by reads, per namespace, for the cache's stats(); at most
+        # MAX_TRACKED_NAMESPACES names, the rest summed under OTHER_NAMESPACES.
         self.corrupt_read: dict[str, int] = {}
         self.expired_removed = 0
         self.evicted = 0
         self.size: int | None = None  # None until the first scan
+
+    def count_corrupt_read(self, namespace: str) -> None:
+        """One more broken entry read in ``namespace`` (call with ``lock`` held)."""
+        counts = self.corrupt_read
+        if namespace not in counts and len(counts) >= MAX_TRACKED_NAMESPACES:
+            namespace = OTHER_NAMESPACES
+        counts[namespace] = counts.get(namespace, 0) + 1
 
     def grow(self, delta: int) -> None:
         with self.lock:
@@ -117,6 +136,14 @@ def _entry_path(folder: str, key: str) -> tuple[str, bytes]:
     return f"{folder}{_SEP}{digest[:2]}{_SEP}{digest}", key_bytes
 
 
+def _entry_place(path: str) -> tuple[str, tuple[str, str], str]:
+    """``(base, (namespace, two hex), file name)`` of an entry path made by ``_entry_path``."""
+    subfolder, name = os.path.split(path)
+    folder, hex2 = os.path.split(subfolder)
+    base, namespace = os.path.split(folder)
+    return base, (namespace, hex2), name
+
+
 def _read_entries(
     ledger: _Ledger, folder: str, keys: Sequence[str], now: float
 ) -> list[bytes | None]:
@@ -132,7 +159,15 @@ def _read_entry(ledger: _Ledger, folder: str, key: str, now: float) -> bytes | N
     path, key_bytes = _entry_path(folder, key)
     try:
         fd = os.open(path, _O_READ)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a stray file where a folder belongs
+        return None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        # A link where an entry belongs: never read through it; removed as a broken entry.
+        _count_corrupt_read(ledger, folder)
+        if _discard(path, os.lstat(path)):
+            ledger.record(corrupt=1)
         return None
     try:
         raw = _read_all(fd)
@@ -153,12 +188,15 @@ def _read_entry(ledger: _Ledger, folder: str, key: str, now: float) -> bytes | N
         if _discard(path, judged):
             ledger.record(expired=1, freed=judged.st_size)
         return None
-    with ledger.lock:  # the reader met a broken entry, whoever removes it
-        namespace = os.path.basename(folder)
-        ledger.corrupt_read[namespace] = ledger.corrupt_read.get(namespace, 0) + 1
+    _count_corrupt_read(ledger, folder)
     if _discard(path, judged):
         ledger.record(corrupt=1, freed=judged.st_size)
     return None
+
+
+def _count_corrupt_read(ledger: _Ledger, folder: str) -> None:
+    with ledger.lock:  # the reader met a broken entry, whoever removes it
+        ledger.count_corrupt_read(os.path.basename(folder))
 
 
 def _read_all(fd: int) -> bytes:
@@ -176,19 +214,53 @@ def _read_all(fd: int) -> bytes:
 
 
 def _discard(path: str, judged: os.stat_result) -> bool:
-    """Unlink ``path`` if it is still the file we judged, not one a writer put there since.
+    """Remove ``path`` only if it is still the very file we judged, never one a writer put
+    there since (in this process or another): True when removed.
 
-    Best effort: a miss is already the right answer, so a failure here is not the caller's error;
-    the next write or maintenance pass meets the folder's trouble and reports it.
+    A plain check-then-unlink leaves a gap in which a fresh entry could land and be deleted.
+    So the file is first renamed aside (atomic), then checked; a fresh entry caught that way
+    is linked back into place unless an even newer one has arrived meanwhile. Readers see a
+    miss in between, never an older value. Best effort: a miss is already the right answer.
     """
+    base, parts, name = _entry_place(path)
     try:
-        current = os.stat(path)
-        if (current.st_ino, current.st_dev) != (judged.st_ino, judged.st_dev):
-            return False
-        os.unlink(path)
+        folder = open_folder(base, parts, create=False)
     except OSError:
         return False
-    return True
+    if folder is None:
+        return False
+    try:
+        return _discard_at(folder, name, (judged.st_ino, judged.st_dev))
+    except OSError:
+        return False
+    finally:
+        os.close(folder)
+
+
+def _discard_at(folder: int, name: str, judged: tuple[int, int]) -> bool:
+    current = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    if (current.st_ino, current.st_dev) != judged:
+        return False  # replaced since: the common race, settled without touching it
+    grave = f".{name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"  # swept by maintenance if we die
+    os.rename(name, grave, src_dir_fd=folder, dst_dir_fd=folder)
+    moved = os.stat(grave, dir_fd=folder, follow_symlinks=False)
+    if (moved.st_ino, moved.st_dev) == judged:
+        os.unlink(grave, dir_fd=folder)
+        return True
+    # A writer replaced the entry between the check and the rename: put its file back,
+    # unless a newer one already took the name.
+    try:
+        os.link(grave, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        if not lexists_at(name, folder):  # without hard links: a narrow race instead of none
+            os.rename(grave, name, src_dir_fd=folder, dst_dir_fd=folder)
+            return False
+    _remove_quietly(grave, folder)
+    return False
 
 
 def _write_entries(ledger: _Ledger, folder: str, items: Sequence[tuple[str, bytes, float]]) -> None:
@@ -219,42 +291,52 @@ def _entry_head(folder: str, key: str, data: bytes, expires_at: float) -> tuple[
 
 
 def _write_entry(
-    path: str, head: bytes, data: bytes, publish: Callable[[str, str], int | None]
+    path: str, head: bytes, data: bytes, publish: Callable[[str, str, int], int | None]
 ) -> int | None:
     """Write a unique temp file beside ``path``, then ``publish`` it there in one atomic step:
     readers and concurrent writers see a whole old or a whole new entry, never a torn one.
     Returns the change in bytes, or None when nothing was published.
 
+    The folders are opened one by one without following links (see ``file_tree``), and the
+    file is written relative to the last one: nothing lands outside the cache's tree. A folder
+    moved away meanwhile by an invalidate or clear (of any process) takes the write with it,
+    which orders the write just before that call: valid for two concurrent calls (likewise
+    when the folder is deleted from the trash under the write).
+
     No fsync: this is a cache; a file torn by a crash fails the header check and is dropped.
     """
-    folder, name = os.path.split(path)
-    temp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}")
+    base, parts, name = _entry_place(path)
+    try:
+        folder = open_folder(base, parts, create=True)
+    except FileNotFoundError:  # made, then moved away by an invalidate at once: as below
+        return None
+    assert folder is not None  # create=True makes what is missing
+    temp = f".{name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
     try:
         try:
-            _write_new_file(temp, (head, data))
+            _write_new_file(temp, (head, data), folder)
+            old_size = publish(temp, name, folder)
         except FileNotFoundError:
-            os.makedirs(folder, exist_ok=True)  # first write here, or the folder was removed
-            _write_new_file(temp, (head, data))
-        old_size = publish(temp, path)
-    except FileNotFoundError:
-        # The folder vanished during this very write: an invalidate or clear (of any process)
-        # moved it away. The write then counts as done just before that, which is a valid order
-        # for two concurrent calls, and retrying could chase a stream of invalidations.
-        _remove_quietly(temp)
-        return None
-    except BaseException:
-        _remove_quietly(temp)
-        raise
+            # The folder (or our temp file in it) was deleted from the trash while we wrote:
+            # the invalidate or clear that moved it there orders this write just before it,
+            # and retrying could chase a stream of invalidations.
+            _remove_quietly(temp, folder)
+            return None
+        except BaseException:
+            _remove_quietly(temp, folder)
+            raise
+    finally:
+        os.close(folder)
     return None if old_size is None else len(head) + len(data) - old_size
 
 
-def _publish_replacing(temp: str, path: str) -> int:
-    """Move ``temp`` over ``path``; returns the size of the entry it replaced (0 if none)."""
+def _publish_replacing(temp: str, name: str, folder: int) -> int:
+    """Move ``temp`` over ``name``; returns the size of the entry it replaced (0 if none)."""
     try:
-        old_size = os.stat(path).st_size
+        old_size = os.stat(name, dir_fd=folder, follow_symlinks=False).st_size
     except FileNotFoundError:
         old_size = 0
-    os.replace(temp, path)
+    os.replace(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
     return old_size
 
 
@@ -262,43 +344,62 @@ def _publish_replacing(temp: str, path: str) -> int:
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
 
 
-def _publish_if_absent(temp: str, path: str) -> int | None:
-    """Give ``temp`` the name ``path`` unless that name exists; 0 when done, None when not."""
+def _publish_if_absent(temp: str, name: str, folder: int) -> int | None:
+    """Give ``temp`` the name ``name`` unless that name exists; 0 when done, None when not."""
     try:
-        os.link(temp, path)  # atomic, and fails with EEXIST instead of overwriting
+        # atomic, and fails with EEXIST instead of overwriting
+        os.link(temp, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
     except FileExistsError:
         published = False
     except OSError as exc:
         if exc.errno not in _NO_HARD_LINKS:
             raise
         # Without hard links: check, then replace; a narrow race instead of none.
-        published = not os.path.lexists(path)
+        published = not lexists_at(name, folder)
         if published:
-            os.replace(temp, path)
+            os.replace(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
     else:
         published = True
-    _remove_quietly(temp)
+    _remove_quietly(temp, folder)
     return 0 if published else None
 
 
-def _write_new_file(path: str, parts: Sequence[bytes]) -> None:
-    with open(path, "xb") as file:  # "x": O_EXCL, never someone else's temp file
+def _write_new_file(name: str, parts: Sequence[bytes], folder: int) -> None:
+    """A new file (O_EXCL: never someone else's temp file; O_NOFOLLOW: never through a link)."""
+    fd = os.open(name, _O_NEW, 0o666, dir_fd=folder)
+    try:
+        # Eviction goes by mtime. Linux (6.13+, multigrain timestamps) stamps a write with the
+        # coarse clock (ticks of ~4 ms) unless the file's times were looked at since its last
+        # change; this look makes entries written in one tick keep their order.
+        os.fstat(fd)
         for part in parts:
-            file.write(part)
+            view = memoryview(part)
+            while view:
+                view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
-def _remove_quietly(path: str) -> None:
+def _remove_quietly(name: str, folder: int | None = None) -> None:
     with contextlib.suppress(OSError):
-        os.unlink(path)
+        os.unlink(name, dir_fd=folder)
 
 
 def _delete_entry(ledger: _Ledger, folder: str, key: str) -> bool:
+    """Unlink ``key``'s file, reached through real folders only (a link on the way means
+    nothing of ours is there)."""
     path, _ = _entry_path(folder, key)
+    base, parts, name = _entry_place(path)
+    subfolder = open_folder(base, parts, create=False)
+    if subfolder is None:
+        return False
     try:
-        size = os.stat(path).st_size
-        os.unlink(path)
+        size = os.stat(name, dir_fd=subfolder, follow_symlinks=False).st_size
+        os.unlink(name, dir_fd=subfolder)
     except FileNotFoundError:
         return False
+    finally:
+        os.close(subfolder)
     ledger.grow(-size)
     return True
 
@@ -306,79 +407,60 @@ def _delete_entry(ledger: _Ledger, folder: str, key: str) -> bool:
 def _trash_folders(ledger: _Ledger, base: str, names: Sequence[str] | None) -> None:
     """Rename each namespace folder (all of them when ``names`` is None) into the trash, which
     hides all its entries from every process in one atomic step, then delete what was moved.
+    Everything happens relative to descriptors of real folders: a link in the tree is moved
+    and removed as a link, never followed.
 
     Hiding is the promise, so only its errors are raised; deleting is housekeeping, and what a
     failure leaves behind goes with the next clear or maintenance pass.
     """
-    trash = os.path.join(base, _TRASH)
-    if names is None:
-        try:
-            names = [name for name in os.listdir(base) if name != _TRASH]
-        except FileNotFoundError:
-            return
-        with contextlib.suppress(OSError):  # leftovers of a crashed process
-            ledger.grow(-_empty_trash(trash))
-    moved = [_move_to_trash(base, trash, name) for name in names]
-    for target in moved:
-        if target is not None:
+    top = open_base(base, create=False)
+    if top is None:
+        return
+    trash: int | None = None
+    try:
+        if names is None:
+            names = [name for name in os.listdir(top) if name != _TRASH]
+            with contextlib.suppress(OSError):  # leftovers of a crashed process
+                trash = open_folder(base, (_TRASH,), create=True)
+                if trash is not None:
+                    ledger.grow(-_empty_trash(trash))
+        moved: list[str] = []
+        for name in names:
+            if not lexists_at(name, top):
+                continue
+            if trash is None:
+                trash = open_folder(base, (_TRASH,), create=True)
+            assert trash is not None
+            target = _move_to_trash(top, trash, name)
+            if target is not None:
+                moved.append(target)
+        for target in moved:
+            assert trash is not None
             with contextlib.suppress(OSError):
-                ledger.grow(-_remove_tree(target))
+                ledger.grow(-remove_tree(trash, target))
+    finally:
+        os.close(top)
+        if trash is not None:
+            os.close(trash)
 
 
-def _move_to_trash(base: str, trash: str, name: str) -> str | None:
-    """Rename ``base/name`` into ``trash``; its new path, or None when there was nothing."""
-    source = os.path.join(base, name)
-    target = os.path.join(trash, f"{name}-{secrets.token_hex(6)}")
-    for _ in range(_TRASH_ATTEMPTS - 1):
-        try:
-            os.rename(source, target)
-        except FileNotFoundError:
-            if not os.path.lexists(source):
-                return None
-            # The trash is missing: first use, or another process's pass just emptied it.
-            os.makedirs(trash, exist_ok=True)
-        else:
-            return target
-    os.rename(source, target)
+def _move_to_trash(top: int, trash: int, name: str) -> str | None:
+    """Rename ``name`` (in ``top``) into ``trash``; its new name, or None when there was
+    nothing. The trash is held open, so another process emptying it cannot pull it away."""
+    target = f"{name}-{secrets.token_hex(6)}"
+    try:
+        os.rename(name, target, src_dir_fd=top, dst_dir_fd=trash)
+    except FileNotFoundError:
+        if not lexists_at(name, top):
+            return None
+        raise
     return target
 
 
-def _empty_trash(trash: str) -> int:
+def _empty_trash(trash: int) -> int:
     """Delete everything in the trash but the folder itself, which a concurrent invalidate may be
     renaming into right now; returns bytes freed."""
-    try:
-        names = os.listdir(trash)
-    except FileNotFoundError:
-        return 0
-    return sum(_remove_tree(os.path.join(trash, name)) for name in names)
-
-
-def _remove_tree(top: str) -> int:
-    """Delete ``top`` and everything below it without following links; returns bytes freed.
-    Tolerates another process deleting the same tree at the same time."""
-    freed = 0
-    for folder, dirs, files in os.walk(top, topdown=False):
-        for name in files:
-            path = os.path.join(folder, name)
-            with contextlib.suppress(FileNotFoundError):
-                size = os.lstat(path).st_size
-                os.unlink(path)
-                freed += size
-        for name in dirs:
-            _remove_folder(os.path.join(folder, name))
-    _remove_folder(top)
-    return freed
-
-
-def _remove_folder(path: str) -> None:
-    try:
-        os.rmdir(path)
-    except NotADirectoryError:  # a symlink to a folder: remove the link, never its target
-        os.unlink(path)
-    except OSError as exc:
-        # gone, or refilled by a concurrent deleter's race: the next pass finishes it
-        if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
-            raise
+    return sum(remove_tree(trash, name) for name in os.listdir(trash))
 
 
 def _maintain(ledger: _Ledger, base: str, max_bytes: int, now: float) -> None:
@@ -389,7 +471,12 @@ def _maintain(ledger: _Ledger, base: str, max_bytes: int, now: float) -> None:
         return  # another thread (maybe a cancelled caller's) is already at it
     try:
         with contextlib.suppress(OSError):  # best effort, as in _trash_folders
-            _empty_trash(os.path.join(base, _TRASH))
+            trash = open_folder(base, (_TRASH,), create=False)
+            if trash is not None:
+                try:
+                    _empty_trash(trash)
+                finally:
+                    os.close(trash)
         entries, total = _scan(base)
         if total > max_bytes:
             total -= _evict(ledger, entries, total, int(max_bytes * _EVICT_DOWN_TO), now)
@@ -405,7 +492,9 @@ def _scan(base: str) -> tuple[list[tuple[float, int, str]], int]:
     entries: list[tuple[float, int, str]] = []
     total = 0
     stale_before = time.time() - _STALE_TEMP_SECONDS  # file times are real wall-clock times
-    for folder, _dirs, files in os.walk(base):
+    check_base(base)
+    # fwalk(follow_symlinks=False): never into a link, not even when base itself is one
+    for folder, _dirs, files, _fd in os.fwalk(base, follow_symlinks=False):
         for name in files:
             path = os.path.join(folder, name)
             try:
@@ -453,10 +542,13 @@ def _evict(
 def _peek_expiry(path: str) -> float | None:
     """``expires_at`` recorded in ``path``'s header; None when it is not one of our entries."""
     try:
-        with open(path, "rb") as file:
-            header = file.read(_HEADER.size)
+        fd = os.open(path, _O_PEEK)
+        try:
+            header = os.read(fd, _HEADER.size)
+        finally:
+            os.close(fd)
     except OSError:
-        return math.inf  # gone or unreadable: not ours to judge, leave it to age
+        return math.inf  # gone, unreadable, a link: not ours to judge, leave it to age
     if len(header) != _HEADER.size:
         return None
     magic, _key_len, expires_at, _data_len = _HEADER.unpack(header)
@@ -472,12 +564,10 @@ def _unlink(path: str) -> bool:
 
 
 def _probe(base: str) -> None:
-    os.makedirs(base, exist_ok=True)
-    probe = os.path.join(base, f".probe.{secrets.token_hex(6)}{_TEMP_SUFFIX}")
-    try:
-        _write_new_file(probe, (b"ok",))
-    finally:
-        _remove_quietly(probe)
+    """Whether the folder answers, by reading its metadata only: a read-only ``cache_dir`` is
+    still a working store for reads, and a probe that wrote would trip its breaker (writes
+    refused there are reported per call instead). A dead mount hangs here like anywhere."""
+    check_base(base)
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -645,6 +735,8 @@ class FileStore:
         folder = self._folders.get(namespace)
         if folder is None:
             check_name(namespace, what="namespace")  # no '/', '..' or '~trash'
+            if len(self._folders) >= MAX_TRACKED_NAMESPACES:
+                self._folders.clear()  # a memo, cheap to rebuild: bounded, not kept forever
             folder = self._folders[namespace] = os.path.join(self._base, namespace)
         return folder
 
@@ -686,5 +778,11 @@ class FileStore:
         return result
 
     def _error(self, what: str, exc: OSError) -> StoreError:
-        """The one seam where OS errors become ``StoreError``."""
-        return StoreError(f"file store could not {what} in {self._base}: {exc}", store="file")
+        """The one seam where OS errors become ``StoreError``. A write or delete the file
+        system refused at once (read-only, full, no permission) is ``refused``: the store still
+        serves reads, so its breaker must not open over it (the coordinator keeps the key's
+        older entry from being served, see ``resilience/missed_writes.py``)."""
+        refused = what in _REFUSABLE_STEPS and exc.errno in _REFUSALS
+        return StoreError(
+            f"file store could not {what} in {self._base}: {exc}", store="file", refused=refused
+        )

@@ -130,6 +130,14 @@ class MemoryStore:
     def discard(self, namespace: str, key: str) -> bool:
         return self._remove((namespace, key))
 
+    def discard_if(self, namespace: str, key: str, data: bytes) -> bool:
+        """Remove ``key`` only while it holds exactly ``data`` (a corrupt entry that a newer
+        write has not replaced yet)."""
+        entry = self._entries.get((namespace, key))
+        if entry is None or (entry.data is not data and entry.data != data):
+            return False
+        return self._remove((namespace, key))
+
     def discard_namespace(self, namespace: str) -> int:
         doomed = [k for k in self._entries if k[0] == namespace]
         for k in doomed:
@@ -177,6 +185,9 @@ class MemoryStore:
 
     async def delete(self, namespace: str, key: str) -> bool:
         return self.discard(namespace, key)
+
+    async def delete_if(self, namespace: str, key: str, data: bytes) -> bool:
+        return self.discard_if(namespace, key, data)
 
     async def invalidate(self, namespace: str) -> None:
         self.discard_namespace(namespace)

@@ -68,6 +68,11 @@ _BATCH_CONNECTIONS: Final = 4
 _UNLINK_BATCH: Final = 500
 # After a failover, retiring generations is tried every 50 ms for up to ~5 s.
 _RETIRE_ATTEMPTS: Final = 100
+# Compare-and-delete: a corrupt entry is removed only if no write replaced it since it was read.
+_DELETE_IF_SAME: Final = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('UNLINK', KEYS[1]) end "
+    "return 0"
+)
 _MAX_LOCK_CLEANUPS: Final = 16  # locks released in the background at once
 
 
@@ -375,6 +380,22 @@ class RedisStore:
         except _DRIVER_ERRORS as exc:
             raise _store_error("delete", exc, self._secrets) from exc
         ns.observe(raw)
+        return bool(removed)
+
+    async def delete_if(self, namespace: str, key: str, data: bytes) -> bool:
+        """Remove ``key`` only while it still holds exactly ``data`` (compare and delete in
+        one script, so a write landing since keeps its value); ``True`` when removed. Not yet
+        on a cluster (its key layout is the cluster engine's): the entry stays, a counted miss
+        until the next write replaces it."""
+        if self._mode is not _STANDALONE:
+            return False
+        ns = self._namespace(namespace)
+        try:
+            removed = await self._execute(
+                "EVAL", _DELETE_IF_SAME, 1, ns.generation.prefix + key, data
+            )
+        except _DRIVER_ERRORS as exc:
+            raise _store_error("delete_if", exc, self._secrets) from exc
         return bool(removed)
 
     async def invalidate(self, namespace: str) -> None:
