@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from toolweaver_async import AsyncToolCache, BreakerSettings, CacheConfig
 from toolweaver_async.stores.redis.cluster_keys import StripedNamespace
 
 from ..polling import eventually
-from ..test_failover import Agents, recovered, redis_layer
+from ..test_failover import Agents, recovered
 from ..topologies import (
     ClusterTopology,
     Node,
@@ -68,13 +68,22 @@ async def make_cache(tmp_path: Path) -> AsyncIterator[Callable[..., AsyncToolCac
 
 async def run_through(
     cache: AsyncToolCache,
-    fresh: AsyncToolCache,
+    make_fresh: Callable[[], AsyncToolCache],
     fail: Callable[[], object],
     heal: Callable[[], object],
 ) -> Agents:
     """50 agents: healthy, ``fail`` (agents keep writing), ``heal`` (blocking, in a thread),
     then reads only; checks every promise and returns the agents for more checks."""
     loop = asyncio.get_running_loop()
+
+    def on_redis(instance: AsyncToolCache) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:  # discovery done and the breaker closed
+            await instance.set("warm-up", 1)
+            return recovered(instance)() and await instance.get("warm-up") == 1
+
+        return check
+
+    await eventually(on_redis(cache), within=10.0, what="the agents' cache on Redis")
     agents = Agents(cache, count=50)
     agents.start()
     await agents.run_for(0.3)
@@ -85,13 +94,17 @@ async def run_through(
     agents.writing = False
     await eventually(recovered(cache), within=10.0, what="breaker closed, journal replayed")
     hits_before = cache.stats().overall.hits.get("redis", 0)
-    await agents.run_for(0.3)
+    # Back on Redis: the agents' reads are answered by Redis again, not by the file store.
+    await eventually(
+        lambda: cache.stats().overall.hits.get("redis", 0) > hits_before + 100,
+        within=10.0,
+        what="agents' reads answered by Redis again",
+    )
     await agents.stop()
     assert agents.errors == []
     assert agents.stale == []
-    # Back on Redis: the agents' reads are answered by Redis again, not by the file store.
-    assert cache.stats().overall.hits.get("redis", 0) > hits_before
-    assert redis_layer(cache).breaker.state.name == "CLOSED"
+    fresh = make_fresh()  # started now: another cache_dir, Redis alone
+    await eventually(on_redis(fresh), within=10.0, what="the fresh cache on Redis")
     in_redis = {key: await fresh.get(key) for key in agents.latest}
     older = {
         key: (got, agents.latest[key])
@@ -109,8 +122,11 @@ async def test_50_agents_survive_a_cluster_primary_killed_and_its_replica_promot
     prefix = f"fo{time.monotonic_ns() % 10**9}"
     victim, survivor, _ = healed_cluster.primaries()
     cache = make_cache(f"redis://{victim.address}/0", prefix)  # discovers the others from it
+
     # A new instance starts from a live node: the URL's node is where discovery begins.
-    fresh = make_cache(f"redis://{survivor.address}/0", prefix, stores=("redis",))
+    def fresh() -> AsyncToolCache:
+        return make_cache(f"redis://{survivor.address}/0", prefix, stores=("redis",))
+
     await run_through(cache, fresh, victim.kill, lambda: healed_cluster.wait_promoted(victim))
 
 
@@ -119,8 +135,11 @@ async def test_50_agents_survive_a_sentinel_failover(
 ) -> None:
     prefix = f"fo{time.monotonic_ns() % 10**9}"
     cache = make_cache(healed_sentinel.url(), prefix)
-    fresh = make_cache(healed_sentinel.url(), prefix, stores=("redis",))
     victim = healed_sentinel.primary()
+
+    def fresh() -> AsyncToolCache:
+        return make_cache(healed_sentinel.url(), prefix, stores=("redis",))
+
     await run_through(cache, fresh, victim.kill, lambda: healed_sentinel.wait_promoted(victim))
     assert healed_sentinel.primary() is not victim
 
@@ -130,7 +149,9 @@ async def test_50_agents_survive_the_whole_cluster_down_and_back(
 ) -> None:
     prefix = f"fo{time.monotonic_ns() % 10**9}"
     cache = make_cache(healed_cluster.url, prefix)
-    fresh = make_cache(healed_cluster.url, prefix, stores=("redis",))
+
+    def fresh() -> AsyncToolCache:
+        return make_cache(healed_cluster.url, prefix, stores=("redis",))
 
     def everything_down() -> None:
         for node in healed_cluster.nodes:
