@@ -1,6 +1,6 @@
 """Failover: an agent workload while Redis is killed, restarted, paused and resumed.
 
-    python -m benchmarks.bench_failover [--quick] [--json]
+    python -m benchmarks.bench_failover [--quick] [--json] [--agents N] [--memory]
 
 Fifty agent coroutines read tool results (10 000 keys of ~1 KB, written beforehand) and store
 fresh ones (a fifth of the steps, and every miss) through Redis, with no memory layer so that
@@ -17,6 +17,11 @@ Printed per second: get latency p50/p99 (by the second the get started), errors 
 agent, the breaker state and journal size; then the time from Redis coming back to the breaker
 closing with the journal replayed (baseline: to its first successful call). Always starts its
 own redis-server on a free loopback port (it kills it).
+
+``--agents N`` runs N agent coroutines instead of 50; ``--memory`` puts the memory layer in
+front (``stores=("memory", "redis", "file")``). Every run also counts stale reads (a get
+answered with an older version than one whose write had returned before the get started) and
+the p99 of gets started from 0.5 s into each outage until it ends.
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ class Run:
     down: bool = False  # set once a fault has taken effect, cleared once Redis is back
     written: dict[str, int] = field(default_factory=dict)  # key -> newest version written
     read_back: tuple[int, int] = (0, 0)  # outage writes found in Redis afterwards, of all
+    stale: int = 0  # gets answered with an older version than one already written
     outage_keys: set[str] = field(default_factory=set)  # keys written while Redis was away
 
 
@@ -99,7 +105,7 @@ Get = Callable[[str], Awaitable[Any]]
 Set = Callable[[str, Any], Awaitable[None]]
 
 
-async def agents(get: Get, set_: Set, run_: Run, stop: asyncio.Event) -> None:
+async def agents(get: Get, set_: Set, run_: Run, stop: asyncio.Event, count: int = AGENTS) -> None:
     rng = random.Random(SEED)
     loop_clock = time.perf_counter
     version = 0
@@ -110,6 +116,7 @@ async def agents(get: Get, set_: Set, run_: Run, stop: asyncio.Event) -> None:
         while not stop.is_set():
             key = f"tool:{mine.randrange(KEYS)}"
             started = loop_clock()
+            newest = run_.written.get(key, -1)  # acknowledged before this get started
             try:
                 value = await get(key)
             except Exception:
@@ -117,6 +124,8 @@ async def agents(get: Get, set_: Set, run_: Run, stop: asyncio.Event) -> None:
                 value = None
             else:
                 run_.last_success = loop_clock()
+                if isinstance(value, dict) and value.get("version", newest) < newest:
+                    run_.stale += 1
             run_.gets.append((started - run_.started, loop_clock() - started))
             if value is None or mine.random() < WRITE_SHARE:
                 version += 1
@@ -136,7 +145,7 @@ async def agents(get: Get, set_: Set, run_: Run, stop: asyncio.Event) -> None:
                             run_.outage_keys.discard(key)
             await asyncio.sleep(THINK_SECONDS)
 
-    await asyncio.gather(*(agent(n) for n in range(AGENTS)))
+    await asyncio.gather(*(agent(n) for n in range(count)))
 
 
 async def drive(
@@ -149,12 +158,13 @@ async def drive(
     recovered: Callable[[], bool],
     sample: Callable[[], tuple[str, int]],
     open_period: Callable[[], float],
+    count: int = AGENTS,
 ) -> None:
     """Run the agents along the timeline; record states each tick and recovery times."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     run_.started = time.perf_counter()
-    workers = asyncio.ensure_future(agents(get, set_, run_, stop))
+    workers = asyncio.ensure_future(agents(get, set_, run_, stop, count))
     events = [
         (timeline.kill, "kill", server.kill),
         (timeline.restart, "restart", server.start),
@@ -191,13 +201,20 @@ async def drive(
     await workers
 
 
-async def run_ours(server: RedisServer, timeline: Timeline, scratch: Path) -> Run:
+async def run_ours(
+    server: RedisServer,
+    timeline: Timeline,
+    scratch: Path,
+    *,
+    count: int = AGENTS,
+    memory: bool = False,
+) -> Run:
     config = CacheConfig(
         use_redis=True,
         redis_url=server.url,
         cache_dir=scratch / "ours",
         key_prefix=f"bf{uuid.uuid4().hex[:8]}",
-        stores=("redis", "file"),
+        stores=("memory", "redis", "file") if memory else ("redis", "file"),
     )
     run_ = Run("toolweaver-async")
     async with AsyncToolCache(config) as cache:
@@ -228,6 +245,7 @@ async def run_ours(server: RedisServer, timeline: Timeline, scratch: Path) -> Ru
             recovered=lambda: breaker.state.value == "closed" and not journal,
             sample=lambda: (breaker.state.value, len(journal)),
             open_period=lambda: breaker.current_recovery_timeout,
+            count=count,
         )
         # Every value written while Redis was away must be in Redis itself once it is back.
         deadline = time.perf_counter() + BreakerSettings().max_recovery_timeout + 5
@@ -240,6 +258,7 @@ async def run_ours(server: RedisServer, timeline: Timeline, scratch: Path) -> Ru
             found = 0
             for key in run_.outage_keys:
                 value = await reader.get(key, namespace="results")
+                # (with the memory layer, "reader" has none: this reads Redis itself)
                 found += value is not None and value["version"] == run_.written[key]
         run_.read_back = (found, len(run_.outage_keys))
     return run_
@@ -270,7 +289,7 @@ async def run_file_alone(scratch: Path, seconds: float) -> Run:
     return run_
 
 
-async def run_baseline(server: RedisServer, timeline: Timeline) -> Run:
+async def run_baseline(server: RedisServer, timeline: Timeline, count: int = AGENTS) -> Run:
     client = aioredis.Redis.from_url(server.url, socket_timeout=5.0, socket_connect_timeout=5.0)
     prefix = f"bb{uuid.uuid4().hex[:8]}:"
     encoder, decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
@@ -297,6 +316,7 @@ async def run_baseline(server: RedisServer, timeline: Timeline) -> Run:
             recovered=lambda: True,
             sample=lambda: ("—", 0),
             open_period=lambda: 0.0,
+            count=count,
         )
     finally:
         await client.aclose()
@@ -355,13 +375,18 @@ def phase_results(r: Run, timeline: Timeline, group: str) -> dict[str, Result]:
 
 
 async def main() -> None:
-    args = parser(__doc__ or "").parse_args()
+    options = parser(__doc__ or "")
+    options.add_argument("--agents", type=int, default=AGENTS, help="agent coroutines")
+    options.add_argument("--memory", action="store_true", help="memory layer in front")
+    args = options.parse_args()
     timeline = Timeline.for_run(args.quick)
     defaults = BreakerSettings()
     with tempfile.TemporaryDirectory() as scratch, RedisServer() as server:
-        ours = await run_ours(server, timeline, Path(scratch))
+        ours = await run_ours(
+            server, timeline, Path(scratch), count=args.agents, memory=args.memory
+        )
         server.restart()  # a fresh, empty server for the baseline, on the same port
-        base = await run_baseline(server, timeline)
+        base = await run_baseline(server, timeline, args.agents)
         floor = await run_file_alone(Path(scratch), 3.0)
 
     results: list[Result] = []
@@ -440,6 +465,32 @@ async def main() -> None:
                 ),
             )
         )
+    for what, (start, end) in (
+        ("kill", (timeline.kill, timeline.restart)),
+        ("pause", (timeline.pause, timeline.resume)),
+    ):
+        got = sorted(d for at, d in ours.gets if start + 0.5 <= at < end)
+        theirs_got = sorted(d for at, d in base.gets if start <= at < end)
+        targets.append(
+            Target(
+                f"{what}: get p99 from 0.5 s into the outage until it ends",
+                f"{_ms(percentile(got, 0.99))} ms ({len(got):,} gets)" if got else "no gets",
+                f"{_ms(percentile(theirs_got, 0.99))} ms (its gets started during it)"
+                if theirs_got
+                else "no gets",
+                None,
+                bool(got),
+            )
+        )
+    targets.append(
+        Target(
+            "no stale read: never an older version than one whose write had returned",
+            f"{ours.stale} stale",
+            f"{base.stale} stale",
+            None,
+            ours.stale == 0,
+        )
+    )
     found, outage_writes = ours.read_back
     targets.append(
         Target(
@@ -451,13 +502,14 @@ async def main() -> None:
         )
     )
     notes = [
-        f"{AGENTS} agents, {KEYS:,} keys of ~1 KB, {THINK_SECONDS * 1000:.0f} ms think time, "
+        f"{args.agents} agents, {KEYS:,} keys of ~1 KB, {THINK_SECONDS * 1000:.0f} ms think time, "
         f"{WRITE_SHARE:.0%} of steps write; "
         f"kill at {timeline.kill:.0f} s, restart at {timeline.restart:.0f} s, SIGSTOP at "
         f"{timeline.pause:.0f} s, SIGCONT at {timeline.resume:.0f} s.",
         "Latencies are bucketed by the second a get started; a get that waits on the black "
         "hole shows its full wait in the second it was asked.",
-        "ours: stores=('redis', 'file'), default timeouts and breaker; while Redis is away, "
+        f"ours: stores={('memory', 'redis', 'file') if args.memory else ('redis', 'file')}, "
+        "default timeouts and breaker; while Redis is away, "
         "gets fall through to the file store and writes are journaled, then replayed.",
     ]
     emit(

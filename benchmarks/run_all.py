@@ -29,6 +29,7 @@ SCRIPTS = (
     ("bench_stampede", "stampede.md"),
     ("bench_coherence", "coherence.md"),
     ("bench_metrics", "metrics.md"),
+    ("bench_adapters", "adapters.md"),
 )
 
 

@@ -11,6 +11,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry, generate_latest
 
+from tests.polling import eventually
 from toolweaver_async import AsyncToolCache, BreakerState, NamespacePolicy
 from toolweaver_async.metrics.otel import OpenTelemetryExporter
 from toolweaver_async.metrics.prometheus import PrometheusExporter
@@ -173,3 +174,26 @@ async def test_opentelemetry_exporter_publishes_through_the_in_memory_reader(
     assert value("toolweaver_cache_breaker_state", store="redis").value == 2
     assert value("toolweaver_cache_journal_entries", store="redis").value == 2
     assert value("toolweaver_cache_breaker_transitions", store="redis", state="open").value == 1
+
+
+async def test_prometheus_exporter_counts_coherence_invalidations_from_another_cache(
+    make_cache: Callable[..., AsyncToolCache],
+) -> None:
+    registry = CollectorRegistry()
+    exporter = PrometheusExporter(registry)
+    writer = make_cache(use_redis=True)
+    reader = make_cache(use_redis=True)
+    exporter.track(reader)
+    await writer.connect()
+    await reader.connect()
+    await writer.set("k", 1)
+    assert await reader.get("k") == 1
+    labels = {"prefix": reader.config.key_prefix, "event": "invalidations"}
+    before = registry.get_sample_value("toolweaver_cache_coherence_events_total", labels)
+    await writer.set("k", 2)
+
+    def invalidated() -> bool:
+        now = registry.get_sample_value("toolweaver_cache_coherence_events_total", labels)
+        return now is not None and before is not None and now > before
+
+    await eventually(invalidated, what="the reader's invalidation counter to rise")

@@ -1,9 +1,9 @@
 """Command line: ``python -m toolweaver_async {demo,doctor,inspect,keys,stats,clear,bench}``.
 
-Every command builds its cache with ``_cache()``, so it sees exactly what an
-agent configured by the same environment sees. Bad input (environment, arguments) ends with one
-line on stderr and exit status 2, never a traceback. A command is one decorated coroutine
-function; add one with ``@command(name, help, arguments)``.
+Every command builds its cache with ``AsyncToolCache.from_env()``, so it sees exactly what an
+agent configured by the same environment sees (its counters stay out of the stats file). Bad
+input (environment, arguments) ends with one line on stderr and exit status 2, never a
+traceback. A command is one decorated coroutine function: ``@command(name, help, arguments)``.
 """
 
 from __future__ import annotations
@@ -261,7 +261,12 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = _Parser(prog=PROG, description=__doc__)
+    parser = _Parser(
+        prog=PROG,
+        description="Look into and manage the cache your agent's environment configures "
+        "(USE_REDIS, REDIS_URL, TOOLWEAVER_CACHE_DIR, TOOLWEAVER_CACHE_PREFIX, "
+        "TOOLWEAVER_STATS_FILE).",
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument(
         "--traceback", action="store_true", help="show the traceback of an unexpected error"

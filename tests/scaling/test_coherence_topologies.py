@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+
+import pytest
 
 from toolweaver_async import AsyncToolCache, CacheConfig
 
@@ -54,3 +57,36 @@ async def test_a_sentinel_primary_carries_the_invalidation_channel(
             return bool(await reader.get("k") == "v2")
 
         await eventually(sees_v2, within=3, what="the channel reports the write")
+
+
+@pytest.mark.slow
+async def test_the_channel_follows_a_sentinel_failover(
+    healed_sentinel: SentinelTopology, key_prefix: str, cache_dir: Path
+) -> None:
+    config = CacheConfig(
+        redis_url=healed_sentinel.url(),
+        key_prefix=key_prefix,
+        cache_dir=cache_dir,
+        stores=("memory", "redis"),
+        coherence_window=30.0,  # only the channel can explain a prompt answer
+    )
+    async with AsyncToolCache(config) as writer, AsyncToolCache(config) as reader:
+        await writer.set("k", "v1")
+        assert await reader.get("k") == "v1"
+        old = healed_sentinel.primary()
+        old.kill()
+        await asyncio.to_thread(healed_sentinel.wait_promoted, old)
+        async with AsyncToolCache(config.with_changes(stores=("redis",))) as fresh:
+
+            async def written() -> bool:
+                await fresh.set("k", "v2")
+                return bool(await fresh.get("k") == "v2")
+
+            await eventually(written, within=10, what="a write to the promoted primary")
+
+            async def sees_v2() -> bool:
+                return bool(await reader.get("k") == "v2")
+
+            await eventually(sees_v2, within=10, what="the reader's channel on the new primary")
+        channel = (await reader.health_check())["coherence"]["channels"][0]
+        assert channel["sessions"] >= 2

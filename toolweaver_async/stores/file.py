@@ -4,8 +4,9 @@ The file name is a hash of the key, so any key is safe and of any length; the fi
 full key, so a collision or a foreign file reads as a miss, never as someone else's value. Every
 operation is one plain synchronous function run on a worker thread: reads, writes and deletes
 in the store's ``WorkerLane`` (on its own thread; concurrent ones share a hop), the long ones
-(eviction, invalidate, clear) on the loop's default executor through ``aiofiles``, so that they
-never hold up a read.
+(eviction, invalidate, clear) on a thread of their own, so that they never hold up a read. All
+are daemon threads: a step hung on a dead mount never keeps the process from exiting.
+Nothing under ``<root>/<prefix>`` is reached through a symbolic link (see ``file_tree``).
 """
 
 from __future__ import annotations
@@ -21,17 +22,14 @@ import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
-
-import aiofiles.os
 
 from ..config import MAX_TRACKED_NAMESPACES, OTHER_NAMESPACES, CacheConfig, check_name
 from ..errors import ConfigError, StoreError
 from .base import EntryPage, StoreItem
 from .file_tree import O_NOFOLLOW, check_base, lexists_at, open_base, open_folder, remove_tree
-from .worker_lane import WorkerLane
+from .worker_lane import DaemonWorker, WorkerLane, in_daemon_thread
 
 __all__ = ["FileStore"]
 
@@ -74,17 +72,6 @@ _ENTRIES_PER_STEP = 64
 
 def _chunked(items: Sequence[T]) -> list[Sequence[T]]:
     return [items[i : i + _ENTRIES_PER_STEP] for i in range(0, len(items), _ENTRIES_PER_STEP)]
-
-
-def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    return fn(*args)
-
-
-# One hop = loop.run_in_executor on the loop's default pool, which is what aiofiles.os.wrap does.
-# Measured on the dev box (median of 2000 hops around a 1 KB read): ~100 us this way against
-# ~130 us for anyio.to_thread.run_sync, whose capacity limiter and cancel shielding we do not
-# need: a cancelled caller simply stops waiting and the thread still finishes its step.
-_in_worker = aiofiles.os.wrap(_call)
 
 
 class _Ledger:
@@ -606,7 +593,7 @@ class FileStore:
         self._folders: dict[str, str] = {}
         self._ledger = _Ledger()
         self._lane: WorkerLane | None = None
-        self._worker: ThreadPoolExecutor | None = None  # the lane's thread
+        self._worker: DaemonWorker | None = None  # the lane's thread
 
     @classmethod
     def from_config(
@@ -765,14 +752,14 @@ class FileStore:
         lane = self._lane
         if lane is None or lane.loop is not loop:
             if self._worker is None:
-                self._worker = ThreadPoolExecutor(1, thread_name_prefix="toolweaver-file")
+                self._worker = DaemonWorker("toolweaver-file")
             lane = self._lane = WorkerLane(loop, self._worker, deadline=self.step_timeout)
         return lane
 
     async def _run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         """A long step (maintenance, invalidate, clear) in a hop of its own, unbounded."""
         try:
-            result: T = await _in_worker(fn, *args)
+            result: T = await in_daemon_thread(f"toolweaver-long-{what}", fn, *args)
         except OSError as exc:
             raise self._error(what, exc) from exc
         return result

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
-__all__ = ["WorkerLane"]
+__all__ = ["DaemonWorker", "WorkerLane", "in_daemon_thread"]
 
 T = TypeVar("T")
 
@@ -31,6 +33,71 @@ T = TypeVar("T")
 _MAX_STEPS_PER_HOP = 64
 
 _Step = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+
+
+class DaemonWorker(Executor):
+    """One worker thread that never keeps the interpreter from exiting.
+
+    ``ThreadPoolExecutor`` joins its threads at exit (and ``asyncio.run`` waits for the default
+    executor): a step stuck on a dead mount would then hang the process for ever after its
+    callers were released. A daemon thread is simply left behind when the process exits."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[
+            tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None
+        ]
+        self._jobs = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        if kwargs:
+            raise TypeError("DaemonWorker.submit takes positional arguments only")
+        future: Future[T] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new work after shutdown")
+            self._jobs.put((future, fn, args))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+                self._thread.start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop after the jobs already asked (``wait``: join the thread, which a hung job
+        would never let go)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._jobs.put(None)
+            thread = self._thread
+        if wait and thread is not None:
+            thread.join()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to whoever waits on the future
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+
+async def in_daemon_thread(name: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on a daemon thread of its own (see :class:`DaemonWorker`): for the rare
+    long steps that must not queue behind each other nor keep the process alive. A cancelled
+    caller only stops waiting; the thread finishes its step."""
+    worker = DaemonWorker(name)
+    try:
+        return await asyncio.wrap_future(worker.submit(fn, *args))
+    finally:
+        worker.shutdown(wait=False)
 
 
 class _Failed:

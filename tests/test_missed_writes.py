@@ -1,0 +1,177 @@
+"""A store that missed a write or delete never serves what it holds for that key afterwards,
+and a read-only ``cache_dir`` is still read.
+
+The record itself (:class:`MissedWrites`) is tested on its own first; then the cache, with real
+files made unwritable (chmod, or the immutable flag when running as root), and a real Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from toolweaver_async import AsyncToolCache, BreakerSettings
+from toolweaver_async.resilience.breaker import BreakerState
+from toolweaver_async.resilience.missed_writes import MissedWrites
+
+MakeCache = Callable[..., AsyncToolCache]
+NS = "default"
+BREAKER = BreakerSettings(failure_threshold=3, recovery_timeout=30.0, max_recovery_timeout=60.0)
+
+# -- the record ------------------------------------------------------------------------------
+
+
+def test_a_marked_key_is_held_back_until_a_write_of_it_lands() -> None:
+    missed = MissedWrites()
+    assert not missed
+    missed.mark(("ns", ["a", "b"]))
+    assert missed.holds_back("ns", "a")
+    assert missed.holds_back("ns", "b")
+    assert not missed.holds_back("ns", "c")
+    assert not missed.holds_back("other", "a")
+    missed.lift(("ns", ["a"]))
+    assert not missed.holds_back("ns", "a")
+    assert missed.holds_back("ns", "b")
+    assert len(missed) == 1
+
+
+def test_a_missed_invalidate_or_clear_holds_back_the_namespace_or_everything() -> None:
+    missed = MissedWrites()
+    missed.mark(("ns", None))
+    assert missed.holds_back("ns", "anything")
+    missed.lift(("ns", ["anything"]))  # one key written does not vouch for the others
+    assert missed.holds_back("ns", "other")
+    missed.lift(("ns", None))
+    assert not missed
+    missed.mark((None, None))
+    assert missed.holds_back("any", "key")
+    missed.lift(("any", None))
+    assert missed.holds_back("any", "key")
+    missed.lift((None, None))
+    assert not missed
+
+
+def test_the_record_is_bounded_by_marking_the_largest_namespace_whole() -> None:
+    missed = MissedWrites(max_keys=100)
+    missed.mark(("small", [f"s{n}" for n in range(10)]))
+    for n in range(500):
+        missed.mark(("big", [f"b{n}"]))
+    assert len(missed) <= 101
+    assert missed.holds_back("big", "b0")
+    assert missed.holds_back("big", "never-written-either")  # whole namespace: conservative
+    assert missed.holds_back("small", "s3")
+    assert not missed.holds_back("small", "s99")
+
+
+# -- the cache -------------------------------------------------------------------------------
+
+
+def _run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
+@pytest.fixture
+def read_only() -> Iterator[Callable[[Path], None]]:
+    """Makes every folder under a path unwritable (chmod, or chattr +i as root); undone after."""
+    undo: list[Callable[[], object]] = []
+
+    def deny(top: Path) -> None:
+        folders = [top] + [Path(d) / n for d, names, _ in os.walk(top) for n in names]
+        for folder in folders:
+            if os.geteuid() != 0:
+                folder.chmod(0o500)
+                undo.append(lambda f=folder: f.chmod(0o700))  # type: ignore[misc]
+                continue
+            made = _run("chattr", "+i", str(folder))
+            if made.returncode != 0:
+                pytest.skip(f"running as root and chattr +i is unavailable: {made.stderr}")
+            undo.append(lambda f=folder: _run("chattr", "-i", str(f)))  # type: ignore[misc]
+
+    yield deny
+    for step in reversed(undo):
+        step()
+
+
+def _entry_folder(cache_dir: Path, key_prefix: str, key: str) -> Path:
+    digest = hashlib.blake2b(key.encode(), digest_size=20).hexdigest()
+    return cache_dir / key_prefix / NS / digest[:2]
+
+
+def _layer(cache: AsyncToolCache, name: str) -> Any:
+    return next(g for g in cache._chain.layers if g.name == name)
+
+
+async def test_a_delete_the_file_store_missed_never_brings_the_old_value_back(
+    make_cache: MakeCache,
+    cache_dir: Path,
+    key_prefix: str,
+    read_only: Callable[[Path], None],
+) -> None:
+    cache = make_cache(use_redis=True, breaker=BREAKER)
+    await cache.connect()
+    await cache.set("k", "v1")
+    await cache.set("other", "kept")
+    read_only(_entry_folder(cache_dir, key_prefix, "k"))
+    assert await cache.delete("k") is True
+    assert cache.stats().overall.errors["file"] == 1  # counted ...
+    assert await cache.get("k") is None  # ... and the file's v1 is not served
+    redis_only = make_cache(use_redis=True, stores=("redis",))
+    assert await redis_only.get("k") is None  # nor promoted back into Redis
+    await cache.set("k", "v2")  # refused by the file store again: still held back there
+    assert await cache.get("k") == "v2"
+    _layer(cache, "redis").breaker.trip()  # Redis away: reads fall through to the file store
+    cache._chain.memory.discard_all()
+    assert await cache.get("k") is None  # never v1
+    assert await cache.get("other") == "kept"  # what the file store did not miss is served
+
+
+async def test_keys_whose_writes_the_open_file_breaker_skipped_all_agree(
+    make_cache: MakeCache,
+) -> None:
+    """A storm that opens the file breaker: every write skipped there is held back, so with
+    Redis away afterwards none of the 40 keys reads an older value from the file store."""
+    cache = make_cache(use_redis=True, stores=("redis", "file"), breaker=BREAKER)
+    keys = [f"k{n}" for n in range(40)]
+    await cache.set_many(dict.fromkeys(keys, "v1"))
+    file = _layer(cache, "file")
+    file.breaker.trip()
+    for key in keys[:20]:
+        await cache.set(key, "v2")
+    await cache.set_many(dict.fromkeys(keys[20:], "v2"))
+    file.breaker.reset()
+    _layer(cache, "redis").breaker.trip()
+    found = {key: await cache.get(key) for key in keys}
+    assert set(found.values()) <= {"v2", None}
+    assert "v1" not in found.values()
+    await cache.set(keys[0], "v3")  # a write that reaches the file store lifts the hold
+    assert await cache.get(keys[0]) == "v3"
+
+
+async def test_a_read_only_cache_dir_is_read_and_its_breaker_stays_closed(
+    make_cache: MakeCache,
+    cache_dir: Path,
+    key_prefix: str,
+    read_only: Callable[[Path], None],
+) -> None:
+    writer = make_cache(stores=("file",))
+    await writer.set_many({"a": 1, "b": 2})
+    await writer.aclose()
+    read_only(cache_dir)
+    cache = make_cache(stores=("memory", "file"), breaker=BREAKER)
+    await cache.connect()  # looks, never writes: the breaker stays closed
+    file = _layer(cache, "file")
+    assert file.breaker.state is BreakerState.CLOSED
+    assert await cache.get("a") == 1
+    for n in range(10):
+        await cache.set(f"new{n}", n)  # refused by the file system: counted, no exception
+    assert cache.stats().overall.errors["file"] == 10
+    assert file.breaker.state is BreakerState.CLOSED  # refusals are not an outage
+    assert await make_cache(stores=("file",)).get("b") == 2
+    health = (await cache.health_check())["stores"]["file"]
+    assert health["ok"] is True
+    assert "Errno" in health["last_error"]
