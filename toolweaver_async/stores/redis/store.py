@@ -30,20 +30,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from typing import Any, Final
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, parse_url
+from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.exceptions import NoPermissionError, OutOfMemoryError, ResponseError
 
 from ...config import CacheConfig, check_name, parse_sentinel_url, redact_url
 from ...errors import ConfigError, StoreError
 from ..base import EntryPage, StoreItem
-from .batching import RoundTripBatcher, RoundTripError, pack_command
+from .batching import RoundTripBatcher, RoundTripError
 from .client import DRIVER_ERRORS as _DRIVER_ERRORS
-from .client import (
-    FollowingSentinelPool,
-    build_client,
-    build_cluster_client,
-    is_sentinel_url,
-)
+from .client import build_client, build_cluster_client, is_sentinel_url
 from .client import secrets_of as _secrets
 from .client import store_error as _store_error
 from .client import ttl_ms as _ttl_ms
@@ -66,8 +61,6 @@ _SCAN_COUNT: Final = 1000
 # while the server works (SCAN, INCR, PING and locks use the client's pool).
 _BATCH_CONNECTIONS: Final = 4
 _UNLINK_BATCH: Final = 500
-# After a failover, retiring generations is tried every 50 ms for up to ~5 s.
-_RETIRE_ATTEMPTS: Final = 100
 # Compare-and-delete: a corrupt entry is removed only if no write replaced it since it was read.
 _DELETE_IF_SAME: Final = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('UNLINK', KEYS[1]) end "
@@ -178,9 +171,6 @@ class RedisStore:
         self._make_cluster = make_cluster
         if self._mode is _CLUSTER:
             self._cluster = make_cluster()
-        pool = self._client.connection_pool
-        if isinstance(pool, FollowingSentinelPool):
-            pool.on_new_primary = self._retire_generations
 
     @classmethod
     def from_config(cls, config: CacheConfig) -> RedisStore:
@@ -641,47 +631,6 @@ class RedisStore:
                 logger.debug("closing redis pool for %s: %s", self._url, type(exc).__name__)
 
     # -- topology ------------------------------------------------------------------------------
-
-    async def _retire_generations(self, address: tuple[str, int]) -> None:
-        """After a Sentinel failover, before anything else reaches the new primary: move every
-        namespace this process uses to a new generation there (``INCR`` each counter).
-
-        The promoted replica may lack writes the old primary acknowledged, so what it holds
-        may be older than a value already written; entries and counters replicate in one
-        ordered stream, so a fresh generation hides all of that, and reads miss (then refill
-        from the chain) instead of answering an older value. Tried until it succeeds.
-        """
-        pool = self._client.connection_pool
-        options = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
-        options.update(host=address[0], port=address[1])
-        tls = issubclass(pool.connection_class, SSLConnection)
-        connection_class = SSLConnection if tls else Connection
-        for _ in range(_RETIRE_ATTEMPTS):
-            if self._closing is not None:
-                return
-            conn = connection_class(**options)
-            namespaces = list(self._namespaces.values())
-            try:
-                async with asyncio.timeout(max(self.call_timeout * 4, 1.0)):
-                    if namespaces:
-                        await conn.send_packed_command(
-                            b"".join(pack_command(("INCR", ns.gen_key)) for ns in namespaces)
-                        )
-                        for ns in namespaces:
-                            ns.observe(str(await conn.read_response()).encode())
-                logger.warning(
-                    "redis at %s: the sentinels named a new primary; %d namespace(s) moved to "
-                    "a new generation (the old primary's last writes may not have replicated)",
-                    self._url,
-                    len(namespaces),
-                )
-                return
-            except _DRIVER_ERRORS as exc:
-                logger.debug("retiring generations after failover at %s: %s", self._url, exc)
-                await asyncio.sleep(0.05)
-            finally:
-                await conn.disconnect()
-        logger.error("redis at %s: could not retire generations after a failover", self._url)
 
     async def _engine(self) -> ClusterEngine | None:
         """The cluster engine once the store knows it talks to a cluster; ``None`` on a
