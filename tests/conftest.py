@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from blockbuster import blockbuster_ctx
 
 from toolweaver_async import AsyncToolCache, CacheConfig
 from toolweaver_async.stores.redis import RedisStore
@@ -25,10 +27,47 @@ def pytest_configure(config: pytest.Config) -> None:
     the default (``$XDG_CACHE_HOME``) and ``TOOLWEAVER_CACHE_DIR`` point at a scratch folder."""
     os.environ["XDG_CACHE_HOME"] = _SCRATCH_HOME.name
     os.environ["TOOLWEAVER_CACHE_DIR"] = os.path.join(_SCRATCH_HOME.name, "toolweaver-async")
+    _register_allow_blocking(config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     _SCRATCH_HOME.cleanup()
+
+
+# -- the event loop ------------------------------------------------------------------------------
+
+# With @pytest.mark.allow_blocking only the library is checked: blocking calls count when a
+# frame of toolweaver_async (less its test kit, which tests drive) is on the stack.
+_LIBRARY = ["toolweaver_async"]
+_TEST_KIT = [
+    name
+    for name in ("toolweaver_async.testing", "toolweaver_async.pytest_plugin")
+    if importlib.util.find_spec(name) is not None
+]
+
+
+def _register_allow_blocking(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "allow_blocking(reason): the test's own code may block the event loop (it looks at "
+        "files behind a store's back, runs a subprocess ...); the library is still checked",
+    )
+
+
+@pytest.fixture(autouse=True)
+def blockbuster_on_every_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test fails on a blocking call (file I/O, sleep, a socket, a held lock, a
+    subprocess) made while an event loop runs in its thread. A test whose own code must block
+    says why with ``@pytest.mark.allow_blocking(reason=...)``; the library never may."""
+    marker = request.node.get_closest_marker("allow_blocking")
+    if marker is None:
+        with blockbuster_ctx():
+            yield
+        return
+    if not marker.kwargs.get("reason"):
+        pytest.fail("@pytest.mark.allow_blocking needs reason=...", pytrace=False)
+    with blockbuster_ctx(_LIBRARY, excluded_modules=_TEST_KIT):
+        yield
 
 
 # -- Redis ---------------------------------------------------------------------------------------
@@ -125,7 +164,7 @@ async def make_cache(
 @pytest.fixture
 async def raw_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     """A plain redis.asyncio client on the shared server, to look behind the cache's back."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = aioredis.Redis.from_url(redis_url, driver_info=None)  # no SETINFO: no metadata stat
     yield client
     await client.aclose()
 

@@ -3,6 +3,7 @@ and heartbeat. Separate processes are in test_coherence_processes.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -286,12 +287,12 @@ async def test_a_paused_redis_ends_the_channel_by_heartbeat(
     async with AsyncToolCache(config) as cache:
         await cache.set("k", "v1")
         assert (await cache.health_check())["coherence"]["mode"] == "live"
-        own_redis_server.pause()  # the socket stays open; nothing answers
+        await asyncio.to_thread(own_redis_server.pause)  # the socket stays open; nothing answers
         coherence = cache._coherence
 
         await eventually(lambda: coherence.mode != "live", within=2, what="heartbeat gave up")
         assert coherence.channel_losses == 1
-        own_redis_server.resume()
+        await asyncio.to_thread(own_redis_server.resume)
         await eventually(lambda: coherence.mode == "live", within=5, what="channel back")
 
 
@@ -306,7 +307,7 @@ async def test_flushdb_by_another_client_empties_memory(
         stores=("memory", "redis"),
         coherence_window=30.0,
     )
-    client = aioredis.Redis.from_url(own_redis_server.url)
+    client = aioredis.Redis.from_url(own_redis_server.url, driver_info=None)  # no metadata stat
     try:
         async with AsyncToolCache(config) as cache:
             await cache.set("k", "v1")

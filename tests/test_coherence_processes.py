@@ -232,7 +232,7 @@ async def test_peer_memory_sees_flushdb(
     await writer.set("k", "v1")
     await peer.open(**settings)
     await _in_peer_memory(peer, "k", "v1")
-    client = aioredis.Redis.from_url(url)
+    client = aioredis.Redis.from_url(url, driver_info=None)  # no SETINFO: no metadata stat
     try:
         await client.flushdb()
     finally:
@@ -257,7 +257,7 @@ async def test_peer_flushes_memory_when_its_killed_channel_comes_back(
     await writer.set("k", "v1")
     await peer.open(**settings)
     await _in_peer_memory(peer, "k", "v1")
-    client = aioredis.Redis.from_url(url)
+    client = aioredis.Redis.from_url(url, driver_info=None)  # no SETINFO: no metadata stat
     try:
         # The peer's channel is the only pubsub client of this server; the write lands while
         # it is gone (or at best while it resubscribes), so no invalidation reaches the peer.
@@ -289,7 +289,7 @@ async def test_peer_never_serves_an_overwritten_value_across_a_redis_restart(
     await writer.set("k", "v1")
     await peer.open(**settings)
     await _in_peer_memory(peer, "k", "v1")
-    own_redis_server.kill()
+    await asyncio.to_thread(own_redis_server.kill)
 
     async def not_from_memory() -> bool:
         return await peer.get("k") is None  # Redis is down and memory may not vouch for v1
@@ -297,7 +297,7 @@ async def test_peer_never_serves_an_overwritten_value_across_a_redis_restart(
     # The channel is lost at once (the socket closes); the entry lives at most the window.
     await eventually(not_from_memory, within=window + 1.0, what="v1 dropped within the window")
     assert await peer.mode() in ("reconnecting", "connecting")
-    own_redis_server.start()  # same port, empty
+    await asyncio.to_thread(own_redis_server.start)  # same port, empty
     fresh = await writer_for(**{**settings, "stores": ("redis",)})
     await fresh.set("k", "v2")
 

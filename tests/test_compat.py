@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -128,7 +129,7 @@ async def test_breaker_view_reports_failures_and_availability_when_redis_dies(
         assert cache.circuit_breaker.state == "CLOSED"
         assert cache.circuit_breaker.failures == 0
         assert cache.redis_available is True
-        own_redis_server.kill()
+        await asyncio.to_thread(own_redis_server.kill)
         for _ in range(cache.circuit_breaker.failure_threshold):
             cache.circuit_breaker.record_failure()
         assert cache.circuit_breaker.state == "OPEN"

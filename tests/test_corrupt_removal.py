@@ -28,6 +28,7 @@ def _digest(key: str) -> str:
     return hashlib.blake2b(key.encode(), digest_size=20).hexdigest()
 
 
+@pytest.mark.allow_blocking(reason="rewrites the entry file behind the store's back")
 async def test_the_file_stores_own_removal_spares_an_entry_written_after_the_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

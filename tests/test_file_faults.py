@@ -88,6 +88,7 @@ def file_health(health: dict[str, Any]) -> dict[str, Any]:
     return file
 
 
+@pytest.mark.allow_blocking(reason="breaks the cache folder behind the store's back")
 async def test_disk_full_degrades_to_memory_and_redis_and_recovers(
     make_cache: MakeCache, small_disk: Path
 ) -> None:
@@ -177,6 +178,7 @@ def deny_writes() -> Iterator[Callable[[Path], None]]:
         step()
 
 
+@pytest.mark.allow_blocking(reason="breaks the cache folder behind the store's back")
 async def test_permission_denied_degrades_to_memory_and_redis(
     make_cache: MakeCache, cache_dir: Path, key_prefix: str, deny_writes: Callable[[Path], None]
 ) -> None:
@@ -192,6 +194,7 @@ async def test_permission_denied_degrades_to_memory_and_redis(
     assert "Errno 1" in health["last_error"] or "Errno 13" in health["last_error"]
 
 
+@pytest.mark.allow_blocking(reason="breaks the cache folder behind the store's back")
 async def test_corrupt_and_truncated_entries_fall_through_to_redis(
     make_cache: MakeCache, cache_dir: Path
 ) -> None:
@@ -238,6 +241,7 @@ async def test_folder_deleted_underneath_is_a_miss_then_heals(
     assert file_health(await cache.health_check())["ok"] is True
 
 
+@pytest.mark.allow_blocking(reason="breaks the cache folder behind the store's back")
 async def test_a_hung_file_read_costs_at_most_file_timeout_and_falls_through_to_redis(
     make_cache: MakeCache, cache_dir: Path
 ) -> None:

@@ -20,6 +20,8 @@ from toolweaver_async.testing import FakeClock
 
 NS = "default"
 PREFIX = "tw"
+# The store's own I/O is still checked for blocking calls; only the test's may block.
+PLANTS_LINKS = pytest.mark.allow_blocking(reason="plants links and files behind the store's back")
 
 
 @pytest.fixture
@@ -53,6 +55,7 @@ def digest_of(key: str) -> str:
     return hashlib.blake2b(key.encode(), digest_size=20).hexdigest()
 
 
+@PLANTS_LINKS
 async def test_a_namespace_folder_that_is_a_link_is_never_followed(
     store: FileStore, tmp_path: Path, victim: Path
 ) -> None:
@@ -74,6 +77,7 @@ async def test_a_namespace_folder_that_is_a_link_is_never_followed(
     assert await store.get("other", "k") is None
 
 
+@PLANTS_LINKS
 async def test_a_trash_folder_that_is_a_link_is_never_emptied_or_written_into(
     store: FileStore, tmp_path: Path, victim: Path
 ) -> None:
@@ -92,6 +96,7 @@ async def test_a_trash_folder_that_is_a_link_is_never_emptied_or_written_into(
     assert victim_intact(victim)
 
 
+@PLANTS_LINKS
 async def test_a_two_hex_folder_that_is_a_link_is_never_written_through(
     store: FileStore, tmp_path: Path, victim: Path
 ) -> None:
@@ -107,6 +112,7 @@ async def test_a_two_hex_folder_that_is_a_link_is_never_written_through(
     assert victim_intact(victim)
 
 
+@PLANTS_LINKS
 async def test_an_entry_file_that_is_a_link_is_never_read_through_or_its_target_removed(
     store: FileStore, tmp_path: Path, victim: Path
 ) -> None:
@@ -125,6 +131,7 @@ async def test_an_entry_file_that_is_a_link_is_never_read_through_or_its_target_
     assert victim_intact(victim)
 
 
+@PLANTS_LINKS
 async def test_eviction_never_walks_into_a_linked_folder(tmp_path: Path, victim: Path) -> None:
     store = FileStore(root=tmp_path / "cache", key_prefix=PREFIX, max_bytes=2_000)
     await store.set(NS, "k0", b"x" * 500, None)
@@ -134,6 +141,7 @@ async def test_eviction_never_walks_into_a_linked_folder(tmp_path: Path, victim:
     assert victim_intact(victim)
 
 
+@PLANTS_LINKS
 async def test_a_prefix_folder_that_is_a_link_is_an_error_never_followed(
     store: FileStore, tmp_path: Path, victim: Path
 ) -> None:
@@ -153,6 +161,7 @@ async def test_a_prefix_folder_that_is_a_link_is_an_error_never_followed(
     assert sorted(os.listdir(victim)) == ["precious.txt", "sub"]
 
 
+@PLANTS_LINKS
 async def test_an_entry_link_to_a_fifo_outside_is_not_opened(tmp_path: Path) -> None:
     """Opening the link's target would block on the FIFO (and read outside the tree): with
     O_NOFOLLOW the read sees a link, a broken entry, at once."""

@@ -27,6 +27,8 @@ from .polling import eventually
 
 NS = "default"
 PREFIX = "tw"
+# The store's own I/O is still checked for blocking calls; only the test's may block.
+LOOKS_AT_FILES = pytest.mark.allow_blocking(reason="reads or damages the store's files directly")
 
 
 @pytest.fixture
@@ -55,6 +57,7 @@ def temp_files(root: Path) -> list[Path]:
 # --- basics ---------------------------------------------------------------------------------
 
 
+@LOOKS_AT_FILES
 async def test_constructing_does_no_io_and_satisfies_the_store_protocol(tmp_path: Path) -> None:
     store = FileStore(root=tmp_path / "not-yet", key_prefix=PREFIX)
     assert isinstance(store, Store)
@@ -63,6 +66,7 @@ async def test_constructing_does_no_io_and_satisfies_the_store_protocol(tmp_path
     assert store.approx_bytes is None
 
 
+@LOOKS_AT_FILES
 async def test_from_config_uses_cache_dir_prefix_and_size_bound(tmp_path: Path) -> None:
     config = CacheConfig(cache_dir=tmp_path, key_prefix="proj", file_max_bytes=12345)
     store = FileStore.from_config(config)
@@ -123,6 +127,7 @@ async def test_invalid_constructor_arguments_are_refused(tmp_path: Path) -> None
 # --- add (promotion never overwrites) -------------------------------------------------------
 
 
+@LOOKS_AT_FILES
 async def test_add_writes_only_where_no_fresh_entry_is(
     store: FileStore, clock: FakeClock, tmp_path: Path
 ) -> None:
@@ -139,6 +144,7 @@ async def test_add_writes_only_where_no_fresh_entry_is(
     assert temp_files(tmp_path) == []
 
 
+@LOOKS_AT_FILES
 async def test_concurrent_adds_of_one_key_store_exactly_one(
     store: FileStore, tmp_path: Path
 ) -> None:
@@ -149,6 +155,7 @@ async def test_concurrent_adds_of_one_key_store_exactly_one(
     assert temp_files(tmp_path) == []
 
 
+@LOOKS_AT_FILES
 async def test_add_works_on_a_filesystem_without_hard_links(
     store: FileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -165,6 +172,7 @@ async def test_add_works_on_a_filesystem_without_hard_links(
 # --- expiry ---------------------------------------------------------------------------------
 
 
+@LOOKS_AT_FILES
 async def test_expired_entry_reads_as_none_and_its_file_is_removed(
     store: FileStore, clock: FakeClock, tmp_path: Path
 ) -> None:
@@ -180,6 +188,7 @@ async def test_expired_entry_reads_as_none_and_its_file_is_removed(
     assert await store.get(NS, "forever") == b"v"
 
 
+@LOOKS_AT_FILES
 async def test_get_many_removes_expired_entries_in_the_same_hop(
     store: FileStore, clock: FakeClock, tmp_path: Path
 ) -> None:
@@ -205,6 +214,7 @@ ODD_KEYS = [
 ]
 
 
+@LOOKS_AT_FILES
 async def test_odd_and_long_keys_round_trip_and_stay_inside_the_prefix_folder(
     store: FileStore, tmp_path: Path
 ) -> None:
@@ -231,6 +241,7 @@ def test_entry_path_is_always_two_levels_under_the_namespace_folder(key: str) ->
 # --- the store's own header -----------------------------------------------------------------
 
 
+@LOOKS_AT_FILES
 async def test_file_recording_another_key_reads_as_none_and_is_removed(
     store: FileStore, tmp_path: Path
 ) -> None:
@@ -274,6 +285,7 @@ def _empty(blob: bytes) -> bytes:
 @pytest.mark.parametrize(
     "damage", [_cut_header, _cut_key, _cut_data, _extra_data, _wrong_magic, _random, _empty]
 )
+@LOOKS_AT_FILES
 async def test_damaged_file_reads_as_none_is_removed_and_counted(
     store: FileStore, tmp_path: Path, damage: object
 ) -> None:
@@ -291,6 +303,7 @@ async def test_damaged_file_reads_as_none_is_removed_and_counted(
 # --- atomic writes --------------------------------------------------------------------------
 
 
+@LOOKS_AT_FILES
 async def test_concurrent_writers_of_one_key_leave_one_whole_entry_and_no_temp_files(
     store: FileStore, tmp_path: Path
 ) -> None:
@@ -301,6 +314,7 @@ async def test_concurrent_writers_of_one_key_leave_one_whole_entry_and_no_temp_f
     assert all_files(tmp_path) == [entry_path(tmp_path, "shared")]
 
 
+@LOOKS_AT_FILES
 async def test_disk_full_raises_store_error_leaves_no_temp_file_and_keeps_the_old_entry(
     store: FileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -323,6 +337,7 @@ async def test_disk_full_raises_store_error_leaves_no_temp_file_and_keeps_the_ol
     assert await store.get(NS, "k") == b"old"
 
 
+@LOOKS_AT_FILES
 async def test_cancelled_set_still_completes_its_write_in_the_worker(
     store: FileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -353,6 +368,7 @@ async def test_cancelled_set_still_completes_its_write_in_the_worker(
 # --- invalidate and clear -------------------------------------------------------------------
 
 
+@LOOKS_AT_FILES
 async def test_invalidate_hides_the_namespace_at_once_for_every_store_on_the_root(
     store: FileStore, tmp_path: Path, clock: FakeClock
 ) -> None:
@@ -372,6 +388,7 @@ async def test_invalidate_hides_the_namespace_at_once_for_every_store_on_the_roo
     assert await other_process.get("search", "q1") == b"again"
 
 
+@LOOKS_AT_FILES
 async def test_invalidate_of_an_unused_namespace_or_missing_root_is_fine(
     store: FileStore, tmp_path: Path
 ) -> None:
@@ -382,6 +399,7 @@ async def test_invalidate_of_an_unused_namespace_or_missing_root_is_fine(
     assert await store.get(NS, "k") == b"v"
 
 
+@LOOKS_AT_FILES
 async def test_clear_removes_only_this_prefix_and_leftover_trash(
     store: FileStore, tmp_path: Path, clock: FakeClock
 ) -> None:
@@ -406,6 +424,7 @@ async def test_clear_removes_only_this_prefix_and_leftover_trash(
     await FileStore(root=tmp_path / "absent", key_prefix=PREFIX).clear()
 
 
+@LOOKS_AT_FILES
 async def test_write_whose_folder_is_invalidated_mid_write_is_ordered_before_it(
     store: FileStore, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -430,6 +449,7 @@ async def test_write_whose_folder_is_invalidated_mid_write_is_ordered_before_it(
     assert await store.get(NS, "k") == b"next"
 
 
+@LOOKS_AT_FILES
 async def test_writes_racing_invalidate_and_clear_never_fail_or_leave_temp_files(
     store: FileStore, tmp_path: Path, clock: FakeClock
 ) -> None:
@@ -457,6 +477,7 @@ def _age(path: Path, mtime: float) -> None:
     os.utime(path, (mtime, mtime))
 
 
+@LOOKS_AT_FILES
 async def test_eviction_keeps_the_total_under_max_bytes_and_removes_the_oldest_first(
     tmp_path: Path, clock: FakeClock
 ) -> None:
@@ -477,6 +498,7 @@ async def test_eviction_keeps_the_total_under_max_bytes_and_removes_the_oldest_f
     assert 10 in present
 
 
+@LOOKS_AT_FILES
 async def test_eviction_removes_expired_entries_before_older_fresh_ones(
     tmp_path: Path, clock: FakeClock
 ) -> None:
@@ -496,6 +518,7 @@ async def test_eviction_removes_expired_entries_before_older_fresh_ones(
     assert entry_path(tmp_path, "old3").exists()
 
 
+@LOOKS_AT_FILES
 async def test_first_write_counts_files_other_processes_wrote_and_drops_stale_temp_files(
     tmp_path: Path, clock: FakeClock
 ) -> None:
@@ -518,6 +541,7 @@ async def test_first_write_counts_files_other_processes_wrote_and_drops_stale_te
 # --- failures -------------------------------------------------------------------------------
 
 
+@LOOKS_AT_FILES
 async def test_a_stray_file_where_the_namespace_folder_belongs_is_replaced_by_the_folder(
     store: FileStore, tmp_path: Path
 ) -> None:
@@ -530,6 +554,7 @@ async def test_a_stray_file_where_the_namespace_folder_belongs_is_replaced_by_th
     assert (tmp_path / PREFIX / NS).is_dir()
 
 
+@LOOKS_AT_FILES
 async def test_a_file_where_the_prefix_folder_belongs_gives_store_error(
     store: FileStore, tmp_path: Path
 ) -> None:
@@ -558,6 +583,7 @@ async def test_permission_denied_gives_store_error(store: FileStore, tmp_path: P
         folder.chmod(0o700)
 
 
+@LOOKS_AT_FILES
 async def test_root_deleted_underneath_reads_as_miss_and_next_write_works(
     store: FileStore, tmp_path: Path
 ) -> None:
@@ -569,6 +595,7 @@ async def test_root_deleted_underneath_reads_as_miss_and_next_write_works(
     assert await store.get(NS, "k") == b"again"
 
 
+@LOOKS_AT_FILES
 async def test_ping_only_looks_and_leaves_nothing_behind(store: FileStore, tmp_path: Path) -> None:
     await store.ping()  # a folder not made yet is fine: the first write makes it
     assert all_files(tmp_path) == []
@@ -581,6 +608,7 @@ async def test_ping_only_looks_and_leaves_nothing_behind(store: FileStore, tmp_p
     await store.aclose()
 
 
+@LOOKS_AT_FILES
 async def test_ping_raises_store_error_when_the_folder_cannot_be_written(tmp_path: Path) -> None:
     blocker = tmp_path / "file-not-folder"
     blocker.write_bytes(b"")
@@ -665,6 +693,7 @@ async def test_aclose_stops_the_worker_thread_and_a_later_call_starts_a_new_one(
     await store.aclose()
 
 
+@LOOKS_AT_FILES
 async def test_a_bulk_write_does_not_hold_up_other_callers_until_it_is_done(
     tmp_path: Path,
 ) -> None:

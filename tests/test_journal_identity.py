@@ -63,6 +63,7 @@ async def test_journal_of_another_database_is_left_for_that_database(tmp_path: P
     await same.aclose()
 
 
+@pytest.mark.allow_blocking(reason="renames the journal file behind its back")
 async def test_log_whose_origin_is_another_server_is_discarded_with_one_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -147,6 +147,7 @@ def _points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
     return found
 
 
+@pytest.mark.allow_blocking(reason="an OpenTelemetry MeterProvider joins a thread pool")
 async def test_opentelemetry_exporter_publishes_through_the_in_memory_reader(
     make_cache: Callable[..., AsyncToolCache], free_port: Callable[[], int]
 ) -> None:

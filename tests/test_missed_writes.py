@@ -106,6 +106,7 @@ def _layer(cache: AsyncToolCache, name: str) -> Any:
     return next(g for g in cache._chain.layers if g.name == name)
 
 
+@pytest.mark.allow_blocking(reason="takes write permission away from the cache folder")
 async def test_a_delete_the_file_store_missed_never_brings_the_old_value_back(
     make_cache: MakeCache,
     cache_dir: Path,
@@ -152,6 +153,7 @@ async def test_keys_whose_writes_the_open_file_breaker_skipped_all_agree(
     assert await cache.get(keys[0]) == "v3"
 
 
+@pytest.mark.allow_blocking(reason="takes write permission away from the cache folder")
 async def test_a_read_only_cache_dir_is_read_and_its_breaker_stays_closed(
     make_cache: MakeCache,
     cache_dir: Path,

@@ -99,7 +99,7 @@ async def test_cancelling_one_caller_of_a_shared_round_trip_leaves_the_others_th
     keys = [f"k{i}" for i in range(20)]
     try:
         await store.set_many(NS, [(key, key.encode(), 60) for key in keys])
-        own_redis_server.pause()
+        await asyncio.to_thread(own_redis_server.pause)
         try:
             tasks = [asyncio.create_task(store.get(NS, key)) for key in keys]
             await eventually(lambda: store._batcher.queued == 0 and store._batcher.in_flight == 2)
@@ -108,7 +108,7 @@ async def test_cancelling_one_caller_of_a_shared_round_trip_leaves_the_others_th
                 task.cancel()
             await asyncio.sleep(0.01)
         finally:
-            own_redis_server.resume()
+            await asyncio.to_thread(own_redis_server.resume)
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for key, task, result in zip(keys, tasks, results, strict=True):
             if task in doomed:
@@ -149,7 +149,7 @@ async def test_queued_and_shared_calls_time_out_on_a_paused_server(
     store = RedisStore(url=own_redis_server.url, key_prefix=key_prefix, command_timeout=0.2)
     try:
         await store.set(NS, "k", b"v", 60)
-        own_redis_server.pause()
+        await asyncio.to_thread(own_redis_server.pause)
         try:
             started = time.monotonic()
             results = await asyncio.gather(
@@ -159,7 +159,7 @@ async def test_queued_and_shared_calls_time_out_on_a_paused_server(
             )
             elapsed = time.monotonic() - started
         finally:
-            own_redis_server.resume()
+            await asyncio.to_thread(own_redis_server.resume)
         assert all(isinstance(r, StoreError) and "within 0.2 s" in str(r) for r in results)
         assert elapsed < 0.2 * 2 + 0.3
         assert await store.get(NS, "k") == b"v"  # the timed-out connections were replaced
@@ -221,7 +221,7 @@ async def test_batching_connections_use_the_urls_database(
 ) -> None:
     url = f"redis://{redis_server.host}:{redis_server.port}/3"
     store = RedisStore(url=url, key_prefix=key_prefix)
-    db3 = Redis.from_url(url)
+    db3 = Redis.from_url(url, driver_info=None)  # no SETINFO: no metadata stat
     try:
         await asyncio.gather(store.set(NS, "k", b"v", 60), store.set(NS, "j", b"w", 60))
         assert await asyncio.gather(store.get(NS, "k"), store.get(NS, "j")) == [b"v", b"w"]

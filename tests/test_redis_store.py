@@ -334,7 +334,7 @@ async def test_get_from_a_paused_server_fails_within_the_command_timeout(
     cold = RedisStore(url=own_redis_server.url, key_prefix=key_prefix, command_timeout=0.2)
     try:
         await store.set(NS, "k", b"v", ttl=60)  # a pooled, connected connection
-        own_redis_server.pause()
+        await asyncio.to_thread(own_redis_server.pause)
         try:
             for paused_store in (store, cold):  # a live connection, then a fresh one
                 started = time.perf_counter()
@@ -342,7 +342,7 @@ async def test_get_from_a_paused_server_fails_within_the_command_timeout(
                     await paused_store.get(NS, "k")
                 assert time.perf_counter() - started < 2.0
         finally:
-            own_redis_server.resume()
+            await asyncio.to_thread(own_redis_server.resume)
         assert await store.get(NS, "k") == b"v"
         assert await cold.get(NS, "k") == b"v"
     finally:
@@ -356,10 +356,10 @@ async def test_store_works_again_after_the_server_is_killed_and_restarted(
     store = RedisStore(url=own_redis_server.url, key_prefix=key_prefix)
     try:
         await asyncio.gather(*(store.set(NS, f"k{i}", b"v", ttl=60) for i in range(8)))
-        own_redis_server.kill()
+        await asyncio.to_thread(own_redis_server.kill)
         with pytest.raises(StoreError):
             await store.get(NS, "k0")
-        own_redis_server.restart()
+        await asyncio.to_thread(own_redis_server.restart)
         assert await store.get(NS, "k0") is None  # no persistence: the data died with it
         await store.set(NS, "k0", b"again", ttl=60)
         assert await asyncio.gather(*(store.get(NS, "k0") for _ in range(16))) == [b"again"] * 16
@@ -465,7 +465,7 @@ async def test_gets_cancelled_while_waiting_on_a_paused_server_leave_no_stray_re
     batcher = store._batcher
     try:
         await store.set_many(NS, [(key, key.encode(), 60) for key in keys])
-        own_redis_server.pause()
+        await asyncio.to_thread(own_redis_server.pause)
         try:
             # One get goes out alone, the other seven share a second round trip.
             tasks = [asyncio.create_task(store.get(NS, key)) for key in keys]
@@ -481,7 +481,7 @@ async def test_gets_cancelled_while_waiting_on_a_paused_server_leave_no_stray_re
             results = await asyncio.gather(*tasks, return_exceptions=True)
             assert all(isinstance(r, asyncio.CancelledError) for r in results)
         finally:
-            own_redis_server.resume()
+            await asyncio.to_thread(own_redis_server.resume)
         # The server now answers the cancelled MGETs; no later get may read those replies.
         for _ in range(3):
             got = await asyncio.gather(*(store.get(NS, key) for key in reversed(keys)))

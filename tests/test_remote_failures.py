@@ -62,7 +62,7 @@ async def test_a_write_failing_late_never_overtakes_a_newer_write_of_its_key(
     cache = await make_cache(redis_url=url, stores=("redis",))
     reader = await make_cache(redis_url=url, stores=("redis",))
     await cache.set("k", "v0")
-    own_redis_server.pause()
+    await asyncio.to_thread(own_redis_server.pause)
     older = asyncio.ensure_future(cache.set("k", "v1"))  # in flight, fails at its deadline
     await asyncio.sleep(0)
     redis_layer(cache).breaker.trip()  # the newer write is journaled at once
@@ -71,7 +71,7 @@ async def test_a_write_failing_late_never_overtakes_a_newer_write_of_its_key(
     else:
         await cache.delete("k")
     await older  # ... the older one fails later, and is noticed after it
-    own_redis_server.resume()
+    await asyncio.to_thread(own_redis_server.resume)
     redis_layer(cache).breaker.reset()
     await eventually(recovered(cache), what="journal replayed")
     assert await reader.get("k") == ("v2" if newer == "set" else None)
@@ -108,7 +108,7 @@ async def test_journal_over_its_byte_bound_never_lets_redis_serve_an_older_value
 async def full_redis(own_redis_server: RedisServer) -> AsyncIterator[RedisServer]:
     """A private server that refuses every write that needs memory (noeviction), on demand:
     ``await full_redis.fill()``."""
-    client = aioredis.Redis.from_url(own_redis_server.url)
+    client = aioredis.Redis.from_url(own_redis_server.url, driver_info=None)  # no metadata stat
     await client.config_set("maxmemory-policy", "noeviction")
 
     async def fill() -> None:
@@ -216,7 +216,7 @@ async def test_get_or_set_cancelled_while_taking_its_lock_leaves_no_lock_behind(
 ) -> None:
     cache = await make_cache(redis_url=own_redis_server.url, redis_command_timeout=0.3)
     await cache.get("warm")  # connections made
-    own_redis_server.pause()
+    await asyncio.to_thread(own_redis_server.pause)
     started = asyncio.Event()
 
     async def load() -> str:
@@ -230,9 +230,9 @@ async def test_get_or_set_cancelled_while_taking_its_lock_leaves_no_lock_behind(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    own_redis_server.resume()  # ... and lands after the caller gave up
+    await asyncio.to_thread(own_redis_server.resume)  # ... and lands after the caller gave up
     assert not started.is_set()
-    admin = aioredis.Redis.from_url(own_redis_server.url)
+    admin = aioredis.Redis.from_url(own_redis_server.url, driver_info=None)
     try:
         # Without the clean-up the next get_or_set of "k" anywhere waits for the lock's ttl.
         await eventually(lambda: _no_lock(admin, key_prefix), within=2.0, what="lock released")
@@ -248,7 +248,7 @@ async def _no_lock(client: aioredis.Redis, key_prefix: str) -> bool:
 async def acl_user(own_redis_server: RedisServer) -> AsyncIterator[Callable[..., Awaitable[str]]]:
     """``await acl_user("-eval")`` : the URL of a user the private server refuses those
     commands to."""
-    admin = aioredis.Redis.from_url(own_redis_server.url)
+    admin = aioredis.Redis.from_url(own_redis_server.url, driver_info=None)
 
     async def make(*rules: str) -> str:
         await admin.acl_setuser(
@@ -270,7 +270,7 @@ async def test_locks_work_without_scripts_when_the_acl_refuses_eval(
 ) -> None:
     url = await acl_user("-eval", "-evalsha")
     cache = await make_cache(redis_url=url)
-    admin = aioredis.Redis.from_url(url.replace("limited:secret@", ""))
+    admin = aioredis.Redis.from_url(url.replace("limited:secret@", ""), driver_info=None)
     try:
         for n in range(5):
             assert await cache.get_or_set(f"k{n}", _load) == "loaded"

@@ -85,7 +85,7 @@ async def test_closing_caches_add_their_runs_to_the_stats_file(
     idle = make_cache(stats_file=stats_file)
     await idle.aclose()  # did nothing: not a run
 
-    runs, totals = read_stats_file(stats_file)
+    runs, totals = await asyncio.to_thread(read_stats_file, stats_file)
     assert runs == 2
     results = totals.namespaces["results"]
     assert results.total_hits >= 3  # the second cache also hits the first one's file entry

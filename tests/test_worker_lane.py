@@ -227,16 +227,17 @@ def test_any_burst_of_steps_runs_in_order_and_each_caller_gets_its_own_outcome(
             raise ValueError(value)
         return value
 
-    async def burst() -> list[Any]:
-        pool = CountingExecutor()
-        try:
-            lane = WorkerLane(asyncio.get_running_loop(), pool, deadline=5.0)
-            waiters = [lane.run(step, value, fails) for value, fails in steps]
-            return await asyncio.gather(*waiters, return_exceptions=True)
-        finally:
-            pool.shutdown(wait=True)
+    pool = CountingExecutor()
 
-    outcomes = asyncio.run(burst())
+    async def burst() -> list[Any]:
+        lane = WorkerLane(asyncio.get_running_loop(), pool, deadline=5.0)
+        waiters = [lane.run(step, value, fails) for value, fails in steps]
+        return await asyncio.gather(*waiters, return_exceptions=True)
+
+    try:
+        outcomes = asyncio.run(burst())
+    finally:
+        pool.shutdown(wait=True)  # joins the worker thread, so off the loop
     assert ran == [value for value, _ in steps]
     for (value, fails), outcome in zip(steps, outcomes, strict=True):
         if fails:

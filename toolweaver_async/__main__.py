@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -109,7 +111,7 @@ def command(
 async def _doctor(_: argparse.Namespace) -> int:
     async with _cache() as cache:
         report = await cache.health_check()
-    report["savings"] = _savings(CacheConfig.from_env())
+    report["savings"] = await asyncio.to_thread(_savings, CacheConfig.from_env())  # reads a file
     print(_json(report))
     return 0 if all(store["ok"] for store in report["stores"].values()) else 1
 
@@ -155,10 +157,11 @@ async def _stats(_: argparse.Namespace) -> int:
             "no stats file: set TOOLWEAVER_STATS_FILE, and every cache adds its counters to it "
             "when it closes"
         )
-    if not config.stats_file.exists():
+    # The stats file is read in a worker thread: no file I/O on the loop.
+    if not await asyncio.to_thread(config.stats_file.exists):
         print(f"no run recorded in {config.stats_file} yet", file=sys.stderr)
         return 1
-    runs, totals = read_stats_file(config.stats_file)
+    runs, totals = await asyncio.to_thread(read_stats_file, config.stats_file)
     print(_json({"stats_file": str(config.stats_file), "runs": runs, **totals.to_dict()}))
     return 0
 
@@ -210,22 +213,34 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", type=_positive_int, default=2000, help="sets and gets (>= 1)")
 
 
+@contextlib.asynccontextmanager
+async def _scratch_folder(prefix: str) -> AsyncIterator[str]:
+    """A temporary folder made and removed in a worker thread: never file I/O on the loop."""
+    folder = await asyncio.to_thread(tempfile.mkdtemp, prefix=prefix)
+    try:
+        yield folder
+    finally:
+        await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
+
+
 @command("bench", "quick set/get latency of the configured chain", _bench_arguments)
 async def _bench(args: argparse.Namespace) -> int:
     """A quick latency check of the configured chain (the full suite is ``make bench``), in a
     temporary folder and under a prefix of its own, both removed afterwards."""
     value = {"tool": "search", "results": [{"id": i, "score": i / 10} for i in range(20)]}
-    with tempfile.TemporaryDirectory(prefix="tw-bench-") as scratch:
-        async with _cache(key_prefix=f"bench-{uuid.uuid4().hex[:8]}", cache_dir=scratch) as cache:
-            sets, gets = [], []
-            for i in range(args.n):
-                started = time.perf_counter()
-                await cache.set(f"k{i % 100}", value)
-                sets.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                await cache.get(f"k{i % 100}")
-                gets.append(time.perf_counter() - started)
-            await cache.clear()
+    async with (
+        _scratch_folder("tw-bench-") as scratch,
+        _cache(key_prefix=f"bench-{uuid.uuid4().hex[:8]}", cache_dir=scratch) as cache,
+    ):
+        sets, gets = [], []
+        for i in range(args.n):
+            started = time.perf_counter()
+            await cache.set(f"k{i % 100}", value)
+            sets.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await cache.get(f"k{i % 100}")
+            gets.append(time.perf_counter() - started)
+        await cache.clear()
     chain = " + ".join(cache.config.enabled_stores)
     print(f"chain: {chain}; {args.n} sets and gets of a ~1 KB value")
     print(f"set p50 {statistics.median(sets) * 1e6:8.1f} µs")
@@ -239,14 +254,16 @@ async def _demo(_: argparse.Namespace) -> int:
         await asyncio.sleep(0.2)
         return {"query": query, "answer": 42}
 
-    with tempfile.TemporaryDirectory(prefix="tw-demo-") as scratch:
-        async with _cache(key_prefix=f"demo-{uuid.uuid4().hex[:8]}", cache_dir=scratch) as cache:
-            for attempt in ("first call (miss)", "second call (hit)"):
-                started = time.perf_counter()
-                await cache.get_or_set("q:answer", lambda: slow_tool("answer"), namespace="results")
-                print(f"{attempt:<18} {(time.perf_counter() - started) * 1000:8.2f} ms")
-            print(_json(cache.stats().overall.to_dict()))
-            await cache.clear()
+    async with (
+        _scratch_folder("tw-demo-") as scratch,
+        _cache(key_prefix=f"demo-{uuid.uuid4().hex[:8]}", cache_dir=scratch) as cache,
+    ):
+        for attempt in ("first call (miss)", "second call (hit)"):
+            started = time.perf_counter()
+            await cache.get_or_set("q:answer", lambda: slow_tool("answer"), namespace="results")
+            print(f"{attempt:<18} {(time.perf_counter() - started) * 1000:8.2f} ms")
+        print(_json(cache.stats().overall.to_dict()))
+        await cache.clear()
     return 0
 
 

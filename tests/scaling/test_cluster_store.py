@@ -114,6 +114,7 @@ async def test_cluster_true_skips_detection_and_standalone_stays_off(
     assert any(isinstance(outcome, Exception) for outcome in outcomes)
 
 
+@pytest.mark.allow_blocking(reason="reads the cluster's topology with a blocking client")
 async def test_every_operation_works_with_keys_spread_over_all_primaries(
     make_cache: Callable[..., AsyncToolCache], redis_cluster: ClusterTopology, prefix: str
 ) -> None:
@@ -173,6 +174,7 @@ async def test_concurrent_gets_share_round_trips_per_primary(
     assert sum(b.round_trips for b in engine._batchers.values()) - before <= 3 * 3
 
 
+@pytest.mark.allow_blocking(reason="reads the cluster's topology with a blocking client")
 async def test_clear_removes_this_caches_keys_and_leaves_a_foreign_key_on_every_node(
     make_cache: Callable[..., AsyncToolCache], redis_cluster: ClusterTopology, prefix: str
 ) -> None:
@@ -215,6 +217,7 @@ async def test_invalidate_hides_every_entry_from_every_instance_at_once(
     assert await writer.get("kept", namespace="other") == 1
 
 
+@pytest.mark.allow_blocking(reason="reads the cluster's topology with a blocking client")
 async def test_generation_counters_spread_over_every_primary(
     make_store: Callable[..., RedisStore], redis_cluster: ClusterTopology, prefix: str
 ) -> None:
@@ -255,6 +258,7 @@ async def test_get_or_set_runs_one_loader_across_two_cache_instances(
     assert calls == ["first"]
 
 
+@pytest.mark.allow_blocking(reason="reads the cluster's topology with a blocking client")
 async def test_health_check_shows_the_cluster_topology(
     make_cache: Callable[..., AsyncToolCache], redis_cluster: ClusterTopology
 ) -> None:

@@ -60,6 +60,7 @@ async def test_a_sentinel_primary_carries_the_invalidation_channel(
 
 
 @pytest.mark.slow
+@pytest.mark.allow_blocking(reason="reads the sentinel topology with a blocking client")
 async def test_the_channel_follows_a_sentinel_failover(
     healed_sentinel: SentinelTopology, key_prefix: str, cache_dir: Path
 ) -> None:

@@ -178,7 +178,7 @@ def _build_sentinel_client(
     )
     sentinel_options = {
         key: data_options[key]
-        for key in ("socket_connect_timeout", "socket_timeout", "retry", "protocol")
+        for key in ("socket_connect_timeout", "socket_timeout", "retry", "protocol", "driver_info")
     }
     sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
     pool: ConnectionPool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
