@@ -19,6 +19,11 @@ from ..topologies import ClusterTopology, Node
 
 KEYS = [f"key-{n}" for n in range(300)]
 
+pytestmark = pytest.mark.allow_blocking(
+    reason="the test looks behind the cache's back with a synchronous redis client on each "
+    "node; the library is still checked"
+)
+
 
 @pytest.fixture
 def prefix() -> str:

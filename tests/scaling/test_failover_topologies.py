@@ -34,7 +34,13 @@ from ..topologies import (
     wait_replicated,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.allow_blocking(
+        reason="the test looks at the topology with a synchronous redis client (CLUSTER NODES, "
+        "INFO) and kills processes; the library is still checked"
+    ),
+]
 
 SETTINGS: dict[str, Any] = {
     "stores": ("redis", "file"),  # no memory layer: every get goes to Redis
