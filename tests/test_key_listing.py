@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import pytest
 
 from toolweaver_async import AsyncToolCache
 from toolweaver_async.__main__ import main
-from toolweaver_async.testing import FakeClock
+from toolweaver_async.testing import FakeClock, RedisServer
 
 MakeCache = Callable[..., AsyncToolCache]
 
@@ -120,3 +122,20 @@ def test_cli_keys_prints_the_namespace_keys_with_the_prefix(
     asyncio.run(write())
     assert main(["keys", "--namespace", "search", "--prefix", "user:"]) == 0
     assert sorted(capsys.readouterr().out.split()) == ["user:1", "user:2"]
+
+
+@pytest.mark.parametrize("fault", ["killed", "paused"])
+async def test_keys_lists_from_the_other_stores_when_redis_fails_and_counts_it(
+    make_cache: MakeCache, own_redis_server: RedisServer, fault: str
+) -> None:
+    writer = make_cache(use_redis=True, redis_url=own_redis_server.url)
+    await writer.set_many({f"k{i}": i for i in range(5)})
+    reader = make_cache(use_redis=True, redis_url=own_redis_server.url)  # empty memory
+    # the fault itself waits for the server process: off the loop, which blockbuster watches
+    await anyio.to_thread.run_sync(
+        own_redis_server.kill if fault == "killed" else own_redis_server.pause
+    )
+    with anyio.fail_after(5):
+        listed = await _listed(reader)
+    assert sorted(listed) == [f"k{i}" for i in range(5)]  # from the file store
+    assert reader.stats().overall.errors["redis"] >= 1

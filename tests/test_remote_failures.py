@@ -7,6 +7,7 @@ with an ACL, or the shared one.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -345,3 +346,15 @@ async def test_a_blocking_call_while_connecting_is_a_bug_not_a_redis_failure() -
     refused = RedisConnectionError("Error 111 connecting")
     refused.__cause__ = ConnectionRefusedError(111, "refused")
     assert isinstance(store_error("get", refused, ()), StoreError)
+
+
+async def test_a_lock_key_left_without_expiry_holds_loaders_off_for_one_lock_ttl_only(
+    make_cache: MakeCache, raw_redis: aioredis.Redis, key_prefix: str
+) -> None:
+    await raw_redis.set(f"{key_prefix}:!lock:default:k", b"not ours")  # no expiry
+    cache = await make_cache()
+    started = time.monotonic()
+    got = await cache.get_or_set("k", _load, lock_ttl=0.2, lock_timeout=5.0)
+    assert got == "loaded"
+    assert time.monotonic() - started < 2.0  # not the whole lock_timeout
+    assert redis_layer(cache).failures == 0

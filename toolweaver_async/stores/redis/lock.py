@@ -17,6 +17,7 @@ lock expired between the two, which its extensions prevent. Reported once per st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -102,7 +103,8 @@ class RedisLock:
 
     async def acquire(self) -> bool:
         try:
-            return bool(await self._command("SET", self.name, self.token, "NX", "PX", self._px))
+            if await self._command("SET", self.name, self.token, "NX", "PX", self._px):
+                return True
         except StoreError as exc:
             # No connection at all: nothing was sent, so nothing can land later.
             if not isinstance(exc.__cause__, RedisConnectionError):
@@ -111,6 +113,13 @@ class RedisLock:
         except BaseException:
             self._owe_release()
             raise
+        # Held by someone. Ours always expire; one without an expiry was left by something
+        # else and would hold every loader of this key off for good: give it ours (NX: only
+        # when it has none, so a live holder's lock is never touched).
+        # (Redis < 7 has no NX here; any failure shows on the next call anyway.)
+        with contextlib.suppress(StoreError):
+            await self._command("PEXPIRE", self.name, self._px, "NX")
+        return False
 
     def _owe_release(self) -> None:
         """Cancelled or failed mid-call: the SET may land after we gave up. Never wait for it
