@@ -75,42 +75,6 @@ async def test_from_config_uses_cache_dir_prefix_and_size_bound(tmp_path: Path) 
     assert entry_path(tmp_path, "k", prefix="proj").is_file()
 
 
-async def test_get_returns_what_set_wrote_and_none_for_a_miss(store: FileStore) -> None:
-    assert await store.get(NS, "user:1") is None
-    await store.set(NS, "user:1", b"\x00alice\xff", 60)
-    assert await store.get(NS, "user:1") == b"\x00alice\xff"
-    await store.set(NS, "user:1", b"", None)
-    assert await store.get(NS, "user:1") == b""
-
-
-async def test_delete_reports_whether_something_was_removed(store: FileStore) -> None:
-    await store.set(NS, "k", b"v", None)
-    assert await store.delete(NS, "k") is True
-    assert await store.get(NS, "k") is None
-    assert await store.delete(NS, "k") is False
-    assert await store.delete("never-used", "k") is False
-
-
-async def test_namespaces_are_separate(store: FileStore) -> None:
-    await store.set("a", "k", b"in a", None)
-    await store.set("b", "k", b"in b", None)
-    assert await store.get("a", "k") == b"in a"
-    assert await store.get("b", "k") == b"in b"
-
-
-async def test_get_many_answers_in_order_with_none_for_misses(store: FileStore) -> None:
-    await store.set_many(NS, [("a", b"1", None), ("c", b"3", 10.0), ("b", b"2", None)])
-    assert await store.get_many(NS, ["c", "missing", "a", "b", "a"]) == [
-        b"3",
-        None,
-        b"1",
-        b"2",
-        b"1",
-    ]
-    assert await store.get_many(NS, []) == []
-    await store.set_many(NS, [])
-
-
 async def test_invalid_namespace_is_refused_before_touching_disk(store: FileStore) -> None:
     for namespace in ("../up", "a/b", "", "~trash", ".."):
         with pytest.raises(ConfigError):

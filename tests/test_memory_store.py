@@ -6,16 +6,6 @@ from toolweaver_async import MemoryStore
 from toolweaver_async.testing import FakeClock
 
 
-async def test_round_trip_and_delete() -> None:
-    store = MemoryStore()
-    await store.set("ns", "k", b"v", None)
-    assert await store.get("ns", "k") == b"v"
-    assert await store.get("other", "k") is None
-    assert await store.delete("ns", "k") is True
-    assert await store.delete("ns", "k") is False
-    assert await store.get("ns", "k") is None
-
-
 async def test_entry_expires_on_the_injected_clock() -> None:
     clock = FakeClock()
     store = MemoryStore(clock=clock)

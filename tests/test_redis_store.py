@@ -18,7 +18,6 @@ from redis.asyncio.connection import SSLConnection
 
 from toolweaver_async.config import CacheConfig
 from toolweaver_async.errors import ConfigError, StoreError
-from toolweaver_async.stores.base import Store
 from toolweaver_async.stores.redis.store import RedisStore, build_client
 from toolweaver_async.testing import RedisServer
 
@@ -35,38 +34,11 @@ def store(redis_store: RedisStore) -> RedisStore:
 # -- protocol and round trips --------------------------------------------------------------------
 
 
-def test_redis_store_satisfies_the_store_protocol(redis_url: str, key_prefix: str) -> None:
-    assert isinstance(RedisStore(url=redis_url, key_prefix=key_prefix), Store)
-    assert RedisStore.name == "redis"
-
-
-async def test_get_returns_the_bytes_set_stored(store: RedisStore) -> None:
-    for key, data in [("a", b"\x00\xffbinary"), ("empty", b""), ("k:with:colons", b"v")]:
-        await store.set(NS, key, data, ttl=60)
-        assert await store.get(NS, key) == data
-
-
-async def test_get_of_missing_key_returns_none(store: RedisStore) -> None:
-    assert await store.get(NS, "missing") is None
-
-
 async def test_entries_live_under_prefix_namespace_generation_key(
     store: RedisStore, raw_redis: Redis, key_prefix: str
 ) -> None:
     await store.set("tools", "search:v1", b"data", ttl=None)
     assert await raw_redis.get(f"{key_prefix}:tools:0:search:v1") == b"data"
-
-
-async def test_namespaces_do_not_share_entries(store: RedisStore) -> None:
-    await store.set("a", "k", b"in a", ttl=60)
-    assert await store.get("b", "k") is None
-
-
-async def test_get_many_returns_values_in_order_with_none_for_missing(store: RedisStore) -> None:
-    await store.set_many(NS, [("k1", b"one", 60), ("k3", b"three", None)])
-    got = await store.get_many(NS, ["k3", "missing", "k1", "k3"])
-    assert got == [b"three", None, b"one", b"three"]
-    assert await store.get_many(NS, []) == []
 
 
 async def test_set_many_with_no_items_writes_nothing(store: RedisStore, raw_redis: Redis) -> None:
@@ -91,13 +63,6 @@ async def test_set_with_ttl_expires_in_whole_milliseconds_rounded_up(
     assert 2_000 < await raw_redis.pttl(f"{key_prefix}:{NS}:0:many") <= 2_500
 
 
-async def test_delete_returns_whether_the_entry_existed(store: RedisStore) -> None:
-    await store.set(NS, "k", b"v", ttl=60)
-    assert await store.delete(NS, "k") is True
-    assert await store.get(NS, "k") is None
-    assert await store.delete(NS, "k") is False
-
-
 async def test_add_stores_only_where_no_entry_is_present(
     store: RedisStore, raw_redis: Redis
 ) -> None:
@@ -105,10 +70,6 @@ async def test_add_stores_only_where_no_entry_is_present(
     assert await store.add(NS, "k", b"second", ttl=60) is False
     assert await store.get(NS, "k") == b"first"
     assert 59_000 < await raw_redis.pttl(f"{store._prefix}:{NS}:0:k") <= 60_000
-
-
-async def test_ping_returns_when_redis_answers(store: RedisStore) -> None:
-    await store.ping()
 
 
 @settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])
