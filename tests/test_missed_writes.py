@@ -26,25 +26,38 @@ BREAKER = BreakerSettings(failure_threshold=3, recovery_timeout=30.0, max_recove
 # -- the record ------------------------------------------------------------------------------
 
 
-def test_a_marked_key_is_held_back_until_a_write_of_it_lands() -> None:
+def test_a_missed_delete_holds_the_key_back_until_a_write_of_it_lands() -> None:
     missed = MissedWrites()
     assert not missed
-    missed.mark(("ns", ["a", "b"]))
+    missed.mark(("ns", [("a", None), ("b", None)]))
     assert missed.holds_back("ns", "a")
     assert missed.holds_back("ns", "b")
+    assert not missed.trusts("ns", "a", b"anything")
     assert not missed.holds_back("ns", "c")
+    assert missed.trusts("ns", "c", b"anything")
     assert not missed.holds_back("other", "a")
-    missed.lift(("ns", ["a"]))
+    missed.lift(("ns", [("a", b"new")]))
     assert not missed.holds_back("ns", "a")
     assert missed.holds_back("ns", "b")
     assert len(missed) == 1
+
+
+def test_a_missed_set_trusts_only_the_bytes_it_carried() -> None:
+    """A write that timed out may still land in its thread: then the store holds exactly its
+    bytes, which are served (and the mark lifted); anything else there is older."""
+    missed = MissedWrites()
+    missed.mark(("ns", [("k", b"v2 bytes")]))
+    assert not missed.holds_back("ns", "k")  # worth reading ...
+    assert not missed.trusts("ns", "k", b"v1 bytes")  # ... but the older value is a miss
+    assert missed.trusts("ns", "k", b"v2 bytes")  # the missed write landed after all
+    assert not missed
 
 
 def test_a_missed_invalidate_or_clear_holds_back_the_namespace_or_everything() -> None:
     missed = MissedWrites()
     missed.mark(("ns", None))
     assert missed.holds_back("ns", "anything")
-    missed.lift(("ns", ["anything"]))  # one key written does not vouch for the others
+    missed.lift(("ns", [("anything", b"x")]))  # one key written does not vouch for the rest
     assert missed.holds_back("ns", "other")
     missed.lift(("ns", None))
     assert not missed
@@ -58,9 +71,9 @@ def test_a_missed_invalidate_or_clear_holds_back_the_namespace_or_everything() -
 
 def test_the_record_is_bounded_by_marking_the_largest_namespace_whole() -> None:
     missed = MissedWrites(max_keys=100)
-    missed.mark(("small", [f"s{n}" for n in range(10)]))
+    missed.mark(("small", [(f"s{n}", None) for n in range(10)]))
     for n in range(500):
-        missed.mark(("big", [f"b{n}"]))
+        missed.mark(("big", [(f"b{n}", None)]))
     assert len(missed) <= 101
     assert missed.holds_back("big", "b0")
     assert missed.holds_back("big", "never-written-either")  # whole namespace: conservative

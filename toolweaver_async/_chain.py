@@ -132,6 +132,10 @@ class Chain:
         store, layer = self._locking
         return GuardedLock(store.lock(namespace, key, ttl=ttl), layer.attempt)
 
+    def journal_sizes(self) -> dict[str, int]:
+        """Writes waiting in each store's outage journal, by store name."""
+        return {g.name: len(g.journal) for g in self.layers if g.journal is not None}
+
     def bugs(self) -> dict[str, int]:
         """Exceptions each slower store raised that were not outages (see ``guard.py``)."""
         return {layer.name: layer.bugs for layer in self.layers}

@@ -15,7 +15,8 @@ from typing import Any
 import msgspec
 
 from ._chain import Chain
-from .config import NamespacePolicy
+from ._read_tracker import ReadToken, ReadTracker
+from .config import MAX_TRACKED_NAMESPACES, NamespacePolicy
 from .freshness import EntryState, entry_state
 from .keys import check_key
 from .resilience.breaker import BreakerState
@@ -38,45 +39,7 @@ class _WrongType:
 _WRONG_TYPE = _WrongType()
 WRONG_TYPE: Any = _WRONG_TYPE  # the same marker, untyped, where values of any type flow
 
-ReadToken = tuple[list[int], int, int]
-
 _STALE_SERVABLE, _EXPIRED = EntryState.STALE_SERVABLE, EntryState.EXPIRED
-
-
-class ReadTracker:
-    """Knows which keys are being read from a slower store right now, and whether they were
-    written meanwhile, so a read never promotes a value older than a concurrent write."""
-
-    __slots__ = ("_epoch", "_inflight")
-
-    def __init__(self) -> None:
-        self._inflight: dict[tuple[str, str], list[int]] = {}  # key -> [readers, writes]
-        self._epoch = 0  # bumped by invalidate() and clear()
-
-    def begin(self, namespace: str, key: str) -> ReadToken:
-        slot = self._inflight.get((namespace, key))
-        if slot is None:
-            slot = self._inflight[(namespace, key)] = [0, 0]
-        slot[0] += 1
-        return slot, slot[1], self._epoch
-
-    def still_current(self, token: ReadToken) -> bool:
-        slot, writes, epoch = token
-        return slot[1] == writes and self._epoch == epoch
-
-    def end(self, namespace: str, key: str, token: ReadToken) -> None:
-        slot = token[0]
-        slot[0] -= 1
-        if slot[0] == 0:
-            self._inflight.pop((namespace, key), None)
-
-    def wrote(self, namespace: str, key: str) -> None:
-        slot = self._inflight.get((namespace, key))
-        if slot is not None:
-            slot[1] += 1
-
-    def wrote_everything(self) -> None:
-        self._epoch += 1
 
 
 class NamespaceReads:
@@ -127,6 +90,8 @@ class ReadPath:
         reads = self.namespaces.get(namespace)
         if reads is None:
             self._check_namespace(namespace)
+            if len(self.namespaces) >= MAX_TRACKED_NAMESPACES:
+                self.namespaces.clear()  # a memo for the hot path: bounded, rebuilt on demand
             share = self._policy(namespace).share_objects
             reads = NamespaceReads(self._stats.counters(namespace), share)
             self.namespaces[namespace] = reads
@@ -237,6 +202,8 @@ class ReadPath:
                 if data is FAILED:
                     counters.errors[layer.name] += 1
                 return None
+            if missed and not missed.trusts(namespace, key, data):
+                return None
             envelope = self.usable(
                 data, namespace, key, type_, counters, layer, until_hard_expiry=until_hard_expiry
             )
@@ -260,6 +227,8 @@ class ReadPath:
                     continue
                 if data is None:
                     continue
+                if missed and not missed.trusts(namespace, key, data):
+                    continue  # older than the write it missed: not served
                 envelope = self.usable(
                     data,
                     namespace,
@@ -339,6 +308,8 @@ class ReadPath:
                 continue
             still_missing = held_back
             for key, data in zip(asked, answers, strict=True):
+                if data is not None and missed and not missed.trusts(namespace, key, data):
+                    data = None  # older than the write it missed: not served
                 envelope = (
                     None
                     if data is None

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ._chain import Chain
-from ._reads import ReadTracker
+from ._read_tracker import ReadTracker
 from .config import NamespacePolicy
 from .errors import InvalidTTLError
 from .keys import check_key
@@ -112,7 +112,7 @@ class WritePath:
         if self.memory is not None:
             self.memory.put(namespace, key, data, store_ttl)
         return self.on_every_layer(
-            lambda g: g.set(namespace, key, data, store_ttl), namespace, (namespace, (key,))
+            lambda g: g.set(namespace, key, data, store_ttl), namespace, (namespace, ((key, data),))
         )
 
     async def set_many(self, mapping: Mapping[str, Any], namespace: str, ttl: float | None) -> None:
@@ -131,9 +131,9 @@ class WritePath:
             self._tracker.wrote(namespace, key)
             if self.memory is not None:
                 self.memory.put(namespace, key, data, store_ttl)
-        keys = [item[0] for item in items]
+        written = [(key, data) for key, data, _ttl in items]
         await self.on_every_layer(
-            lambda g: g.set_many(namespace, items), namespace, (namespace, keys)
+            lambda g: g.set_many(namespace, items), namespace, (namespace, written)
         )
 
     async def delete(self, namespace: str, key: str) -> bool:
@@ -142,7 +142,7 @@ class WritePath:
         self._stats.counters(namespace).deletes += 1
         removed = self.memory.discard(namespace, key) if self.memory is not None else False
         answers = await self.on_every_layer(
-            lambda g: g.delete(namespace, key), namespace, (namespace, (key,))
+            lambda g: g.delete(namespace, key), namespace, (namespace, ((key, None),))
         )
         return removed or any(a is True for a in answers)
 

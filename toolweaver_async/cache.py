@@ -26,7 +26,7 @@ from ._reads import MISSING, WRONG_TYPE, ReadPath
 from ._writes import WritePath
 from .coherence import coherence_for
 from .compat.helpers import ToolShapedHelpers
-from .config import CacheConfig, check_name
+from .config import MAX_TRACKED_NAMESPACES, CacheConfig, check_name
 from .errors import ConfigError
 from .keys import check_key
 from .loading.coordinator import (
@@ -170,9 +170,7 @@ class AsyncToolCache(ToolShapedHelpers):
 
     def journal_sizes(self) -> dict[str, int]:
         """Writes waiting in each store's outage journal (Redis keeps one), by store name."""
-        return {
-            layer.name: len(layer.journal) for layer in self._layers if layer.journal is not None
-        }
+        return self._chain.journal_sizes()
 
     def add_listener(self, listener: CacheListener) -> None:
         """Tell ``listener`` of every loader call and breaker state change. Hits, misses,
@@ -388,6 +386,8 @@ class AsyncToolCache(ToolShapedHelpers):
     # -- small helpers --------------------------------------------------------------------
     def _check_namespace(self, namespace: str) -> None:
         if namespace not in self._known_namespaces:
+            if len(self._known_namespaces) >= MAX_TRACKED_NAMESPACES:
+                self._known_namespaces.clear()  # a memo of checked names: bounded, not kept
             check_name(namespace, what="namespace")
             self._known_namespaces.add(namespace)
 
@@ -397,6 +397,4 @@ class AsyncToolCache(ToolShapedHelpers):
             if asyncio.iscoroutine(work):
                 work.close()
             return
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._adopt(asyncio.ensure_future(work))

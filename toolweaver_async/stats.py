@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .config import MAX_TRACKED_NAMESPACES, OTHER_NAMESPACES
+
 __all__ = ["CacheStats", "NamespaceCounters", "NamespaceStats", "StatsRecorder"]
 
 
@@ -120,8 +122,17 @@ class StatsRecorder:
         self._by_namespace: dict[str, NamespaceCounters] = {}
 
     def counters(self, namespace: str) -> NamespaceCounters:
+        """The counters of ``namespace``. Past ``MAX_TRACKED_NAMESPACES`` namespaces, new ones
+        share the counters reported as ``OTHER_NAMESPACES``: an agent minting a namespace per
+        task must not grow the cache by ~800 bytes per namespace for ever (overall sums stay
+        exact)."""
         found = self._by_namespace.get(namespace)
         if found is None:
+            if len(self._by_namespace) >= MAX_TRACKED_NAMESPACES:
+                namespace = OTHER_NAMESPACES
+                found = self._by_namespace.get(namespace)
+                if found is not None:
+                    return found
             found = self._by_namespace[namespace] = NamespaceCounters(self._store_names)
         return found
 
