@@ -30,6 +30,7 @@ SCRIPTS = (
     ("bench_coherence", "coherence.md"),
     ("bench_metrics", "metrics.md"),
     ("bench_adapters", "adapters.md"),
+    ("bench_writes", "writes.md"),
 )
 
 

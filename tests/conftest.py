@@ -148,6 +148,9 @@ async def make_cache(
             "key_prefix": key_prefix,
             "redis_url": redis_url,
             "use_redis": False,  # a given redis_url alone would turn Redis on
+            # Tests here write through one cache and look at the files, or read them through
+            # another cache, at once; write-behind has its own (test_file_write_behind.py).
+            "file_write_behind": False,
         }
         settings.update(changes)
         use_clock = settings.pop("clock", clock)

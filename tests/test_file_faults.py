@@ -40,6 +40,8 @@ async def make_cache(key_prefix: str, redis_url: str) -> AsyncIterator[MakeCache
             "key_prefix": key_prefix,
             "redis_url": redis_url,
             "breaker": BREAKER,
+            # each fault is seen by the set that meets it (write-behind: by its batch)
+            "file_write_behind": False,
             **changes,
         }
         cache = AsyncToolCache(CacheConfig(**settings))

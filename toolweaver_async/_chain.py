@@ -31,6 +31,7 @@ from .stores.base import (
     TopologyReportingStore,
 )
 from .stores.file import FileStore
+from .stores.file_behind import QueuedWritesStore, WriteBehindFileStore, queue_depth
 from .stores.memory import MemoryStore
 from .stores.redis.store import RedisStore
 
@@ -57,7 +58,8 @@ def build_stores(config: CacheConfig, clock: Callable[[], float]) -> list[Store]
         elif name == "redis":
             built.append(RedisStore.from_config(config))
         else:
-            built.append(FileStore.from_config(config, clock=clock))
+            file_store = WriteBehindFileStore if config.file_write_behind else FileStore
+            built.append(file_store.from_config(config, clock=clock))
     return built
 
 
@@ -83,6 +85,11 @@ class Chain:
         self._locking: tuple[LockingStore, GuardedStore] | None = next(
             ((g.store, g) for g in layers if isinstance(g.store, LockingStore)), None
         )
+        for layer, missed in zip(layers, self.missed, strict=True):
+            # A queued file write the disk refused after its caller returned: that store's
+            # older entry of the key must not be served (as for a refused write-through).
+            if missed is not None and isinstance(layer.store, WriteBehindFileStore):
+                layer.store.write_failed = lambda ns, keys, m=missed: m.mark((ns, keys))
         self._counting = [g.store for g in layers if isinstance(g.store, CorruptionCountingStore)]
 
     @property
@@ -140,6 +147,10 @@ class Chain:
         """Exceptions each slower store raised that were not outages (see ``guard.py``)."""
         return {layer.name: layer.bugs for layer in self.layers}
 
+    def write_queue(self) -> dict[str, int]:
+        """The file store's write-behind queue: depth now and totals (empty without one)."""
+        return queue_depth(self.stores)
+
     def corrupt_in_stores(self) -> dict[str, int]:
         """Broken entries stores found and dropped themselves (the file store judges its own
         headers), per namespace; the read path counts the broken payloads it decodes."""
@@ -172,6 +183,8 @@ class Chain:
             # describe(): state, failures, last_error, breaker, and the outage journal if any
             stores[layer.name] = {"ok": error is None, "error": error, **layer.describe()}
             stores[layer.name]["errors"] = errors.get(layer.name, 0)
+            if isinstance(layer.store, QueuedWritesStore):
+                stores[layer.name]["write_queue"] = layer.store.queued_writes
             if isinstance(layer.store, TopologyReportingStore):
                 with anyio.move_on_after(max(config.redis_command_timeout * 4, 1.0)):
                     stores[layer.name]["topology"] = await layer.store.describe()

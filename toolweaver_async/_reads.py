@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from ._chain import Chain
+from ._immutable import is_immutable
 from ._read_tracker import ReadToken, ReadTracker
 from .config import MAX_TRACKED_NAMESPACES, NamespacePolicy
 from .freshness import EntryState, entry_state
@@ -115,11 +116,10 @@ class ReadPath:
         state = entry_state(header, now)
         if state is _STALE_SERVABLE or state is _EXPIRED:
             return MISSING  # stale: only get_or_set may serve it, and only while it refreshes
-        if reads.share:
-            shared = entry.shared
-            if shared is not None and (shared[0] is type_ or shared[0] == type_):
-                reads.hits["memory"] += 1
-                return shared[1]
+        shared = entry.shared
+        if shared is not None and (shared[0] is type_ or shared[0] == type_):
+            reads.hits["memory"] += 1
+            return shared[1]
         try:
             value = (self.decode_any if type_ is None else self._codec.payload_decoder(type_))(
                 header.payload
@@ -131,7 +131,7 @@ class ReadPath:
             reads.counters.corrupt += 1
             memory.discard(namespace, key)
             return MISSING
-        if reads.share:
+        if reads.share or is_immutable(value):
             entry.shared = (type_, value)
         reads.hits["memory"] += 1
         return value

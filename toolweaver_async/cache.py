@@ -21,6 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 
 from ._chain import build_chain
+from ._immutable import is_immutable
 from ._listing import list_keys
 from ._reads import MISSING, WRONG_TYPE, ReadPath
 from ._writes import WritePath
@@ -203,8 +204,9 @@ class AsyncToolCache(ToolShapedHelpers):
         """The cached value of ``key``, or ``default`` on a miss. ``type=`` decodes into a
         typed value (a msgspec Struct, a dataclass, ``list[float]`` ...)."""
         # The memory hit is the hot path: one dict lookup for the namespace, one clock read,
-        # one LRU lookup, then the payload decode (the copy each caller owns) or, in a
-        # share_objects namespace, the object decoded once. No locks, tasks or awaits.
+        # one LRU lookup, then the payload decode (the copy each caller owns) or the object
+        # decoded once (an immutable value, or any value of a share_objects namespace).
+        # No locks, tasks or awaits.
         # (_from_memory is inlined here: a method call is ~5 % of a 1 KB hit; so is the FRESH
         # case of freshness.entry_state, `expires_at is None or expires_at > now`.)
         reads = self._namespace_reads.get(namespace)
@@ -218,18 +220,20 @@ class AsyncToolCache(ToolShapedHelpers):
             if entry is not None:
                 header = entry.header
                 if header is not None and (header.expires_at is None or header.expires_at > now):
-                    if reads.share:
-                        shared = entry.shared
-                        # `==` too: each `list[float]` written in a call is a new object
-                        if shared is not None and (shared[0] is type or shared[0] == type):
-                            reads.hits["memory"] += 1
-                            return shared[1]
-                    elif type is None:
+                    # The object decoded once: share_objects, or a value nobody can mutate.
+                    shared = entry.shared
+                    # `==` too: each `list[float]` written in a call is a new object
+                    if shared is not None and (shared[0] is type or shared[0] == type):
+                        reads.hits["memory"] += 1
+                        return shared[1]
+                    if type is None and not reads.share:
                         try:
                             value = self._decode_any(header.payload)
                         except PayloadDecodeError:
                             pass  # counted and handled by _from_memory below
                         else:
+                            if is_immutable(value):
+                                entry.shared = (None, value)
                             reads.hits["memory"] += 1
                             return value
                 value = self._from_memory(memory, namespace, key, type, reads)
@@ -374,7 +378,11 @@ class AsyncToolCache(ToolShapedHelpers):
         """Counters per namespace and overall: hits per store, misses, errors, loaders ..."""
         snapshot = self._stats.snapshot(self._chain.corrupt_in_stores(), self._chain.bugs())
         snapshot = with_savings(snapshot, self.config.policy)
-        return dataclasses.replace(snapshot, coherence=self._coherence.counters())
+        return dataclasses.replace(
+            snapshot,
+            coherence=self._coherence.counters(),
+            write_queue=self._chain.write_queue(),
+        )
 
     async def health_check(self) -> dict[str, Any]:
         """Which stores answer now, their breaker states, why Redis is not in use, and the

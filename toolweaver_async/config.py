@@ -205,6 +205,11 @@ class CacheConfig:
     file_max_bytes: int = 1024 * 1024 * 1024
     # a read, write or delete not done by then fails (and counts against the file breaker)
     file_timeout: float = 1.0
+    # file writes land behind the caller through a bounded, coalescing queue (False: every set
+    # waits for its file write, as before); callers wait while the queue is full
+    file_write_behind: bool = True
+    file_queue_max_entries: int = 2_000
+    file_queue_max_bytes: int = 64 * 1024 * 1024
     # any value
     max_value_bytes: int = 16 * 1024 * 1024
     # Redis: a dead or black-holed server must cost milliseconds, not seconds
@@ -267,6 +272,8 @@ class CacheConfig:
             "memory_max_entries",
             "memory_max_bytes",
             "file_max_bytes",
+            "file_queue_max_entries",
+            "file_queue_max_bytes",
             "max_value_bytes",
             "redis_pool_size",
             "journal_max_entries",

@@ -100,6 +100,7 @@ async def toolweaver_cache(
         stores=("memory", "file"),
         cache_dir=tmp_path / "toolweaver-cache",
         key_prefix=_prefix(),
+        file_write_behind=False,  # a test sees the entry files as soon as set returns
     )
     async with AsyncToolCache(config, clock=toolweaver_clock) as cache:
         yield cache
@@ -117,6 +118,7 @@ async def toolweaver_redis_cache(
         stores=("memory", "redis", "file"),
         cache_dir=tmp_path / "toolweaver-cache",
         key_prefix=_prefix(),
+        file_write_behind=False,  # a test sees the entry files as soon as set returns
     )
     async with AsyncToolCache(config, clock=toolweaver_clock) as cache:
         yield cache

@@ -100,6 +100,9 @@ class CacheStats:
     # memory coherence across processes: invalidations received, entries they dropped, memory
     # flushes, channel losses (see toolweaver_async.coherence)
     coherence: Mapping[str, int] = field(default_factory=dict)
+    # the file store's write-behind queue: entries and bytes queued now, flushed, coalesced,
+    # failed, waits (writers held by a full queue)
+    write_queue: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def hit_rate(self) -> float:
@@ -111,6 +114,7 @@ class CacheStats:
             "namespaces": {name: s.to_dict() for name, s in self.namespaces.items()},
             "bugs": dict(self.bugs),
             "coherence": dict(self.coherence),
+            "write_queue": dict(self.write_queue),
         }
 
 

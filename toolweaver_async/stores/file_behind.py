@@ -1,0 +1,352 @@
+"""The file store with its writes behind the caller: a bounded queue, drained in batches.
+
+A ``set`` puts the entry in a queue and returns; the store's worker writes queued entries in
+batches (each still a whole temp file renamed into place). A later write of a key still queued
+replaces the earlier one (latest wins: a hot key costs one file write per batch, not one per
+``set``). Why: an atomic 1 KB file write costs ~150 us here and every ``set`` waited for its own
+behind everyone else's, although memory and Redis already held the value.
+
+Guarantees, in this process: reads (``get``, ``get_many``, ``add``, listing) see queued entries
+before they reach disk; a ``delete``, ``invalidate`` or ``clear`` drops queued entries it covers
+and runs after the batch in flight, so a queued write never overtakes it; the queue is bounded
+(entries and bytes) and a full queue makes writers wait, never drops; ``aclose`` drains it. A
+process killed outright loses what was still queued (the queue drains continuously, so that is
+the writes of the last batch interval) and never leaves a torn entry. A batch the disk refuses
+is reported to ``write_failed``, so the chain keeps the older file entry from being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from ..config import CacheConfig
+from .base import EntryPage, StoreItem
+from .file import _NEVER, FileStore, _entry_head, _Ledger, _publish_replacing, _write_entry
+
+__all__ = ["QueuedWritesStore", "WriteBehindFileStore"]
+
+logger = logging.getLogger("toolweaver_async.file")
+
+# Entries per batch: one lane step, which reads asked meanwhile wait behind (~150 us a 1 KB
+# write, so ~10 ms a batch).
+_BATCH = 64
+# Bookkeeping per queued entry (tuple key, slot object), so tiny values are bounded by bytes too.
+_ENTRY_OVERHEAD = 120
+
+_FlushRow = tuple[str, str, bytes, float]  # (folder, key, entry bytes, expires_at)
+
+
+@runtime_checkable
+class QueuedWritesStore(Protocol):
+    """A store whose writes land behind the caller; reports its queue for stats and health."""
+
+    @property
+    def queued_writes(self) -> dict[str, int]: ...
+
+
+class _Queued:
+    __slots__ = ("data", "expires_at", "folder", "size")
+
+    def __init__(self, folder: str, data: bytes, expires_at: float, size: int) -> None:
+        self.folder = folder
+        self.data = data
+        self.expires_at = expires_at
+        self.size = size
+
+
+def _flush_rows(ledger: _Ledger, rows: Sequence[_FlushRow]) -> list[tuple[int, str]]:
+    """On the worker thread: write each row as a whole entry; ``(index, error)`` of those
+    that failed (one refused file does not lose the rest of the batch)."""
+    failed: list[tuple[int, str]] = []
+    for index, (folder, key, data, expires_at) in enumerate(rows):
+        path, head = _entry_head(folder, key, data, expires_at)
+        try:
+            grown = _write_entry(path, head, data, _publish_replacing)
+        except OSError as exc:
+            failed.append((index, str(exc)))
+        else:
+            ledger.grow(grown or 0)
+    return failed
+
+
+class WriteBehindFileStore(FileStore):
+    """A :class:`FileStore` whose ``set``/``set_many`` return once the entry is queued."""
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        key_prefix: str,
+        max_bytes: int = 1024 * 1024 * 1024,
+        step_timeout: float | None = 1.0,
+        clock: Callable[[], float] = time.time,
+        max_queued_entries: int = 2_000,
+        max_queued_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        super().__init__(
+            root=root,
+            key_prefix=key_prefix,
+            max_bytes=max_bytes,
+            step_timeout=step_timeout,
+            clock=clock,
+        )
+        self.max_queued_entries = max_queued_entries
+        self.max_queued_bytes = max_queued_bytes
+        # insertion order is flush order; a rewrite keeps its key's place (latest wins)
+        self._queued: dict[tuple[str, str], _Queued] = {}
+        self._queued_bytes = 0
+        self._drain_task: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Future[Any] | None = None  # the batch on the worker now
+        # that batch's entries, still readable here: a read never waits for a write
+        self._landing: dict[tuple[str, str], _Queued] = {}
+        self._room: list[asyncio.Future[None]] = []  # writers waiting for the queue to shrink
+        self._failing = False
+        # Told (namespace, keys) of writes the disk refused after their callers returned.
+        self.write_failed: Callable[[str, Sequence[str]], None] | None = None
+        self._counts = {"flushed": 0, "coalesced": 0, "failed": 0, "waits": 0, "batches": 0}
+
+    @classmethod
+    def from_config(
+        cls, config: CacheConfig, *, clock: Callable[[], float] | None = None
+    ) -> WriteBehindFileStore:
+        return cls(
+            root=config.cache_dir,
+            key_prefix=config.key_prefix,
+            max_bytes=config.file_max_bytes,
+            step_timeout=config.file_timeout,
+            clock=clock if clock is not None else time.time,
+            max_queued_entries=config.file_queue_max_entries,
+            max_queued_bytes=config.file_queue_max_bytes,
+        )
+
+    @property
+    def queued_writes(self) -> dict[str, int]:
+        """Depth now (``entries``, ``bytes``) and totals: ``flushed``, ``coalesced`` (writes
+        replaced before reaching disk), ``failed``, ``waits`` (writers held by a full queue)."""
+        return {"entries": len(self._queued), "bytes": self._queued_bytes, **self._counts}
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def set(self, namespace: str, key: str, data: bytes, ttl: float | None) -> None:
+        await self.set_many(namespace, ((key, data, ttl),))
+
+    async def set_many(self, namespace: str, items: Sequence[StoreItem]) -> None:
+        if not items:
+            return
+        folder = self._folder(namespace)
+        queued = self._queued
+        for key, data, ttl in items:
+            size = len(data) + len(key) + _ENTRY_OVERHEAD
+            while queued and self._no_room_for((namespace, key), size):
+                self._counts["waits"] += 1
+                await self._wait_for_room()
+            expires_at = _NEVER if ttl is None else self._clock() + ttl
+            old = queued.get((namespace, key))
+            if old is not None:
+                self._queued_bytes -= old.size
+                self._counts["coalesced"] += 1
+            queued[(namespace, key)] = _Queued(folder, data, expires_at, size)
+            self._queued_bytes += size
+            if self._drain_task is None:
+                self._drain_task = asyncio.ensure_future(self._drain())
+
+    async def add(self, namespace: str, key: str, data: bytes, ttl: float | None) -> bool:
+        if self._queued_fresh(namespace, key) is not None:
+            return False  # promotion never overwrites a newer write, queued ones included
+        return await super().add(namespace, key, data, ttl)
+
+    async def delete(self, namespace: str, key: str) -> bool:
+        # The lane is first come, first served: the delete runs after the batch in flight.
+        dropped = self._unqueue(lambda k: k == (namespace, key))
+        return await super().delete(namespace, key) or dropped
+
+    async def invalidate(self, namespace: str) -> None:
+        self._folder(namespace)
+        self._unqueue(lambda k: k[0] == namespace)
+        await self._batch_landed()  # invalidate runs on a thread of its own, not in the lane
+        await super().invalidate(namespace)
+
+    async def clear(self) -> None:
+        self._unqueue(lambda k: True)
+        await self._batch_landed()
+        await super().clear()
+
+    async def aclose(self) -> None:
+        """Write what is queued (each batch bounded by ``step_timeout``), then close."""
+        task = self._drain_task
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
+            await asyncio.wait([task])
+        await super().aclose()
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def get(self, namespace: str, key: str) -> bytes | None:
+        if self._queued or self._landing:
+            entry = self._find((namespace, key))
+            if entry is not None:
+                return entry.data if not entry.expires_at <= self._clock() else None
+        return await super().get(namespace, key)
+
+    async def get_many(self, namespace: str, keys: Sequence[str]) -> list[bytes | None]:
+        if not self._queued and not self._landing:
+            return await super().get_many(namespace, keys)
+        now = self._clock()
+        found: dict[int, bytes | None] = {}
+        rest: list[str] = []
+        for index, key in enumerate(keys):
+            entry = self._find((namespace, key))
+            if entry is None:
+                rest.append(key)
+            else:
+                found[index] = entry.data if not entry.expires_at <= now else None
+        on_disk = iter(await super().get_many(namespace, rest) if rest else ())
+        return [found[i] if i in found else next(on_disk) for i in range(len(keys))]
+
+    async def list_entries(self, namespace: str, prefix: str) -> AsyncIterator[EntryPage]:
+        """Queued entries first, then the files (less the keys already listed from the queue)."""
+        now = self._clock()
+        page = [
+            (key, entry.data)
+            for (ns, key), entry in list({**self._landing, **self._queued}.items())
+            if ns == namespace and key.startswith(prefix) and not entry.expires_at <= now
+        ]
+        if page:
+            yield page
+        listed = {key for key, _data in page}
+        async for files in super().list_entries(namespace, prefix):
+            rest = [item for item in files if item[0] not in listed] if listed else files
+            if rest:
+                yield rest
+
+    # -- the queue ---------------------------------------------------------------------------
+
+    def _find(self, k: tuple[str, str]) -> _Queued | None:
+        """The newest entry of ``k`` not yet on disk: queued, or in the batch being written."""
+        entry = self._queued.get(k)
+        return entry if entry is not None else self._landing.get(k)
+
+    def _queued_fresh(self, namespace: str, key: str) -> _Queued | None:
+        entry = self._find((namespace, key))
+        if entry is None or entry.expires_at <= self._clock():
+            return None
+        return entry
+
+    def _no_room_for(self, k: tuple[str, str], size: int) -> bool:
+        old = self._queued.get(k)
+        if old is not None:  # a rewrite takes the place of the entry it replaces
+            return self._queued_bytes - old.size + size > self.max_queued_bytes
+        return (
+            len(self._queued) >= self.max_queued_entries
+            or self._queued_bytes + size > self.max_queued_bytes
+        )
+
+    def _unqueue(self, covers: Callable[[tuple[str, str]], bool]) -> bool:
+        # The batch in flight is still written; the removal queues behind it in the lane (or
+        # waits for it), so its entries only stop being readable from here.
+        for k in [k for k in self._landing if covers(k)]:
+            del self._landing[k]
+        doomed = [k for k in self._queued if covers(k)]
+        for k in doomed:
+            self._queued_bytes -= self._queued.pop(k).size
+        if doomed:
+            self._wake_writers()
+        return bool(doomed)
+
+    async def _wait_for_room(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._room:
+                self._room.remove(waiter)
+
+    def _wake_writers(self) -> None:
+        waiters, self._room = self._room, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _batch_landed(self) -> None:
+        """Wait for the batch on the worker now (never cancelling it)."""
+        batch = self._in_flight
+        if batch is not None and not batch.done():
+            await asyncio.wait([batch])
+
+    async def _drain(self) -> None:
+        """Write queued entries a batch at a time until the queue is empty. Taking a batch
+        and handing it to the lane happen in one step of the loop, so a read or delete asked
+        after it queues behind it in the lane and sees (or removes) what it wrote."""
+        try:
+            while self._queued:
+                taken: list[tuple[tuple[str, str], _Queued]] = []
+                for k in self._queued:
+                    taken.append((k, self._queued[k]))
+                    if len(taken) == _BATCH:
+                        break
+                for k, entry in taken:
+                    del self._queued[k]
+                    self._queued_bytes -= entry.size
+                rows = [(e.folder, k[1], e.data, e.expires_at) for k, e in taken]
+                batch = self._lane_here().run(_flush_rows, self._ledger, rows)
+                self._in_flight = batch
+                self._landing = dict(taken)
+                self._wake_writers()
+                try:
+                    failed: list[tuple[int, str]] = await batch
+                except Exception as exc:  # the lane's deadline, a closed worker
+                    failed = [(i, str(exc)) for i in range(len(rows))]
+                self._landing = {}
+                self._counts["batches"] += 1
+                self._counts["flushed"] += len(rows) - len(failed)
+                self._report(taken, failed)
+                await self._keep_bounded_quietly()
+        finally:
+            self._in_flight = None
+            self._landing = {}
+            self._drain_task = None
+            if self._queued:  # cancelled with entries left: a later write starts a new drain
+                self._wake_writers()
+
+    def _report(
+        self, taken: list[tuple[tuple[str, str], _Queued]], failed: list[tuple[int, str]]
+    ) -> None:
+        if not failed:
+            if self._failing:
+                self._failing = False
+                logger.info("file store writes land again")
+            return
+        self._counts["failed"] += len(failed)
+        if not self._failing:
+            self._failing = True
+            logger.warning("file store could not write %d queued entries: %s", *_first(failed))
+        by_namespace: dict[str, list[str]] = {}
+        for index, _error in failed:
+            namespace, key = taken[index][0]
+            by_namespace.setdefault(namespace, []).append(key)
+        if self.write_failed is not None:
+            for namespace, keys in by_namespace.items():
+                self.write_failed(namespace, keys)
+
+    async def _keep_bounded_quietly(self) -> None:
+        try:
+            await self._keep_bounded()
+        except Exception as exc:  # best effort: the next batch tries again
+            logger.debug("file store maintenance failed: %s", exc)
+
+
+def _first(failed: list[tuple[int, str]]) -> tuple[int, str]:
+    return len(failed), failed[0][1]
+
+
+def queue_depth(stores: Sequence[Any]) -> dict[str, int]:
+    """The write queue of the first store that has one (empty when none does)."""
+    for store in stores:
+        if isinstance(store, QueuedWritesStore):
+            return store.queued_writes
+    return {}
