@@ -20,22 +20,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from toolweaver_async import AsyncToolCache, CacheConfig, CircuitBreaker
+from toolweaver_async.testing import FakeClock  # a clock that moves only when told to
 
 EXPENSIVE_CALL_SECONDS = 0.05  # a simulated LLM call
 RUNS = 5
-
-
-class FakeClock:
-    """A wall clock that only moves when told to: TTLs and breakers without waiting."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def section(title: str) -> None:
@@ -95,7 +83,7 @@ async def promotion(cache: AsyncToolCache, config: CacheConfig) -> None:
 
 async def ttl_expiry(config: CacheConfig) -> None:
     section("4. TTL and expiry (fake clock: no waiting)")
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     async with AsyncToolCache(config, clock=clock) as cache:
         await cache.set("temp:data", "this expires quickly", ttl=2)
         for label, step in (("t=0s", 0.0), ("t=1.5s", 1.5), ("t=3s", 1.5)):
@@ -106,7 +94,7 @@ async def ttl_expiry(config: CacheConfig) -> None:
 
 def circuit_breaker() -> None:
     section("5. Circuit breaker (one guards each of Redis and the file store)")
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     breaker = CircuitBreaker(
         failure_threshold=3, recovery_timeout=5.0, jitter=0.0, clock=clock, name="demo"
     )

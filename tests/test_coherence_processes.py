@@ -111,6 +111,9 @@ async def writer_for() -> AsyncIterator[Callable[..., Awaitable[AsyncToolCache]]
     made: list[AsyncToolCache] = []
 
     async def make(**settings: Any) -> AsyncToolCache:
+        # Written through: the other process reads the files right after set returns (with
+        # write-behind it sees them once their batch lands, a few ms later).
+        settings.setdefault("file_write_behind", False)
         cache = AsyncToolCache(CacheConfig(**settings))
         made.append(cache)
         await cache.connect()
