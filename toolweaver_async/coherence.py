@@ -25,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from .config import CacheConfig
+from .invalidation import ChangeSink, InvalidationChannel, ReadTracker
 from .stores.memory import MemoryStore
-from .stores.redis.tracking import RedisInvalidationChannel
+from .stores.redis.channels import RedisChannels
 
 __all__ = [
     "ChangeSink",
@@ -40,52 +41,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("toolweaver_async.coherence")
-
-
-class ReadTracker(Protocol):
-    """The coordinator's record of reads in flight: a read that began before a change must not
-    copy what it found into memory (it may be the value the change replaced)."""
-
-    def wrote(self, namespace: str, key: str) -> None: ...
-
-    def wrote_everything(self) -> None: ...
-
-
-class ChangeSink(Protocol):
-    """What an invalidation channel reports to."""
-
-    def keys_changed(self, changes: Iterable[tuple[str, str]]) -> None: ...
-
-    def namespace_changed(self, namespace: str) -> None: ...
-
-    def everything_changed(self) -> None: ...
-
-    def channel_live(self, channel: InvalidationChannel) -> None: ...
-
-    def channel_lost(
-        self, channel: InvalidationChannel, reason: str, proof_age: float | None
-    ) -> None:
-        """``proof_age``: how many seconds ago every change made until then was known delivered
-        (the last heartbeat answered), ``None`` when unknown."""
-        ...
-
-    def channel_unsupported(self, channel: InvalidationChannel, reason: str) -> None:
-        """The channel can never vouch for the whole cache (say, a cluster node)."""
-        ...
-
-
-class InvalidationChannel(Protocol):
-    """A feed of changes to the cache's keys made by any client (one per Redis primary)."""
-
-    name: str
-
-    def start(self, sink: ChangeSink) -> None:
-        """Begin following changes in the background; report state changes to ``sink``."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-    def describe(self) -> dict[str, Any]: ...
 
 
 class MemoryCoherence:
@@ -254,7 +209,7 @@ def coherence_for(
     when another shared store (files) is, nothing to do for memory alone."""
     channels: list[InvalidationChannel] = []
     if memory is not None and config.coherence_window is not None and "redis" in store_names:
-        channels.append(RedisInvalidationChannel.from_config(config))
+        channels.append(RedisChannels(config))
     return MemoryCoherence(
         memory,
         reads,

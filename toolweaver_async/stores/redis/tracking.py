@@ -25,9 +25,9 @@ after a short backoff. Each new session is a fresh subscription, so a server res
 ``run_id``) needs nothing special: the sink flushes whatever it stored while the channel was down.
 
 One channel follows one server. A Redis Cluster needs one per primary (each primary broadcasts
-only the keys it holds; the sink already waits for all of its channels): until the channel is
-built per primary, a cluster node is refused (``unsupported``) and the memory layer stays in
-window mode rather than trust a channel that sees only part of the keys.
+only the keys it holds): a channel opened from the configured URL refuses a cluster node
+(``unsupported``), and :mod:`.channels` then runs one ``node`` channel per primary, each of which
+also refuses a node that is not (or no longer) a primary.
 """
 
 from __future__ import annotations
@@ -37,23 +37,21 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from ...config import CacheConfig, redact_url
+from ...invalidation import ChangeSink
 from .store import build_client
-
-if TYPE_CHECKING:
-    from ...coherence import ChangeSink
 
 __all__ = ["RedisInvalidationChannel"]
 
 logger = logging.getLogger(__name__)
 
 CHANNEL: Final = "__redis__:invalidate"
-_ERRORS: Final = (RedisError, OSError, TimeoutError, ValueError, IndexError, TypeError)
+CHANNEL_ERRORS: Final = (RedisError, OSError, TimeoutError, ValueError, IndexError, TypeError)
 _BACKOFF_FIRST: Final = 0.05
 _BACKOFF_MAX: Final = 1.0
 
@@ -63,6 +61,32 @@ def heartbeat_for(window: float) -> tuple[float, float]:
     within interval + deadline + interval <= max(window, 0.25 s)."""
     interval = max(window / 5, 0.05)
     return interval, max(window - 2 * interval, 0.15)
+
+
+def connector(
+    config: CacheConfig, node: tuple[str, int] | None = None
+) -> Callable[[], AbstractConnection]:
+    """Opens a bare connection to ``config.redis_url`` (or to ``node``, same credentials and
+    TLS) without a per-read socket timeout: channels idle between messages, and their
+    heartbeat bounds how long silence may last."""
+    client = build_client(
+        config.redis_url,
+        password=config.redis_password,
+        connect_timeout=config.redis_connect_timeout,
+        command_timeout=config.redis_command_timeout,
+        pool_size=1,
+        tls_verify=config.redis_tls_verify,
+    )
+    pool = client.connection_pool
+    options = {**pool.connection_kwargs, "socket_timeout": None}
+    if node is not None:
+        options.update(host=node[0], port=node[1])
+
+    def connect() -> AbstractConnection:
+        connection: AbstractConnection = pool.connection_class(**options)
+        return connection
+
+    return connect
 
 
 class _Unsupported(Exception):
@@ -82,9 +106,11 @@ class RedisInvalidationChannel:
         address: str,
         window: float,
         open_timeout: float = 1.0,
+        cluster_node: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._connect = connect
+        self._cluster_node = cluster_node
         self._prefix = f"{key_prefix}:".encode()
         self._address = address
         self._heartbeat, self._heartbeat_timeout = heartbeat_for(window)
@@ -102,32 +128,20 @@ class RedisInvalidationChannel:
         self._vouched_at: float | None = None
 
     @classmethod
-    def from_config(cls, config: CacheConfig) -> RedisInvalidationChannel:
-        """A channel to ``config.redis_url`` with the cache's credentials, TLS and timeouts."""
-        client = build_client(
-            config.redis_url,
-            password=config.redis_password,
-            connect_timeout=config.redis_connect_timeout,
-            command_timeout=config.redis_command_timeout,
-            pool_size=1,
-            tls_verify=config.redis_tls_verify,
-        )
-        pool = client.connection_pool
-        # The channel idles between messages: no per-read socket timeout (the heartbeat
-        # bounds how long silence may last).
-        options = {**pool.connection_kwargs, "socket_timeout": None}
-
-        def connect() -> AbstractConnection:
-            connection: AbstractConnection = pool.connection_class(**options)
-            return connection
-
+    def from_config(
+        cls, config: CacheConfig, node: tuple[str, int] | None = None
+    ) -> RedisInvalidationChannel:
+        """A channel to ``config.redis_url`` (or to one cluster ``node``, a primary) with the
+        cache's credentials, TLS and timeouts."""
         window = config.coherence_window
+        address = redact_url(config.redis_url) if node is None else f"{node[0]}:{node[1]}"
         return cls(
-            connect,
+            connector(config, node),
             key_prefix=config.key_prefix,
-            address=redact_url(config.redis_url),
+            address=address,
             window=1.0 if window is None else window,
             open_timeout=config.redis_connect_timeout + 4 * config.redis_command_timeout,
+            cluster_node=node is not None,
         )
 
     # -- lifetime -------------------------------------------------------------------------------
@@ -174,7 +188,7 @@ class RedisInvalidationChannel:
                 self.last_error = str(exc)
                 sink.channel_unsupported(self, f"{self._address} is {exc}")
                 return
-            except _ERRORS as exc:
+            except CHANNEL_ERRORS as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             finally:
                 # CancelledError passes through: aclose() is stopping us.
@@ -198,10 +212,18 @@ class RedisInvalidationChannel:
             await connection.send_command("INFO", "server")
             self._note_run_id(await connection.read_response())
             await connection.send_command("INFO", "cluster")
-            if b"cluster_enabled:1" in await connection.read_response():
+            clustered = b"cluster_enabled:1" in await connection.read_response()
+            if clustered and not self._cluster_node:
                 # This server broadcasts only the keys it holds: one channel per primary is
                 # needed, and vouching for the whole cache from one would be a silent gap.
-                raise _Unsupported("a Redis Cluster node: no cluster-wide channel yet")
+                raise _Unsupported("a Redis Cluster node: one channel per primary needed")
+            if self._cluster_node:
+                # A replica (say, a primary demoted by a failover) takes no writes of its
+                # own: its channel would vouch for nothing; retry until the topology moves on.
+                await connection.send_command("ROLE")
+                role = await connection.read_response()
+                if not role or role[0] != b"master":
+                    raise RedisError(f"{self._address} is not a primary")
             await connection.send_command(
                 "CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST", "PREFIX", self._prefix
             )
