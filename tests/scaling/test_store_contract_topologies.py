@@ -23,7 +23,11 @@ def _cluster(request: pytest.FixtureRequest) -> contract.StoreKind:
     cluster: ClusterTopology = request.getfixturevalue("redis_cluster")
     base = "c" + uuid.uuid4().hex[:10]
     return contract.StoreKind(
-        "redis", lambda prefix: RedisStore(url=cluster.url, key_prefix=f"{base}-{prefix}"), None
+        "redis",
+        lambda prefix: RedisStore(
+            url=cluster.url, key_prefix=f"{base}-{prefix}", **contract.PATIENT
+        ),
+        None,
     )
 
 
@@ -33,7 +37,7 @@ def _sentinel(request: pytest.FixtureRequest) -> contract.StoreKind:
     url = sentinel.url()
 
     def opener(prefix: str) -> Store:
-        return RedisStore(url=url, key_prefix=f"{base}-{prefix}")
+        return RedisStore(url=url, key_prefix=f"{base}-{prefix}", **contract.PATIENT)
 
     return contract.StoreKind("redis", opener, None)
 

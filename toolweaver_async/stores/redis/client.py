@@ -23,8 +23,8 @@ from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from ...config import SENTINEL_SCHEMES, _check_redis_url, parse_sentinel_url, redact_url
 from ...errors import ConfigError, StoreError
+from ...redis_url import SENTINEL_SCHEMES, check_redis_url, parse_sentinel_url, redact_url
 from .batching import RoundTripError
 
 __all__ = [
@@ -136,7 +136,7 @@ def build_client(
             tls_verify=tls_verify,
         )
     try:
-        _check_redis_url(url)
+        check_redis_url(url)
         options: dict[str, Any] = dict(parse_url(url))
     except ValueError as exc:
         raise ConfigError(f"cannot use Redis URL {redact_url(url)}: {exc}") from exc
@@ -209,7 +209,7 @@ def build_cluster_client(
     every slot is served (a dead primary's slots fail alone, the others keep answering).
     """
     try:
-        _check_redis_url(url)
+        check_redis_url(url)
         parsed: dict[str, Any] = dict(parse_url(url))
     except ValueError as exc:
         raise ConfigError(f"cannot use Redis URL {redact_url(url)}: {exc}") from exc

@@ -33,8 +33,9 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.exceptions import NoPermissionError, OutOfMemoryError, ResponseError
 
-from ...config import CacheConfig, check_name, parse_sentinel_url, redact_url
+from ...config import CacheConfig, check_name
 from ...errors import ConfigError, StoreError
+from ...redis_url import parse_sentinel_url, redact_url
 from ..base import EntryPage, StoreItem
 from .batching import RoundTripBatcher, RoundTripError
 from .client import DRIVER_ERRORS as _DRIVER_ERRORS
