@@ -458,7 +458,11 @@ async def test_killed_redis_is_absorbed_and_values_survive_in_the_other_stores(
     own_redis_server: RedisServer, tmp_path: Path, key_prefix: str
 ) -> None:
     config = CacheConfig(
-        use_redis=True, redis_url=own_redis_server.url, cache_dir=tmp_path, key_prefix=key_prefix
+        use_redis=True,
+        redis_url=own_redis_server.url,
+        cache_dir=tmp_path,
+        key_prefix=key_prefix,
+        file_write_behind=False,  # `other` reads the file right after set returns
     )
     async with AsyncToolCache(config) as cache:
         await cache.set("before", 1)

@@ -125,11 +125,17 @@ async def writer_for() -> AsyncIterator[Callable[..., Awaitable[AsyncToolCache]]
 
 
 async def _in_peer_memory(peer: Peer, key: str, value: Any, namespace: str = "default") -> None:
-    """Read ``key`` in the peer until it answers ``value`` from its memory layer."""
-    assert await peer.get(key, namespace) == value  # read through, then kept in memory
-    before = (await peer.hits())["memory"]
-    assert await peer.get(key, namespace) == value
-    assert (await peer.hits())["memory"] == before + 1
+    """Read ``key`` in the peer until it answers ``value`` from its memory layer. The echo of
+    the write that stored ``value`` may reach the peer after its first read (more so on a loaded
+    machine) and drop that copy, so the read through is retried until a hit follows it."""
+
+    async def held() -> bool:
+        assert await peer.get(key, namespace) == value  # read through, then kept in memory
+        before = (await peer.hits())["memory"]
+        assert await peer.get(key, namespace) == value
+        return bool((await peer.hits())["memory"] == before + 1)
+
+    await eventually(held, within=5, what=f"the peer holds {key!r} in memory")
 
 
 def _redis_settings(url: str, prefix: str, cache_dir: Path, **more: Any) -> dict[str, Any]:

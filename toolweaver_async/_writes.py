@@ -23,6 +23,7 @@ from .resilience.missed_writes import WriteScope
 from .serialization import EntryCodec
 from .stats import StatsRecorder
 from .stores.base import StoreItem
+from .stores.file_behind import QueuedWritesStore
 
 __all__ = ["WritePath"]
 
@@ -59,6 +60,14 @@ class WritePath:
         self.layers = chain.layers
         self._missed = chain.missed
         self._tracks_missed = any(m is not None for m in chain.missed)
+        # Layers whose writes only join a queue (the file store's write-behind): a write needs
+        # no task for them. They are written after the store doing I/O has started, in the
+        # caller's task; a caller cancelled before that still hands them the write.
+        queues = [isinstance(g.store, QueuedWritesStore) for g in chain.layers]
+        self._queue_last: list[int] | None = (
+            sorted(range(len(queues)), key=queues.__getitem__) if any(queues) else None
+        )
+        self._queues = queues
         self._codec = codec
         self._clock = clock
         self._random = random
@@ -112,7 +121,10 @@ class WritePath:
         if self.memory is not None:
             self.memory.put(namespace, key, data, store_ttl)
         return self.on_every_layer(
-            lambda g: g.set(namespace, key, data, store_ttl), namespace, (namespace, ((key, data),))
+            lambda g: g.set(namespace, key, data, store_ttl),
+            namespace,
+            (namespace, ((key, data),)),
+            queueable=True,
         )
 
     async def set_many(self, mapping: Mapping[str, Any], namespace: str, ttl: float | None) -> None:
@@ -133,7 +145,10 @@ class WritePath:
                 self.memory.put(namespace, key, data, store_ttl)
         written = [(key, data) for key, data, _ttl in items]
         await self.on_every_layer(
-            lambda g: g.set_many(namespace, items), namespace, (namespace, written)
+            lambda g: g.set_many(namespace, items),
+            namespace,
+            (namespace, written),
+            queueable=True,
         )
 
     async def delete(self, namespace: str, key: str) -> bool:
@@ -165,19 +180,31 @@ class WritePath:
         op: Callable[[GuardedStore], Awaitable[Any]],
         namespace: str | None,
         scope: WriteScope,
+        *,
+        queueable: bool = False,
     ) -> list[Any]:
         """Run ``op`` on every remote layer concurrently; failures are counted, not raised.
 
         A caller cancelled mid-write never leaves some stores with the new value and some with
         the old: one layer's write runs in the caller's own task, so it has started (a Redis
         write cut short is journaled, a file write finishes in its thread); several run
-        shielded and finish in the background (aclose still stops them)."""
+        shielded and finish in the background (aclose still stops them). ``queueable``: a
+        write, which stores that queue writes take without I/O (no task for them)."""
         layers = self.layers
         if not layers:
             return []
         calls = [op(g) for g in layers]
+        queue_last = self._queue_last if queueable else None
         try:
-            if sum(not answered_at_once(call) for call in calls) <= 1:
+            if queue_last is not None and (
+                sum(
+                    not queued and not answered_at_once(call)
+                    for queued, call in zip(self._queues, calls, strict=True)
+                )
+                <= 1
+            ):
+                answers = await self._queues_last(calls, queue_last)
+            elif sum(not answered_at_once(call) for call in calls) <= 1:
                 # At most one store does I/O (the others journaled the write or were skipped):
                 # it runs in the caller's task, as a lone store's write does.
                 answers = [await call for call in calls]
@@ -203,6 +230,20 @@ class WritePath:
             for layer, answer in zip(layers, answers, strict=True):
                 if answer is FAILED:
                     counters.errors[layer.name] += 1
+        return answers
+
+    async def _queues_last(self, calls: list[Awaitable[Any]], order: list[int]) -> list[Any]:
+        """Await ``calls`` one by one in ``order`` (the queueing stores last): at most one
+        does I/O, so none needs a task. Cancelled meanwhile, the calls not yet awaited still
+        run, in the background: the write reaches every store, as with ``gather``."""
+        answers: list[Any] = [None] * len(calls)
+        for done, index in enumerate(order):
+            try:
+                answers[index] = await calls[index]
+            except asyncio.CancelledError:
+                for rest in order[done + 1 :]:
+                    self._adopt(asyncio.ensure_future(calls[rest]))
+                raise
         return answers
 
     def _note_missed(self, scope: WriteScope, answers: list[Any] | None) -> None:

@@ -75,6 +75,7 @@ class RedisChannels:
         self._known: set[Address] | None = None  # primaries at the last refresh
         self._sink: ChangeSink | None = None
         self._task: asyncio.Task[None] | None = None
+        self._asking: AbstractConnection | None = None  # for CLUSTER NODES
         self._closing: set[asyncio.Task[None]] = set()
         self._reported_live = False
         self._was_live = False
@@ -98,6 +99,7 @@ class RedisChannels:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        await self._drop_asking()
         channels = [*self._nodes.values(), *([self._seed] if self._seed else [])]
         self._nodes.clear()
         await asyncio.gather(*(c.aclose() for c in channels), *self._closing)
@@ -179,23 +181,36 @@ class RedisChannels:
             await asyncio.sleep(self._refresh_every)
 
     async def _read_primaries(self) -> set[Address]:
-        """``CLUSTER NODES`` from the first node that answers: known primaries, then the URL's."""
-        candidates: list[Address | None] = [*sorted(self._known or ()), None]
+        """``CLUSTER NODES`` from the first node that answers: the one asked last time, then
+        the known primaries, then the URL's node. The connection is kept between refreshes."""
+        if self._asking is not None:
+            try:
+                return await self._cluster_nodes(self._asking)
+            except CHANNEL_ERRORS:
+                await self._drop_asking()
         failure: BaseException = ConnectionError("no cluster node to ask")
-        for node in candidates:
-            connection: AbstractConnection = connector(self._config, node)()
+        for node in [*sorted(self._known or ()), None]:
+            self._asking = connector(self._config, node)()
             try:
                 async with asyncio.timeout(_QUERY_TIMEOUT):
-                    await connection.connect()  # type: ignore[no-untyped-call]
-                    await connection.send_command("CLUSTER", "NODES")
-                    reply = await connection.read_response()
-                text = reply.decode() if isinstance(reply, bytes) else str(reply)
-                return cluster_primaries(text)
+                    await self._asking.connect()  # type: ignore[no-untyped-call]
+                return await self._cluster_nodes(self._asking)
             except CHANNEL_ERRORS as exc:
                 failure = exc
-            finally:
-                await connection.disconnect(nowait=True)
+                await self._drop_asking()
         raise failure
+
+    @staticmethod
+    async def _cluster_nodes(connection: AbstractConnection) -> set[Address]:
+        async with asyncio.timeout(_QUERY_TIMEOUT):
+            await connection.send_command("CLUSTER", "NODES")
+            reply = await connection.read_response()
+        return cluster_primaries(reply.decode() if isinstance(reply, bytes) else str(reply))
+
+    async def _drop_asking(self) -> None:
+        connection, self._asking = self._asking, None
+        if connection is not None:
+            await connection.disconnect(nowait=True)
 
     def _reconcile(self, primaries: set[Address]) -> None:
         """Close channels to nodes no longer primaries, open one to each new primary."""
