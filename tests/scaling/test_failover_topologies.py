@@ -4,9 +4,8 @@ promoted, a Sentinel primary SIGKILLed and its replica promoted, a whole cluster
 The promise is the single server's: no exception reaches an agent, the cache is back on Redis
 after the promotion, and a fresh instance (another cache_dir, Redis only) reads every key an
 agent wrote as its latest value or a miss, never an older one. A promoted replica may lack the
-old primary's last acknowledged writes (replication is asynchronous); on a cluster the store
-retires the generations of the stripes that changed primary, so those show up as misses rather
-than older values (behind Sentinel this is a known gap, marked xfail below).
+old primary's last acknowledged writes (replication is asynchronous) and then serve an older
+value: a known gap, shown by the two xfail tests below.
 """
 
 from __future__ import annotations
@@ -188,6 +187,12 @@ def key_served_by(node: Node, topology: ClusterTopology, prefix: str) -> str:
     raise AssertionError("no stripe on this node")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: a promoted replica that lacks the old primary's last acknowledged write "
+    "serves the older value (asynchronous replication); retiring the stripes per process made "
+    "late-noticing processes hide newer writes from others, so it is not done",
+)
 async def test_a_promoted_cluster_replica_missing_the_last_write_never_serves_the_older_value(
     healed_cluster: ClusterTopology, make_cache: Callable[..., AsyncToolCache]
 ) -> None:

@@ -24,7 +24,6 @@ from typing import Any, Final
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..base import EntryPage
 from .batching import RoundTripBatcher
@@ -78,7 +77,6 @@ class ClusterEngine:
         self._namespaces: dict[str, StripedNamespace] = {}
         self._started = False
         self._refresh: asyncio.Task[None] | None = None
-        self._moving: asyncio.Task[None] | None = None  # retiring stripes after a failover
         self._refreshed_at = 0.0
         self._cleanups: set[asyncio.Task[None]] = set()
         self.failed_nodes: dict[str, str] = {}  # node name -> last error, until it answers
@@ -95,7 +93,7 @@ class ClusterEngine:
             self._started = True
 
     async def aclose(self) -> None:
-        for task in [*self._cleanups, *[t for t in (self._refresh, self._moving) if t]]:
+        for task in [*self._cleanups, *([self._refresh] if self._refresh else [])]:
             task.cancel()
         await asyncio.gather(*self._cleanups, return_exceptions=True)
         for batcher in self._batchers.values():
@@ -380,8 +378,6 @@ class ClusterEngine:
     async def _mget(self, slot: int, keys: Sequence[bytes]) -> list[Any]:
         if not self._started:
             await self.start()
-        if self._moving is not None:
-            self._check_moving()
         try:
             return await self._batcher(slot).mget(keys, slot)
         except DRIVER_ERRORS as exc:
@@ -395,8 +391,6 @@ class ClusterEngine:
         """One ``MGET`` per (slot, keys) group, one pipeline per node, all nodes at once."""
         if not self._started:
             await self.start()
-        if self._moving is not None:
-            self._check_moving()
         by_node: dict[int, list[int]] = {}
         batchers: dict[int, RoundTripBatcher] = {}
         for position, (slot, _) in enumerate(groups):
@@ -431,8 +425,6 @@ class ClusterEngine:
         a group answered with a redirection is run again through the cluster client."""
         if not self._started:
             await self.start()
-        if self._moving is not None:
-            self._check_moving()
         by_node: dict[int, list[int]] = {}
         batchers: dict[int, RoundTripBatcher] = {}
         for position, (slot, _) in enumerate(groups):
@@ -490,63 +482,15 @@ class ClusterEngine:
         self._refreshed_at = now
         self._refresh = asyncio.get_running_loop().create_task(self._reload_slots())
 
-    def _stripe_owners(self) -> dict[tuple[str, int], str]:
-        slots = self.client.nodes_manager.slots_cache
-        owners = {}
-        for name, striped in self._namespaces.items():
-            for index, slot in enumerate(striped.slots):
-                nodes = slots.get(slot)
-                if nodes:
-                    owners[(name, index)] = nodes[0].name
-        return owners
-
     async def _reload_slots(self) -> None:
-        before = self._stripe_owners()
         try:
             await self.client.nodes_manager.initialize()
         except DRIVER_ERRORS as exc:
             logger.debug("redis cluster slot refresh from %s failed: %s", self._url, exc)
             return
-        after = self._stripe_owners()
-        moved = [stripe for stripe, owner in before.items() if after.get(stripe, owner) != owner]
-        if moved and (self._moving is None or self._moving.done()):
-            # No await between the new slot table and this: no call reaches a new primary first.
-            self._moving = asyncio.get_running_loop().create_task(self._retire(moved))
         live = {node.name for node in self.client.get_primaries()}
         for name in [name for name in self._batchers if name not in live]:
             await self._batchers.pop(name).aclose()
-
-    async def _retire(self, stripes: list[tuple[str, int]]) -> None:
-        """A replica took over these stripes' slots (or they moved): ``INCR`` their counters
-        before any other call reaches them. Replication is asynchronous, so the promoted
-        replica may lack writes its old primary acknowledged and hold older values; a fresh
-        generation turns all of that into misses. Tried every 50 ms for up to ~5 s."""
-        for _ in range(100):
-            pipe = self.client.pipeline(transaction=False)
-            for name, index in stripes:
-                pipe.execute_command("INCR", self._namespaces[name].stripes[index].gen_key)
-            try:
-                replies = await pipe.execute(raise_on_error=True)
-            except DRIVER_ERRORS as exc:
-                logger.debug("retiring stripes after a failover at %s: %s", self._url, exc)
-                await asyncio.sleep(0.05)
-                continue
-            for (name, index), number in zip(stripes, replies, strict=True):
-                self._namespaces[name].stripes[index].observe(str(number).encode())
-            logger.warning(
-                "redis cluster at %s: %d stripe(s) changed primary; moved to a new generation "
-                "(a promoted replica may lack the old primary's last writes)",
-                self._url,
-                len(stripes),
-            )
-            return
-        logger.error("redis cluster at %s: could not retire stripes after a failover", self._url)
-
-    def _check_moving(self) -> None:
-        if self._moving is not None:
-            if not self._moving.done():
-                raise RedisConnectionError("a replica is taking over; retiring its stripes first")
-            self._moving = None
 
     # -- scanning ------------------------------------------------------------------------------
 
