@@ -27,6 +27,7 @@ SCRIPTS = (
     ("bench_agent", "agent.md"),
     ("bench_failover", "failover.md"),
     ("bench_stampede", "stampede.md"),
+    ("bench_cluster", "cluster.md"),
     ("bench_coherence", "coherence.md"),
     ("bench_metrics", "metrics.md"),
     ("bench_adapters", "adapters.md"),

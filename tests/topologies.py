@@ -447,3 +447,34 @@ class SentinelTopology:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def wait_replicated(primary: Node, replica: Node, within: float = 10.0) -> None:
+    """Until ``replica`` has applied everything ``primary`` has written so far."""
+    with primary.client() as client:
+        offset = int(client.info("replication")["master_repl_offset"])
+
+    def caught_up() -> bool:
+        with replica.client() as client:
+            return int(client.info("replication").get("slave_repl_offset", -1)) >= offset
+
+    wait_for(caught_up, within, f"{replica.address} replicated {primary.address}")
+
+
+def cut_replication(primary: Node) -> None:
+    """Drop ``primary``'s links to its replicas. With the replica paused first (so it cannot
+    reconnect and resync at once), a write acknowledged now reaches no replica: the lost-write
+    window of asynchronous replication, made certain."""
+    with primary.client() as client:
+        client.execute_command("CLIENT", "KILL", "TYPE", "replica")
+
+
+def pause(node: Node) -> None:
+    """SIGSTOP: the process keeps its sockets but reads and applies nothing until resumed."""
+    assert node.process is not None
+    node.process.send_signal(signal.SIGSTOP)
+
+
+def resume(node: Node) -> None:
+    if node.process is not None and node.process.poll() is None:
+        node.process.send_signal(signal.SIGCONT)

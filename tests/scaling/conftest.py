@@ -8,6 +8,7 @@ A test that kills a node calls ``heal()`` before it ends (see ``healed_cluster``
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +49,10 @@ def healed_sentinel(redis_sentinel: SentinelTopology) -> Iterator[SentinelTopolo
     """The shared Sentinel setup for a test that kills its primary: restored afterwards."""
     yield redis_sentinel
     redis_sentinel.heal()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the topology tests last: their 11 background processes (gossip, sentinel pings)
+    then never share the machine with the timing-sensitive single-server fault tests."""
+    here = Path(__file__).parent
+    items.sort(key=lambda item: here in Path(str(item.path)).parents)

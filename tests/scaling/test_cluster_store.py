@@ -4,6 +4,9 @@ across slots, per-node batching, clear(), invalidate() and the get_or_set lock."
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,6 +21,11 @@ from toolweaver_async.stores.redis.cluster_keys import key_slot
 from ..topologies import ClusterTopology, Node
 
 KEYS = [f"key-{n}" for n in range(300)]
+
+pytestmark = pytest.mark.allow_blocking(
+    reason="the test looks behind the cache's back with a synchronous redis client on each "
+    "node; the library is still checked"
+)
 
 
 @pytest.fixture
@@ -271,3 +279,24 @@ async def test_health_check_shows_the_cluster_topology(
     )
     assert all(n["state"] == "ok" for n in topology["nodes"])
     assert sum(n["slots"] for n in topology["nodes"]) == 16384
+
+
+def test_doctor_prints_the_cluster_topology(redis_cluster: ClusterTopology, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "USE_REDIS": "true",
+        "REDIS_URL": redis_cluster.url,
+        "TOOLWEAVER_CACHE_DIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "toolweaver_async", "doctor"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"mode": "cluster"' in done.stdout
+    for node in redis_cluster.primaries():
+        assert node.address in done.stdout

@@ -408,9 +408,9 @@ class RoundTripBatcher:
     async def _send_and_read(
         conn: AbstractConnection, packed: bytes, count: int, replies: list[Any]
     ) -> None:
-        if not conn.is_connected:
-            # connect() and not the implicit connect of a send: a Sentinel-managed connection
-            # asks the sentinels for the primary's address there.
+        if not conn.is_connected and type(conn).connect is not AbstractConnection.connect:
+            # A Sentinel-managed connection asks the sentinels for the primary's address in
+            # its own connect(), which the implicit connect of a send would skip.
             await conn.connect()  # type: ignore[no-untyped-call]
         await conn.send_packed_command(packed, check_health=False)
         for _ in range(count):
