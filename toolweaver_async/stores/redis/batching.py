@@ -31,81 +31,17 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
+from .batch_requests import InFlightRoundTrip as _RoundTrip
+from .batch_requests import ReadGroup
+from .batch_requests import Request as _Request
+from .resp import RoundTripError, pack_command
+from .resp import own_error as _own_error
+from .resp import pick_values as _pick
+
 __all__ = ["MAX_BATCH_KEYS", "ReadGroup", "RoundTripBatcher", "RoundTripError", "pack_command"]
-
-# Keys read together in one MGET, and the group that may share that MGET with other callers
-# (``None``: the one group of a standalone server).
-ReadGroup = tuple[Hashable, Sequence[bytes]]
-
-
-def _python_pack(args: tuple[Any, ...]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode()
-        elif isinstance(arg, int):
-            arg = b"%d" % arg
-        parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
-    return b"".join(parts)
-
-
-# One command as RESP bytes. hiredis does it in C (0.3 us for a 3-key MGET, 7 us for 100 keys,
-# against 13 us in Python and more in redis-py's packer, which re-joins its buffer per argument).
-pack_command: Callable[[tuple[Any, ...]], bytes]
-try:
-    from hiredis import pack_command
-except ImportError:  # pragma: no cover - hiredis is a runtime dependency; kept for odd installs
-    pack_command = _python_pack
 
 # A batch stops growing at this many keys plus write commands; the rest go in the next one.
 MAX_BATCH_KEYS: Final = 1000
-
-
-class RoundTripError(RedisError):
-    """A shared round trip failed; every caller in it gets its own instance of this error,
-    with the original failure as ``__cause__``."""
-
-
-class _Request:
-    """One caller's share of a batch: groups of MGET keys, or packed pipeline commands and
-    their count. ``grouped``: the caller wants one reply per group (errors in place) rather
-    than the values of its single group."""
-
-    __slots__ = ("commands", "count", "deadline", "future", "grouped", "reads", "weight")
-
-    def __init__(
-        self,
-        future: asyncio.Future[list[Any]],
-        deadline: float,
-        reads: Sequence[ReadGroup] | None,
-        commands: bytes = b"",
-        count: int = 0,
-        *,
-        grouped: bool = False,
-        weight: int,
-    ) -> None:
-        self.future = future
-        self.deadline = deadline
-        self.reads = reads
-        self.commands = commands
-        self.count = count
-        self.grouped = grouped
-        self.weight = weight  # keys or commands it adds to a batch (see _take_batch)
-
-
-class _RoundTrip:
-    """A round trip on the wire: who runs it, until when, and for whom (None: a lone call)."""
-
-    __slots__ = ("cancelling", "deadline", "expired", "requests", "task")
-
-    def __init__(
-        self, task: asyncio.Task[Any], deadline: float, requests: list[_Request] | None
-    ) -> None:
-        self.task = task
-        self.deadline = deadline
-        self.requests = requests
-        self.cancelling = task.cancelling()
-        self.expired = False
 
 
 class RoundTripBatcher:
@@ -455,20 +391,3 @@ class RoundTripBatcher:
                 TimeoutError(f"no reply from redis within {self._timeout} s")
             )
         return []
-
-
-def _pick(values: Any, wanted: list[int]) -> Any:
-    """The values at ``wanted`` of one MGET reply, or that reply's error as the caller's own."""
-    if isinstance(values, Exception):
-        return _own_error(values)
-    return [values[at] for at in wanted]
-
-
-def _own_error(exc: BaseException) -> RoundTripError:
-    """A fresh exception per caller, so one caller's traceback never grows another's."""
-    if isinstance(exc, Exception):
-        error = RoundTripError(f"{type(exc).__name__}: {exc}")
-    else:
-        error = RoundTripError("redis store closed while the command was in flight")
-    error.__cause__ = exc
-    return error
