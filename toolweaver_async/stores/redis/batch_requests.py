@@ -41,9 +41,7 @@ class Request:
         self.commands = commands
         self.count = count
         self.grouped = grouped
-        self.weight = (
-            weight  # keys or commands it adds to a batch (see the batcher)
-        )
+        self.weight = weight  # keys or commands it adds to a batch (see the batcher)
 
 
 class InFlightRoundTrip:
