@@ -446,6 +446,7 @@ async def test_cancelled_sets_leave_whole_entries_in_every_store(
     proxy.latency = 0.0
     await eventually(lambda: not cache._background, what="cancelled writes finished")
     await eventually(recovered(cache))
+    await cache.aclose()  # file writes land behind the caller: closing writes what is queued
     assert not [p for p in os.listdir(cache_dir) if p.endswith(".tmp")]
     assert not any(name.endswith(".tmp") for *_, names in os.walk(cache_dir) for name in names)
     from_redis = await make_cache(stores=("redis",))
@@ -467,6 +468,7 @@ async def test_set_cancelled_before_its_writes_start_still_reaches_every_store(
         await write
     assert await cache.get("k") == "new"
     await eventually(lambda: not cache._background, what="the write finished in the background")
+    await cache.aclose()  # file writes land behind the caller: closing writes what is queued
     from_redis = await make_cache(stores=("redis",))
     from_files = await make_cache(stores=("file",))
     assert await from_redis.get("k") == "new"  # no store is left behind memory
