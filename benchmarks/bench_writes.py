@@ -4,7 +4,7 @@
 
 1. Fifty agents, each looping ``set(k, n)`` then ``get(k)`` over 20 keys of its own (namespace
    ``results``, memory + Redis + file, a small value): file writes behind the caller (the
-   default) against write-through (``file_write_behind=False``), Redis up, then Redis killed.
+   ``file_write_behind=True``) against write-through (the default), Redis up, then Redis killed.
    The two modes run in alternating rounds, so a noisy neighbour slows both alike.
 2. A memory hit of a str, an int tuple (``type=tuple[int, ...]``) and a frozen msgspec Struct
    against ``cachetools.TTLCache`` and cashews' ``mem://``, timed interleaved.
@@ -270,7 +270,9 @@ from pathlib import Path
 from toolweaver_async import AsyncToolCache, CacheConfig
 
 async def main():
-    config = CacheConfig(stores=("file",), cache_dir=Path(sys.argv[1]), key_prefix="crash")
+    config = CacheConfig(
+        stores=("file",), cache_dir=Path(sys.argv[1]), key_prefix="crash", file_write_behind=True
+    )
     async with AsyncToolCache(config) as cache:
         n = 0
         while True:

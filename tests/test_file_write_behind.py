@@ -219,7 +219,10 @@ from pathlib import Path
 from toolweaver_async import AsyncToolCache, CacheConfig
 
 async def main():
-    config = CacheConfig(stores=("file",), cache_dir=Path(sys.argv[1]), key_prefix=sys.argv[2])
+    config = CacheConfig(
+        stores=("file",), cache_dir=Path(sys.argv[1]), key_prefix=sys.argv[2],
+        file_write_behind=True,
+    )
     async with AsyncToolCache(config) as cache:
         n = 0
         while True:
@@ -284,7 +287,11 @@ async def test_redis_killed_under_50_agents_then_restarted_loses_nothing_and_ser
     own_redis_server: RedisServer, tmp_path: Path, key_prefix: str
 ) -> None:
     config = CacheConfig(
-        use_redis=True, redis_url=own_redis_server.url, cache_dir=tmp_path, key_prefix=key_prefix
+        use_redis=True,
+        redis_url=own_redis_server.url,
+        cache_dir=tmp_path,
+        key_prefix=key_prefix,
+        file_write_behind=True,
     )
     latest: dict[str, int] = {}
 
