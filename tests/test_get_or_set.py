@@ -618,3 +618,21 @@ async def test_lock_winner_looks_again_before_loading(
         ours.gate.set()
         assert await us.get_or_set("k", ours) == "loaded elsewhere"
     assert (first_loader.calls, ours.calls) == (1, 0)
+
+
+@pytest.mark.parametrize("chain", ["embedded", "full", "redis-only"])
+async def test_a_get_or_set_served_by_a_slower_store_counts_one_hit(
+    make_cache: MakeCache, chain: str
+) -> None:
+    writer = make_cache(**CHAINS[chain])
+    await writer.set("q", [1, 2])
+    reader = make_cache(
+        **CHAINS[chain]
+    )  # its memory layer (if any) is empty: a slower store answers
+
+    async def loader() -> list[int]:
+        raise AssertionError("the cached value must be served")
+
+    assert await reader.get_or_set("q", loader) == [1, 2]
+    hits = reader.stats().overall.hits
+    assert sum(hits.values()) == 1, hits

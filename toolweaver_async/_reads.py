@@ -209,7 +209,8 @@ class ReadPath:
             )
             if envelope is None or isinstance(envelope, _WrongType):
                 return None
-            counters.hits[layer.name] += 1
+            if not until_hard_expiry:  # get_or_set counts the hit once it decides to serve it
+                counters.hits[layer.name] += 1
             return envelope, layer.name
         tracker = self.tracker
         token = tracker.begin(namespace, key)
@@ -242,7 +243,8 @@ class ReadPath:
                     continue
                 if isinstance(envelope, _WrongType):
                     return None  # the entry is there, in another shape: slower stores agree
-                counters.hits[layer.name] += 1
+                if not until_hard_expiry:  # get_or_set counts the hit once it serves it
+                    counters.hits[layer.name] += 1
                 if tracker.still_current(token):
                     self._drop_stale_memory_copy(namespace, key, envelope)
                     self.promote(index, namespace, key, data, envelope, vouched=vouched)

@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from random import random as uniform_random
-from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 import anyio
@@ -142,12 +141,7 @@ class AsyncToolCache(ToolShapedHelpers):
         await self.connect()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def connect(self) -> None:
@@ -344,12 +338,7 @@ class AsyncToolCache(ToolShapedHelpers):
 
         def decorate(fn: Callable[P, Awaitable[R]]) -> CachedFunction[P, R]:
             return CachedFunction(
-                fn,
-                cache=self,
-                loads=self._loads,
-                namespace=namespace,
-                key=key,
-                options=options,
+                fn, cache=self, loads=self._loads, namespace=namespace, key=key, options=options
             )
 
         return decorate

@@ -18,7 +18,6 @@ import hashlib
 import math
 import os
 import secrets
-import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -27,7 +26,13 @@ from typing import Any, TypeVar
 
 from ..config import MAX_TRACKED_NAMESPACES, OTHER_NAMESPACES, CacheConfig, check_name
 from ..errors import ConfigError, StoreError
+from . import file_listing
 from .base import EntryPage, StoreItem
+from .file_format import HEADER as _HEADER
+from .file_format import MAGIC as _MAGIC
+from .file_format import O_READ as _O_READ
+from .file_format import TEMP_SUFFIX as _TEMP_SUFFIX
+from .file_format import read_all as _read_all
 from .file_tree import O_NOFOLLOW, check_base, lexists_at, open_base, open_folder, remove_tree
 from .worker_lane import DaemonWorker, WorkerLane, in_daemon_thread
 
@@ -35,27 +40,18 @@ __all__ = ["FileStore"]
 
 T = TypeVar("T")
 
-# Store-level header: magic, key length, expires_at (wall clock; NaN = never), data length.
-# The data length catches a file torn after its header (we never fsync, see _write_entry).
-_HEADER = struct.Struct("<4sIdQ")
-_MAGIC = b"TWF1"
 _NEVER = math.nan
 # '~' is not allowed in namespace names (config.check_name), so no namespace can be the trash.
 _TRASH = "~trash"
-_TEMP_SUFFIX = ".tmp"
 # A temp file this old (by its mtime) belongs to a writer that died; maintenance removes it.
 _STALE_TEMP_SECONDS = 3600.0
 # Eviction stops once the total is under this share of max_bytes, so it does not run per write.
 _EVICT_DOWN_TO = 0.9
 _TRASH_ATTEMPTS = 3
 _SEP = os.sep
-# O_NOFOLLOW: an entry file that is a link is never read through (a link is foreign here).
-_O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0) | O_NOFOLLOW  # O_BINARY: Windows only
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 # Header peeks during eviction never block on a FIFO standing where an entry belongs.
 _O_PEEK = _O_READ | getattr(os, "O_NONBLOCK", 0)
-# First read of an entry file; under glibc's mmap threshold, so the buffer is a cheap malloc.
-_READ_SIZE = 64 * 1024
 
 
 # Errors with which a file system refuses a write at once while still serving reads.
@@ -184,20 +180,6 @@ def _read_entry(ledger: _Ledger, folder: str, key: str, now: float) -> bytes | N
 def _count_corrupt_read(ledger: _Ledger, folder: str) -> None:
     with ledger.lock:  # the reader met a broken entry, whoever removes it
         ledger.count_corrupt_read(os.path.basename(folder))
-
-
-def _read_all(fd: int) -> bytes:
-    """Everything in the file ``fd``: one read for a small file (a local file returns all it
-    has), a size check and one more for a larger one."""
-    raw = os.read(fd, _READ_SIZE)
-    if len(raw) < _READ_SIZE:
-        return raw
-    chunks = [raw]
-    # +1: a file that grew since (it cannot: entries are replaced, never appended) ends the loop
-    want = max(os.fstat(fd).st_size - len(raw), 0) + 1
-    while chunk := os.read(fd, want):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _discard(path: str, judged: os.stat_result) -> bool:
@@ -698,7 +680,6 @@ class FileStore:
     async def list_entries(self, namespace: str, prefix: str) -> AsyncIterator[EntryPage]:
         """Each entry file of ``namespace`` read once (see :mod:`.file_listing`), one subfolder
         and at most ``_ENTRIES_PER_STEP`` files per worker step."""
-        from . import file_listing  # the listing's helpers import this module's file format
 
         folder = self._folder(namespace)
         for subfolder in await self._run("list", file_listing.subfolders, folder):

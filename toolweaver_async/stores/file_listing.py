@@ -10,7 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from .file import _HEADER, _MAGIC, _O_READ, _TEMP_SUFFIX, _read_all
+from .file_format import HEADER as _HEADER
+from .file_format import MAGIC as _MAGIC
+from .file_format import O_READ as _O_READ
+from .file_format import TEMP_SUFFIX as _TEMP_SUFFIX
+from .file_format import read_all as _read_all
 
 __all__ = ["entry_names", "read_named_entries", "subfolders"]
 
