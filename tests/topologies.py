@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from toolweaver_async.testing import HOST, find_free_port, redis_server_binary
+from toolweaver_async.testing import HOST, find_free_port, redis_server_binary, stop_process
 
 __all__ = ["ClusterTopology", "Node", "SentinelTopology"]
 
@@ -112,17 +112,8 @@ class Node:
             process.wait(timeout=START_TIMEOUT)
 
     def stop(self) -> None:
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGCONT)
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=START_TIMEOUT)
+        if self.process is not None:
+            stop_process(self.process)
         self.process = None
 
 

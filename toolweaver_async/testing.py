@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["FakeClock", "RedisServer", "find_free_port", "redis_server_binary"]
+__all__ = ["FakeClock", "RedisServer", "find_free_port", "redis_server_binary", "stop_process"]
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
@@ -190,17 +190,9 @@ class RedisServer:
 
     def stop(self) -> None:
         """Shut the server down (SIGTERM, then SIGKILL if it lingers). Idempotent."""
-        process = self._process
-        if process is None:
+        if self._process is None:
             return
-        if process.poll() is None:
-            process.send_signal(signal.SIGCONT)
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=START_TIMEOUT)
+        stop_process(self._process)
         self._process = None
         self._log_path.unlink(missing_ok=True)
 
@@ -230,3 +222,16 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """End a server process we started: wake it if paused, SIGTERM, SIGKILL if it lingers past
+    5 s, and reap it. Shared by every fixture that starts redis-server or redis-sentinel."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=START_TIMEOUT)
