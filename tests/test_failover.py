@@ -600,11 +600,6 @@ AGENT_CHAIN: dict[str, Any] = {"stores": ("redis", "file"), "redis_command_timeo
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known regression, open: under full-suite load on 2 cores the breaker can flap after "
-    "recovery (Redis gets time out at 0.25 s); passes alone; see the session note",
-)
 async def test_200_agents_survive_redis_killed_and_restarted(
     make_cache: MakeCache, own_redis_server: RedisServer
 ) -> None:
@@ -622,11 +617,6 @@ async def test_200_agents_survive_redis_killed_and_restarted(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known regression, open: under full-suite load on 2 cores the breaker can flap after "
-    "recovery (Redis gets time out at 0.25 s); passes alone; see the session note",
-)
 async def test_200_agents_survive_redis_paused_and_resumed(
     make_cache: MakeCache, own_redis_server: RedisServer
 ) -> None:
@@ -642,11 +632,6 @@ async def test_200_agents_survive_redis_paused_and_resumed(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known regression, open: under full-suite load on 2 cores the breaker can flap after "
-    "recovery (Redis gets time out at 0.25 s); passes alone; see the session note",
-)
 async def test_200_agents_survive_latency_spikes_and_connection_resets(
     make_cache: MakeCache, proxy: TcpProxy
 ) -> None:
@@ -666,11 +651,6 @@ async def test_200_agents_survive_latency_spikes_and_connection_resets(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known regression, open: under full-suite load on 2 cores the breaker can flap after "
-    "recovery (Redis gets time out at 0.25 s); passes alone; see the session note",
-)
 async def test_200_agents_survive_a_black_hole_between_them_and_redis(
     make_cache: MakeCache, proxy: TcpProxy
 ) -> None:

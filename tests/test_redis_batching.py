@@ -167,6 +167,55 @@ async def test_queued_and_shared_calls_time_out_on_a_paused_server(
         await store.aclose()
 
 
+def hog_the_loop(seconds: float) -> None:
+    """Keep this thread busy (CPU, no I/O): the loop cannot poll sockets meanwhile."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.parametrize("callers", [1, 50], ids=["alone", "shared"])
+async def test_a_reply_that_arrived_while_the_loop_was_busy_is_not_a_timeout(
+    own_redis_server: RedisServer, key_prefix: str, callers: int
+) -> None:
+    """The process, not Redis, was late: the replies sat in the socket past the deadline. They
+    are read before anything is declared timed out (a busy host must not trip the breaker)."""
+    store = RedisStore(url=own_redis_server.url, key_prefix=key_prefix, command_timeout=0.05)
+    try:
+        await store.set(NS, "k", b"v", 60)
+        await asyncio.gather(*(store.get(NS, "k") for _ in range(callers)))  # connections up
+        gets = [asyncio.ensure_future(store.get(NS, "k")) for _ in range(callers)]
+        await asyncio.sleep(0)  # the callers run: one round trip is sent, a flush scheduled
+        await asyncio.sleep(0)  # the flush sends the others' MGET
+        hog_the_loop(0.2)  # four timeouts long: the replies arrive meanwhile
+        assert await asyncio.gather(*gets) == [b"v"] * callers
+    finally:
+        await store.aclose()
+
+
+async def test_a_paused_server_still_times_out_after_the_loop_stalls(
+    own_redis_server: RedisServer, key_prefix: str
+) -> None:
+    """The grace given to replies after a stall is a few loop turns, not a new deadline: a
+    server that really is silent still fails the call as soon as the loop is back."""
+    store = RedisStore(url=own_redis_server.url, key_prefix=key_prefix, command_timeout=0.05)
+    try:
+        await store.set(NS, "k", b"v", 60)
+        await asyncio.to_thread(own_redis_server.pause)
+        try:
+            get = asyncio.ensure_future(store.get(NS, "k"))
+            await asyncio.sleep(0)
+            hog_the_loop(0.2)
+            back = time.monotonic()
+            with pytest.raises(StoreError, match=r"within 0\.05 s"):
+                await get
+            assert time.monotonic() - back < 0.05
+        finally:
+            await asyncio.to_thread(own_redis_server.resume)
+    finally:
+        await store.aclose()
+
+
 async def test_a_key_that_cannot_be_encoded_is_a_miss_of_its_own_caller_only(
     store: RedisStore,
 ) -> None:

@@ -188,7 +188,7 @@ def key_served_by(node: Node, topology: ClusterTopology, prefix: str) -> str:
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # the cut can lose the race with replication: an XPASS is not a fix
     reason="known gap: a promoted replica that lacks the old primary's last acknowledged write "
     "serves the older value (asynchronous replication); retiring the stripes per process made "
     "late-noticing processes hide newer writes from others, so it is not done",
