@@ -76,6 +76,9 @@ class ReadPath:
         self.layers = chain.layers
         # What each layer missed: its entries of those keys are read as misses.
         self._missed = chain.missed
+        # Until what earlier runs' stores missed is loaded (connect() does it; else the first
+        # read through waits for it), nothing from those stores may be served.
+        self._missed_loading = any(m is not None and not m.loaded for m in chain.missed)
         self.tracker = ReadTracker()
         self.namespaces: dict[str, NamespaceReads] = {}
         self._codec = codec
@@ -85,6 +88,12 @@ class ReadPath:
         self._policy = policy
         self._check_namespace = check_namespace
         self._spawn = spawn
+
+    async def _load_missed(self) -> None:
+        for missed in self._missed:
+            if missed is not None:
+                await missed.load()
+        self._missed_loading = False
 
     def reads_of(self, namespace: str) -> NamespaceReads:
         """The read state of ``namespace``, made (and the name checked) on its first read."""
@@ -189,6 +198,8 @@ class ReadPath:
         """The first usable entry of ``key`` in the slower stores and its store's name,
         promoted into the faster ones. Fresh entries only, unless ``until_hard_expiry`` (what
         get_or_set serves while it refreshes). An entry of another type ends the search."""
+        if self._missed_loading:
+            await self._load_missed()
         layers = self.layers
         if self.memory is None and len(layers) == 1:
             # Nothing faster to promote into (Redis or file alone, as benchmarks run them), so
@@ -289,6 +300,8 @@ class ReadPath:
         found: dict[str, Any],
         tokens: dict[str, ReadToken],
     ) -> dict[str, Any]:
+        if self._missed_loading:
+            await self._load_missed()
         vouched = True
         for index, layer in enumerate(self.layers):
             if not missing:
@@ -402,7 +415,34 @@ class ReadPath:
             # by the open breaker (~15 us of loop time each), and a half-open store's probe
             # slot belongs to real traffic.
             if layer.breaker.state is BreakerState.CLOSED:
-                self._spawn(layer.add(namespace, key, data, remaining))
+                if isinstance(layer.store, ConditionalDeleteStore):
+                    source = self.layers[found_at]
+                    self._spawn(
+                        self._promote_checked(layer, source, namespace, key, data, remaining)
+                    )
+                else:
+                    self._spawn(layer.add(namespace, key, data, remaining))
+
+    async def _promote_checked(
+        self,
+        target: GuardedStore,
+        source: GuardedStore,
+        namespace: str,
+        key: str,
+        data: bytes,
+        remaining: float | None,
+    ) -> None:
+        """Copy ``data`` into ``target`` (``SET NX``), then take it back if ``source`` no
+        longer holds it. Another process may have deleted the key (or invalidated or cleared)
+        between our read and the copy landing: its removal reaches the promotion targets again
+        once the source has answered (``Writer``), so a copy landing after that finds the
+        source empty here and is removed, only while it still holds exactly ``data``."""
+        if await target.add(namespace, key, data, remaining) is not True:
+            return
+        if await source.get(namespace, key) == data:
+            return
+        assert isinstance(target.store, ConditionalDeleteStore)
+        await target.attempt(target.store.delete_if, namespace, key, data)
 
     def _drop_stale_memory_copy(self, namespace: str, key: str, found: Envelope[Any]) -> None:
         """Before promoting a fresh ``found``: promotion never overwrites, so a stale copy in
