@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from ..errors import ConfigError
+
 __all__ = ["MissedWrites", "WriteScope", "digest"]
 
 # (namespace, [(key, bytes written or None for a delete)]): the entries None means the whole
@@ -44,7 +46,7 @@ class MissedWrites:
 
     def __init__(self, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         if max_keys < 1:
-            raise ValueError(f"max_keys must be >= 1, got {max_keys!r}")
+            raise ConfigError(f"max_keys must be >= 1, got {max_keys!r}")
         self.max_keys = max_keys
         # namespace -> key -> digest of the bytes the missed write carried (None: a delete)
         self._keys: dict[str, dict[str, bytes | None]] = {}
