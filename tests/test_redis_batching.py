@@ -299,9 +299,9 @@ async def test_with_one_eager_trip_calls_of_later_turns_wait_and_leave_as_one_ba
                 gets += [asyncio.ensure_future(batcher.mget([b"k"])) for _ in range(5)]
             await asyncio.sleep(0)
             assert (batcher.in_flight, batcher.queued) == (1, 15)
+            before = batcher.round_trips
         finally:
             await asyncio.to_thread(own_redis_server.resume)
-        before = batcher.round_trips
         assert await asyncio.gather(*gets) == [[b"v"]] * 16
         assert batcher.round_trips - before == 1  # the 15 waiting calls: one shared MGET
     finally:
