@@ -73,3 +73,24 @@ async def _hold(redis_url: str, key_prefix: str, cache_dir: Path, lock_ttl: floa
 
     async with AsyncToolCache(_config(redis_url, key_prefix, cache_dir)) as cache:
         await cache.get_or_set("shared", load, lock_ttl=lock_ttl)
+
+
+def miss_a_delete_then_hang(cache_dir: Path, key_prefix: str, results: Queue[Any]) -> None:
+    """Write ``k``, delete it while the file breaker is open (the file store misses the
+    delete), say so, and hang until killed."""
+    asyncio.run(_miss_a_delete(cache_dir, key_prefix, results))
+
+
+async def _miss_a_delete(cache_dir: Path, key_prefix: str, results: Queue[Any]) -> None:
+    config = CacheConfig(
+        cache_dir=cache_dir,
+        key_prefix=key_prefix,
+        stores=("memory", "file"),
+        file_write_behind=False,
+    )
+    async with AsyncToolCache(config) as cache:
+        await cache.set("k", "v1")
+        cache.breakers()["file"].trip()
+        assert await cache.delete("k") is True
+        results.put("deleted")
+        await asyncio.Event().wait()

@@ -20,7 +20,8 @@ from .loading.locks import GuardedLock
 from .resilience.breaker import CircuitBreaker
 from .resilience.guard import FAILED, GuardedStore
 from .resilience.journal import OutageJournal
-from .resilience.missed_writes import MissedWrites
+from .resilience.missed_writes import MissedWrites, WriteScope
+from .resilience.missed_writes_log import MissedWritesLog
 from .stores.base import (
     CorruptionCountingStore,
     LockingStore,
@@ -89,8 +90,9 @@ class Chain:
             # A queued file write the disk refused after its caller returned: that store's
             # older entry of the key must not be served (as for a refused write-through).
             if missed is not None and isinstance(layer.store, WriteBehindFileStore):
-                layer.store.write_failed = lambda ns, keys, m=missed: m.mark(
-                    (ns, [(key, None) for key in keys])  # nothing it holds can be trusted
+                layer.store.write_failed = lambda ns, keys, m=missed: _mark_later(
+                    m,
+                    (ns, [(key, None) for key in keys]),  # nothing it holds can be trusted
                 )
         self._counting = [g.store for g in layers if isinstance(g.store, CorruptionCountingStore)]
 
@@ -103,6 +105,11 @@ class Chain:
         """Load the outage journals a previous run left (their replay starts by itself), then
         ping every slower store once; one that does not answer starts with its breaker open,
         so the first agent steps do not each wait on a dead server."""
+
+        # What earlier runs' file stores missed, before anything is read from them.
+        for missed in self.missed:
+            if missed is not None:
+                await missed.load()
 
         async def probe(layer: GuardedStore) -> None:
             await layer.open()
@@ -122,6 +129,9 @@ class Chain:
     async def aclose(self) -> None:
         """Stop journal replays and recovery watches, write journals to disk, then release
         every store; a failure to close one is logged and does not stop the others."""
+        for missed in self.missed:
+            if missed is not None and missed.log is not None:
+                await missed.log.aclose(missed)
         for layer in self.layers:
             try:
                 await layer.aclose()
@@ -226,7 +236,19 @@ def build_chain(
     memory = first if isinstance(first, MemoryStore) else None
     if memory is not None:
         chain.pop(0)
-    return Chain(memory, [guard(store, config, clock) for store in chain])
+    built = Chain(memory, [guard(store, config, clock) for store in chain])
+    for layer, missed in zip(built.layers, built.missed, strict=True):
+        # A file store outlives the process: so must the record of what it missed.
+        if missed is not None and isinstance(layer.store, FileStore):
+            folder = layer.store.root / "~journal" / layer.store.key_prefix
+            missed.attach(MissedWritesLog(folder, timeout=config.file_timeout))
+    return built
+
+
+def _mark_later(missed: MissedWrites, scope: WriteScope) -> None:
+    """Mark ``scope`` missed after its caller returned, and log the mark in the background."""
+    missed.mark(scope)
+    missed.save_soon()
 
 
 def guard(store: Store, config: CacheConfig, clock: Callable[[], float]) -> GuardedStore:
