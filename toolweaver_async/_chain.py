@@ -85,13 +85,6 @@ class Chain:
         self._locking: tuple[LockingStore, GuardedStore] | None = next(
             ((g.store, g) for g in layers if isinstance(g.store, LockingStore)), None
         )
-        for layer, missed in zip(layers, self.missed, strict=True):
-            # A queued file write the disk refused after its caller returned: that store's
-            # older entry of the key must not be served (as for a refused write-through).
-            if missed is not None and isinstance(layer.store, WriteBehindFileStore):
-                layer.store.write_failed = lambda ns, keys, m=missed: m.mark(
-                    (ns, [(key, None) for key in keys])  # nothing it holds can be trusted
-                )
         self._counting = [g.store for g in layers if isinstance(g.store, CorruptionCountingStore)]
 
     @property
