@@ -130,3 +130,24 @@ async def _refused_background_write(cache_dir: Path, key_prefix: str) -> dict[st
             "health_errors": health["stores"]["file"]["errors"],
             "health_failed": health["stores"]["file"]["write_queue"]["failed"],
         }
+
+
+def miss_a_delete_then_hang(cache_dir: Path, key_prefix: str, results: Queue[Any]) -> None:
+    """Write ``k``, delete it while the file breaker is open (the file store misses the
+    delete), say so, and hang until killed."""
+    asyncio.run(_miss_a_delete(cache_dir, key_prefix, results))
+
+
+async def _miss_a_delete(cache_dir: Path, key_prefix: str, results: Queue[Any]) -> None:
+    config = CacheConfig(
+        cache_dir=cache_dir,
+        key_prefix=key_prefix,
+        stores=("memory", "file"),
+        file_write_behind=False,
+    )
+    async with AsyncToolCache(config) as cache:
+        await cache.set("k", "v1")
+        cache.breakers()["file"].trip()
+        assert await cache.delete("k") is True
+        results.put("deleted")
+        await asyncio.Event().wait()

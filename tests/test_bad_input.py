@@ -3,8 +3,10 @@ trailing newline, odd key types. Each is a clear ``CacheError`` and nothing is w
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,9 @@ from toolweaver_async import (
     stable_hash,
 )
 from toolweaver_async.keys import check_key
+from toolweaver_async.resilience.journal.ledger import JournalLedger
+from toolweaver_async.resilience.missed_writes import MissedWrites
+from toolweaver_async.stores.worker_lane import WorkerLane
 
 
 def _cyclic_list() -> list[Any]:
@@ -129,3 +134,30 @@ async def test_a_namespace_with_a_trailing_newline_is_refused_everywhere(
     with pytest.raises(ConfigError):
         cache.cached(namespace=namespace)
     assert _entry_files(cache_dir) == []
+
+
+async def test_a_key_that_cannot_be_encoded_is_blamed_not_the_value(
+    make_cache: Callable[..., AsyncToolCache],
+) -> None:
+    cache = make_cache()
+    with pytest.raises(SerializationError, match="key itself") as raised:
+        await cache.set("bad\ud800", {"a": 1})
+    assert "value of type" not in str(raised.value)
+    assert raised.value.key == "bad\ud800"
+    assert raised.value.value_type is None
+    # the value is still blamed when it is the value that fails
+    with pytest.raises(SerializationError, match="value of type str"):
+        await cache.set("fine", "bad\ud800")
+
+
+def test_bad_bounds_of_internal_parts_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="max_entries"):
+        JournalLedger(max_entries=0, clock=lambda: 0.0)
+    with pytest.raises(ConfigError, match="max_keys"):
+        MissedWrites(max_keys=0)
+    loop = asyncio.new_event_loop()
+    try:
+        with ThreadPoolExecutor(1) as pool, pytest.raises(ConfigError, match="deadline"):
+            WorkerLane(loop, pool, deadline=0)
+    finally:
+        loop.close()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,36 @@ async def _in_peer_memory(peer: Peer, key: str, value: Any, namespace: str = "de
     await eventually(held, within=5, what=f"the peer holds {key!r} in memory")
 
 
+async def _peer_holding_v1(
+    peer: Peer, writer_for: Callable[..., Awaitable[AsyncToolCache]], settings: dict[str, Any]
+) -> AsyncToolCache:
+    """A writer in this process that set ``k`` to "v1", and the peer process holding that value
+    in its memory layer (so what happens next must reach the peer to be seen)."""
+    writer = await writer_for(**settings)
+    await writer.set("k", "v1")
+    await peer.open(**settings)
+    await _in_peer_memory(peer, "k", "v1")
+    return writer
+
+
+async def _peer_answers(peer: Peer, expected: Any, *, within: float, what: str) -> None:
+    """Poll the peer's ``get("k")`` until it answers ``expected``."""
+
+    async def answers() -> bool:
+        return bool(await peer.get("k") == expected)
+
+    await eventually(answers, within=within, what=what)
+
+
+@asynccontextmanager
+async def _raw_client(url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(url, driver_info=None)  # no SETINFO: no metadata stat
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 def _redis_settings(url: str, prefix: str, cache_dir: Path, **more: Any) -> dict[str, Any]:
     return {
         "use_redis": True,
@@ -175,11 +206,7 @@ async def test_peer_memory_layer_sees_each_write_through_redis(
     await _in_peer_memory(peer, "k", "v1")
     change, expected = OPERATIONS[operation]
     await change(writer)
-
-    async def peer_sees_it() -> bool:
-        return bool(await peer.get("k") == expected)
-
-    await eventually(peer_sees_it, within=5, what=f"peer sees {operation}")
+    await _peer_answers(peer, expected, within=5, what=f"peer sees {operation}")
     coherence = (await peer.call("health"))["coherence"]
     assert coherence["invalidations"] >= 1
 
@@ -192,10 +219,7 @@ async def test_peer_memory_keeps_serving_hits_while_nothing_changes(
     cache_dir: Path,
 ) -> None:
     settings = _redis_settings(redis_url, key_prefix, cache_dir)
-    writer = await writer_for(**settings)
-    await writer.set("k", "v1")
-    await peer.open(**settings)
-    await _in_peer_memory(peer, "k", "v1")
+    await _peer_holding_v1(peer, writer_for, settings)
     before = await peer.hits()
     for _ in range(50):
         assert await peer.get("k") == "v1"
@@ -214,18 +238,11 @@ async def test_peer_memory_sees_a_raw_del_by_another_client(
     cache_dir: Path,
 ) -> None:
     settings = _redis_settings(redis_url, key_prefix, cache_dir, coherence_window=LONG_WINDOW)
-    writer = await writer_for(**settings)
-    await writer.set("k", "v1")
-    await peer.open(**settings)
-    await _in_peer_memory(peer, "k", "v1")
+    await _peer_holding_v1(peer, writer_for, settings)
     physical = await raw_redis.keys(f"{key_prefix}:default:*:k")
     assert len(physical) == 1
     await raw_redis.delete(*physical)
-
-    async def gone() -> bool:
-        return await peer.get("k") is None
-
-    await eventually(gone, within=5, what="peer sees the raw DEL")
+    await _peer_answers(peer, None, within=5, what="peer sees the raw DEL")
 
 
 async def test_peer_memory_sees_flushdb(
@@ -237,20 +254,10 @@ async def test_peer_memory_sees_flushdb(
 ) -> None:
     url = own_redis_server.url
     settings = _redis_settings(url, key_prefix, cache_dir, coherence_window=LONG_WINDOW)
-    writer = await writer_for(**settings)
-    await writer.set("k", "v1")
-    await peer.open(**settings)
-    await _in_peer_memory(peer, "k", "v1")
-    client = aioredis.Redis.from_url(url, driver_info=None)  # no SETINFO: no metadata stat
-    try:
+    await _peer_holding_v1(peer, writer_for, settings)
+    async with _raw_client(url) as client:
         await client.flushdb()
-    finally:
-        await client.aclose()
-
-    async def gone() -> bool:
-        return await peer.get("k") is None
-
-    await eventually(gone, within=5, what="peer sees FLUSHDB")
+    await _peer_answers(peer, None, within=5, what="peer sees FLUSHDB")
 
 
 async def test_peer_flushes_memory_when_its_killed_channel_comes_back(
@@ -262,18 +269,12 @@ async def test_peer_flushes_memory_when_its_killed_channel_comes_back(
 ) -> None:
     url = own_redis_server.url
     settings = _redis_settings(url, key_prefix, cache_dir, coherence_window=LONG_WINDOW)
-    writer = await writer_for(**settings)
-    await writer.set("k", "v1")
-    await peer.open(**settings)
-    await _in_peer_memory(peer, "k", "v1")
-    client = aioredis.Redis.from_url(url, driver_info=None)  # no SETINFO: no metadata stat
-    try:
+    writer = await _peer_holding_v1(peer, writer_for, settings)
+    async with _raw_client(url) as client:
         # The peer's channel is the only pubsub client of this server; the write lands while
         # it is gone (or at best while it resubscribes), so no invalidation reaches the peer.
         await client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
         await writer.set("k", "v2")
-    finally:
-        await client.aclose()
 
     async def back() -> bool:
         health = (await peer.call("health"))["value"]
@@ -294,10 +295,7 @@ async def test_peer_never_serves_an_overwritten_value_across_a_redis_restart(
     window = 0.5
     url = own_redis_server.url
     settings = _redis_settings(url, key_prefix, cache_dir, coherence_window=window)
-    writer = await writer_for(**settings)
-    await writer.set("k", "v1")
-    await peer.open(**settings)
-    await _in_peer_memory(peer, "k", "v1")
+    await _peer_holding_v1(peer, writer_for, settings)
     await asyncio.to_thread(own_redis_server.kill)
 
     async def not_from_memory() -> bool:
@@ -309,11 +307,7 @@ async def test_peer_never_serves_an_overwritten_value_across_a_redis_restart(
     await asyncio.to_thread(own_redis_server.start)  # same port, empty
     fresh = await writer_for(**{**settings, "stores": ("redis",)})
     await fresh.set("k", "v2")
-
-    async def sees_v2() -> bool:
-        return bool(await peer.get("k") == "v2")
-
-    await eventually(sees_v2, within=5, what="peer reads the write made after the restart")
+    await _peer_answers(peer, "v2", within=5, what="peer reads the write made after the restart")
 
     async def live() -> bool:
         return await peer.mode() == "live"
@@ -342,19 +336,12 @@ async def test_processes_sharing_a_cache_dir_see_each_others_writes_within_the_w
 ) -> None:
     window = 0.3
     settings = {"key_prefix": key_prefix, "cache_dir": cache_dir, "coherence_window": window}
-    writer = await writer_for(**settings)
-    await writer.set("k", "v1")
-    await peer.open(**settings)
-    await _in_peer_memory(peer, "k", "v1")
+    writer = await _peer_holding_v1(peer, writer_for, settings)
     assert await peer.mode() == "window"
     change, expected = FILE_OPERATIONS[operation]
     await change(writer)
     changed_at = asyncio.get_running_loop().time()
-
-    async def peer_sees_it() -> bool:
-        return bool(await peer.get("k") == expected)
-
-    await eventually(peer_sees_it, within=window + 2.0, what=f"peer sees {operation}")
+    await _peer_answers(peer, expected, within=window + 2.0, what=f"peer sees {operation}")
     # the peer's answer may lag by the window and a read, never by more than that (+ slack for
     # a loaded machine)
     assert asyncio.get_running_loop().time() - changed_at < window + 1.0

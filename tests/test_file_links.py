@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from toolweaver_async.errors import StoreError
+from toolweaver_async.stores import file as file_module
 from toolweaver_async.stores.file import FileStore
 from toolweaver_async.testing import FakeClock
 
@@ -181,3 +182,29 @@ async def test_an_entry_link_to_a_fifo_outside_is_not_opened(tmp_path: Path) -> 
         with contextlib.suppress(OSError):  # a reader blocked on the FIFO (the bug) is released
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         await store.aclose()
+
+
+@PLANTS_LINKS
+def test_eviction_never_deletes_through_a_folder_swapped_for_a_link_after_its_scan(
+    tmp_path: Path,
+) -> None:
+    """The scan saw real folders; before eviction removes the entries it found, the namespace
+    folder is swapped for a link to a copy outside the cache holding the same file names."""
+    folder = base(tmp_path) / NS
+    sub = folder / "ab"
+    sub.mkdir(parents=True)
+    for n in range(3):
+        (sub / f"{n:040x}").write_bytes(b"not an entry: removed first")
+    entries, total = file_module._scan(str(base(tmp_path)))
+    assert len(entries) == 3
+    outside = tmp_path / "outside"
+    shutil.copytree(folder, outside)
+    shutil.rmtree(folder)
+    folder.symlink_to(outside, target_is_directory=True)
+
+    file_module._evict(
+        file_module._Ledger(), str(base(tmp_path)), entries, total, target=0, now=0.0
+    )
+
+    assert sorted(p.name for p in (outside / "ab").iterdir()) == [f"{n:040x}" for n in range(3)]
+    assert folder.is_symlink()

@@ -6,8 +6,11 @@ files made unwritable (chmod, or the immutable flag when running as root), and a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import multiprocessing
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,9 +18,11 @@ from typing import Any
 
 import pytest
 
-from toolweaver_async import AsyncToolCache, BreakerSettings
+from toolweaver_async import AsyncToolCache, BreakerSettings, CacheConfig
 from toolweaver_async.resilience.breaker import BreakerState
 from toolweaver_async.resilience.missed_writes import MissedWrites
+
+from . import _processes
 
 MakeCache = Callable[..., AsyncToolCache]
 NS = "default"
@@ -190,3 +195,66 @@ async def test_a_read_only_cache_dir_is_read_and_its_breaker_stays_closed(
     health = (await cache.health_check())["stores"]["file"]
     assert health["ok"] is True
     assert "Errno" in health["last_error"]
+
+
+# -- across restarts ----------------------------------------------------------------------------
+
+
+async def _miss_a_delete(cache: AsyncToolCache) -> None:
+    await cache.set("k", "v1")
+    await cache.set("other", "kept")
+    _layer(cache, "file").breaker.trip()  # the file store misses the delete
+    assert await cache.delete("k") is True
+    assert await cache.get("k") is None
+
+
+async def test_a_missed_delete_is_still_honoured_by_the_next_cache_on_the_folder(
+    make_cache: MakeCache,
+) -> None:
+    first = make_cache(stores=("memory", "file"))
+    await first.connect()
+    await _miss_a_delete(first)
+    await first.aclose()
+    async with make_cache(stores=("memory", "file")) as second:
+        assert await second.get("k") is None  # v1 is still on disk, never served
+        assert await second.get("other") == "kept"
+        await second.set("k", "v2")  # a write that lands lifts the mark
+        assert await second.get("k") == "v2"
+    async with make_cache(stores=("file",)) as third:
+        assert await third.get("k") == "v2"
+
+
+async def test_a_cache_that_was_never_connected_honours_marks_left_by_an_earlier_run(
+    make_cache: MakeCache,
+) -> None:
+    first = make_cache(stores=("memory", "file"))
+    await _miss_a_delete(first)
+    await first.aclose()
+    second = make_cache(stores=("memory", "file"))  # no connect(): the first read loads them
+    assert await second.get("k") is None
+    assert await second.get_many(["k", "other"]) == {"other": "kept"}
+
+
+@pytest.mark.slow
+@pytest.mark.allow_blocking(reason="starts, feeds and kills a process")
+async def test_a_missed_delete_survives_the_process_being_killed(
+    cache_dir: Path, key_prefix: str
+) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    results = spawn.Queue()
+    worker = spawn.Process(
+        target=_processes.miss_a_delete_then_hang, args=(cache_dir, key_prefix, results)
+    )
+    await asyncio.to_thread(worker.start)  # spawning a process blocks
+    try:
+        assert await asyncio.to_thread(results.get, True, 30) == "deleted"
+        os.kill(worker.pid or 0, signal.SIGKILL)  # no aclose(): only what was on disk counts
+        await asyncio.to_thread(worker.join, 10)
+        config = CacheConfig(cache_dir=cache_dir, key_prefix=key_prefix, stores=("file",))
+        async with AsyncToolCache(config) as cache:
+            assert await cache.get("k") is None
+            await cache.set("k", "v2")
+            assert await cache.get("k") == "v2"
+    finally:
+        worker.kill()
+        await asyncio.to_thread(worker.join, 10)

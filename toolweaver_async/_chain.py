@@ -21,6 +21,7 @@ from .resilience.breaker import CircuitBreaker
 from .resilience.guard import FAILED, GuardedStore
 from .resilience.journal import OutageJournal
 from .resilience.missed_writes import MissedWrites
+from .resilience.missed_writes_log import MissedWritesLog
 from .stores.base import (
     CorruptionCountingStore,
     LockingStore,
@@ -97,6 +98,11 @@ class Chain:
         ping every slower store once; one that does not answer starts with its breaker open,
         so the first agent steps do not each wait on a dead server."""
 
+        # What earlier runs' file stores missed, before anything is read from them.
+        for missed in self.missed:
+            if missed is not None:
+                await missed.load()
+
         async def probe(layer: GuardedStore) -> None:
             await layer.open()
             outcome = await layer.attempt(layer.store.ping)
@@ -115,6 +121,9 @@ class Chain:
     async def aclose(self) -> None:
         """Stop journal replays and recovery watches, write journals to disk, then release
         every store; a failure to close one is logged and does not stop the others."""
+        for missed in self.missed:
+            if missed is not None and missed.log is not None:
+                await missed.log.aclose(missed)
         for layer in self.layers:
             try:
                 await layer.aclose()
@@ -219,7 +228,13 @@ def build_chain(
     memory = first if isinstance(first, MemoryStore) else None
     if memory is not None:
         chain.pop(0)
-    return Chain(memory, [guard(store, config, clock) for store in chain])
+    built = Chain(memory, [guard(store, config, clock) for store in chain])
+    for layer, missed in zip(built.layers, built.missed, strict=True):
+        # A file store outlives the process: so must the record of what it missed.
+        if missed is not None and isinstance(layer.store, FileStore):
+            folder = layer.store.root / "~journal" / layer.store.key_prefix
+            missed.attach(MissedWritesLog(folder, timeout=config.file_timeout))
+    return built
 
 
 def guard(store: Store, config: CacheConfig, clock: Callable[[], float]) -> GuardedStore:

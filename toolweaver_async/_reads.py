@@ -76,6 +76,9 @@ class ReadPath:
         self.layers = chain.layers
         # What each layer missed: its entries of those keys are read as misses.
         self._missed = chain.missed
+        # Until what earlier runs' stores missed is loaded (connect() does it; else the first
+        # read through waits for it), nothing from those stores may be served.
+        self._missed_loading = any(m is not None and not m.loaded for m in chain.missed)
         self.tracker = ReadTracker()
         self.namespaces: dict[str, NamespaceReads] = {}
         self._codec = codec
@@ -85,6 +88,12 @@ class ReadPath:
         self._policy = policy
         self._check_namespace = check_namespace
         self._spawn = spawn
+
+    async def _load_missed(self) -> None:
+        for missed in self._missed:
+            if missed is not None:
+                await missed.load()
+        self._missed_loading = False
 
     def reads_of(self, namespace: str) -> NamespaceReads:
         """The read state of ``namespace``, made (and the name checked) on its first read."""
@@ -189,6 +198,8 @@ class ReadPath:
         """The first usable entry of ``key`` in the slower stores and its store's name,
         promoted into the faster ones. Fresh entries only, unless ``until_hard_expiry`` (what
         get_or_set serves while it refreshes). An entry of another type ends the search."""
+        if self._missed_loading:
+            await self._load_missed()
         layers = self.layers
         if self.memory is None and len(layers) == 1:
             # Nothing faster to promote into (Redis or file alone, as benchmarks run them), so
@@ -289,6 +300,8 @@ class ReadPath:
         found: dict[str, Any],
         tokens: dict[str, ReadToken],
     ) -> dict[str, Any]:
+        if self._missed_loading:
+            await self._load_missed()
         vouched = True
         for index, layer in enumerate(self.layers):
             if not missing:

@@ -226,9 +226,17 @@ class WritePath:
             # Cancelled mid-write: whether each store got it is unknown, so every store that
             # keeps no journal counts as having missed it (a miss there, never an older value).
             self._note_missed(scope, None)
+            for missed in self._missed:
+                if missed is not None:
+                    missed.save_soon()
             raise
         if self._tracks_missed:
             self._note_missed(scope, answers)
+            for missed in self._missed:
+                if missed is not None and missed.unsaved_marks:
+                    # On disk before the write is acknowledged: a restart must not serve
+                    # what this store missed (resilience/missed_writes_log.py).
+                    await missed.save()
         if namespace is not None and FAILED in answers:
             counters = self._stats.counters(namespace)
             for layer, answer in zip(layers, answers, strict=True):
@@ -276,6 +284,7 @@ class WritePath:
         missed = self._missed[index]
         if missed is not None and entries:
             missed.mark((namespace, entries))
+            missed.save_soon()  # logged, so a restart does not serve the older entry either
 
     # -- write-behind ------------------------------------------------------------------------
 

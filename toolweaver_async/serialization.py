@@ -89,6 +89,16 @@ class EntryCodec:
             # recursion limit allows; msgspec stops cleanly, so nothing is half-written.
             type_name = type(value).__qualname__
             why = "cyclic or nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            # The envelope also carries the key: name the part that failed, not the value
+            # when it is the key (a lone surrogate) that UTF-8 cannot hold.
+            bad_key = _unencodable(key)
+            if bad_key is not None:
+                raise SerializationError(
+                    f"cannot cache key {key!r} in namespace {namespace!r}: the key itself is "
+                    f"not encodable ({bad_key}); keys must be valid UTF-8 text",
+                    key=key,
+                    value_type=None,
+                ) from exc
             raise SerializationError(
                 f"cannot cache key {key!r} in namespace {namespace!r}: value of type "
                 f"{type_name} is not encodable with msgspec ({why})",
@@ -167,3 +177,12 @@ class EntryCodec:
             decoder = msgspec.msgpack.Decoder(Envelope[type_])
             self._typed_decoders[type_] = decoder
         return decoder
+
+
+def _unencodable(text: str) -> str | None:
+    """Why ``text`` cannot be written as UTF-8 (a lone surrogate), or ``None`` when it can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"lone surrogate {text[exc.start]!r} at position {exc.start}"
+    return None

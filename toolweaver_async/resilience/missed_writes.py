@@ -14,14 +14,29 @@ but landed later in its thread is served (and the mark lifted), an older value n
 later answered write or delete of the key lifts the mark. Bounded: past ``max_keys`` marked
 keys, the namespace holding most of them is marked as a whole (one entry instead of
 thousands), which lifts only when an ``invalidate`` of it (or a ``clear``) reaches the store.
+
+A store on disk outlives the process, so its record must too: with a log attached
+(:mod:`.missed_writes_log`) every change is kept as a :class:`Change`, written before the write
+that caused it is acknowledged, and loaded again by the next process. Until that load is done,
+nothing the store holds is trusted (reads there are misses), so a restart never serves what an
+earlier run missed, even before ``connect()``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-__all__ = ["MissedWrites", "WriteScope", "digest"]
+import msgspec
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .missed_writes_log import MissedWritesLog
+
+__all__ = ["Change", "MissedWrites", "WriteScope", "digest"]
 
 # (namespace, [(key, bytes written or None for a delete)]): the entries None means the whole
 # namespace; namespace None means everything.
@@ -37,24 +52,111 @@ def digest(data: bytes) -> bytes:
 DEFAULT_MAX_KEYS = 10_000
 
 
+class Change(msgspec.Struct, tag="w", array_like=True, frozen=True):
+    """One change to the record as it is logged: ``marked`` (else lifted) ``key`` of
+    ``namespace`` (key None: the whole namespace; namespace None: everything), with the
+    digest of the bytes a missed write carried (None: nothing there can be trusted)."""
+
+    marked: bool
+    namespace: str | None
+    key: str | None = None
+    digest: bytes | None = None
+
+
 class MissedWrites:
     """The scopes one store may hold outdated entries for; see the module docstring."""
 
-    __slots__ = ("_count", "_everything", "_keys", "_namespaces", "max_keys")
+    __slots__ = (
+        "_count",
+        "_everything",
+        "_keys",
+        "_loading",
+        "_namespaces",
+        "changes",
+        "log",
+        "max_keys",
+        "recorded",
+        "unsaved_marks",
+    )
 
     def __init__(self, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         if max_keys < 1:
-            raise ValueError(f"max_keys must be >= 1, got {max_keys!r}")
+            raise ConfigError(f"max_keys must be >= 1, got {max_keys!r}")
         self.max_keys = max_keys
         # namespace -> key -> digest of the bytes the missed write carried (None: a delete)
         self._keys: dict[str, dict[str, bytes | None]] = {}
         self._namespaces: set[str] = set()
         self._everything = False
         self._count = 0
+        # With a log: the changes not yet written to it, how many were ever recorded, and
+        # the load of what earlier runs left (None once done: until then nothing is trusted).
+        self.log: MissedWritesLog | None = None
+        self.changes: list[Change] | None = None
+        self.recorded = 0
+        self.unsaved_marks = False  # a mark not on disk yet: the writer waits for it
+        self._loading: asyncio.Task[None] | None = None
+
+    def attach(self, log: MissedWritesLog) -> None:
+        """Keep this record in ``log`` from now on; nothing is trusted until :meth:`load`."""
+        self.log = log
+        self.changes = []
+
+    @property
+    def loaded(self) -> bool:
+        return self.log is None or self.log.loaded
+
+    async def load(self) -> None:
+        """Adopt what earlier runs left in the log (once; concurrent callers share it)."""
+        if self.loaded:
+            return
+        if self._loading is None:
+            self._loading = asyncio.get_running_loop().create_task(self._load())
+        await asyncio.shield(self._loading)
+
+    async def _load(self) -> None:
+        assert self.log is not None
+        assert self.changes is not None
+        left = await self.log.load()
+        ours = list(self.changes)  # this run's changes are newer than anything left
+        self._keys.clear()
+        self._namespaces.clear()
+        self._everything = False
+        self._count = 0
+        self.changes = []
+        for change in [*left, *ours]:
+            self.apply(change)
+        self.changes = ours  # still to be written, behind what the log now holds
+        self.recorded = len(ours)
+        self.unsaved_marks = any(change.marked for change in ours)
+
+    async def save(self) -> None:
+        """Write the changes recorded so far to the log (bounded by its timeout)."""
+        if self.log is not None:
+            await self.load()
+            await self.log.save(self)
+
+    def save_soon(self) -> None:
+        """:meth:`save` in the background (for marks made after their caller returned)."""
+        if self.log is not None and self.changes:
+            self.log.spawn(self.save())
+
+    def _record(self, change: Change) -> None:
+        if self.changes is not None:
+            self.changes.append(change)
+            self.recorded += 1
+            self.unsaved_marks = self.unsaved_marks or change.marked
 
     def __bool__(self) -> bool:
         """Whether anything is marked: the read path asks nothing more while this is False."""
-        return self._everything or bool(self._keys) or bool(self._namespaces)
+        return self._everything or bool(self._keys) or bool(self._namespaces) or not self.loaded
+
+    def _unloaded(self) -> bool:
+        """True (and the load started) while earlier runs' marks are not known yet."""
+        if self.loaded:
+            return False
+        if self._loading is None:
+            self._loading = asyncio.get_running_loop().create_task(self._load())
+        return True
 
     def __len__(self) -> int:
         """Marked keys (namespaces marked as a whole count once each)."""
@@ -62,7 +164,7 @@ class MissedWrites:
 
     def holds_back(self, namespace: str, key: str) -> bool:
         """True when nothing the store holds for ``key`` can be trusted: skip the read."""
-        if self._everything or namespace in self._namespaces:
+        if self._unloaded() or self._everything or namespace in self._namespaces:
             return True
         keys = self._keys.get(namespace)
         return keys is not None and key in keys and keys[key] is None
@@ -71,7 +173,7 @@ class MissedWrites:
         """Whether ``data``, read from the store under ``key``, may be served: the key is not
         marked, or ``data`` is exactly what the missed write carried (it landed after all;
         the mark is lifted)."""
-        if self._everything or namespace in self._namespaces:
+        if self._unloaded() or self._everything or namespace in self._namespaces:
             return False
         keys = self._keys.get(namespace)
         if keys is None or key not in keys:
@@ -85,41 +187,75 @@ class MissedWrites:
     def mark(self, scope: WriteScope) -> None:
         """A write of ``scope`` is on its way, or did not arrive."""
         namespace, entries = scope
-        if namespace is None:
-            self._everything = True
-        elif entries is None:
-            self._namespaces.add(namespace)
-            self._count -= len(self._keys.pop(namespace, ()))
-        elif namespace not in self._namespaces and not self._everything:
-            marked = self._keys.setdefault(namespace, {})
-            before = len(marked)
+        if namespace is None or entries is None:
+            self.apply(Change(True, namespace))
+        else:
             for key, data in entries:
-                marked[key] = None if data is None else digest(data)
-            self._count += len(marked) - before
-            if self._count > self.max_keys:
-                self._collapse()
+                self.apply(Change(True, namespace, key, None if data is None else digest(data)))
 
     def lift(self, scope: WriteScope) -> None:
         """A write of ``scope`` reached the store: what it holds there is current again."""
         namespace, entries = scope
+        if namespace is None or entries is None:
+            self.apply(Change(False, namespace))
+        else:
+            for key, _data in entries:
+                self.apply(Change(False, namespace, key))
+
+    def apply(self, change: Change) -> None:
+        """Make ``change`` (recorded for the log when it changes anything, or while earlier
+        runs' marks are not loaded: a lift then may be one of theirs)."""
+        namespace, key = change.namespace, change.key
+        if change.marked:
+            if namespace is None:
+                if self._everything:
+                    return
+                self._everything = True
+            elif key is None:
+                if self._everything or namespace in self._namespaces:
+                    return
+                self._namespaces.add(namespace)
+                self._count -= len(self._keys.pop(namespace, ()))
+            elif self._everything or namespace in self._namespaces:
+                return
+            else:
+                marked = self._keys.setdefault(namespace, {})
+                self._count += key not in marked
+                marked[key] = change.digest
+            self._record(change)
+            if self._count > self.max_keys:
+                self._collapse()
+            return
         if namespace is None:
+            found = bool(self)
             self._keys.clear()
             self._namespaces.clear()
             self._everything = False
             self._count = 0
-        elif entries is None:
+        elif key is None:
+            found = namespace in self._namespaces or namespace in self._keys
             self._namespaces.discard(namespace)
             self._count -= len(self._keys.pop(namespace, ()))
         else:
-            marked = self._keys.get(namespace)
-            if marked is None:
-                return
-            before = len(marked)
-            for key, _data in entries:
-                marked.pop(key, None)
-            self._count -= before - len(marked)
-            if not marked:
-                del self._keys[namespace]
+            keys = self._keys.get(namespace)
+            found = keys is not None and keys.pop(key, False) is not False
+            if found:
+                self._count -= 1
+                if not keys:
+                    del self._keys[namespace]
+        if found or not self.loaded:
+            self._record(change)
+
+    def snapshot(self) -> Iterable[Change]:
+        """The changes that rebuild this record from nothing (what a compacted log holds)."""
+        if self._everything:
+            yield Change(True, None)
+            return
+        for namespace in self._namespaces:
+            yield Change(True, namespace)
+        for namespace, keys in self._keys.items():
+            for key, data in keys.items():
+                yield Change(True, namespace, key, data)
 
     def _collapse(self) -> None:
         """Mark the namespace with most marked keys as a whole, forgetting its keys."""

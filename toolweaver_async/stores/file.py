@@ -448,70 +448,109 @@ def _maintain(ledger: _Ledger, base: str, max_bytes: int, now: float) -> None:
                     os.close(trash)
         entries, total = _scan(base)
         if total > max_bytes:
-            total -= _evict(ledger, entries, total, int(max_bytes * _EVICT_DOWN_TO), now)
+            total -= _evict(ledger, base, entries, total, int(max_bytes * _EVICT_DOWN_TO), now)
         with ledger.lock:
             ledger.size = total
     finally:
         ledger.maintenance.release()
 
 
-def _scan(base: str) -> tuple[list[tuple[float, int, str]], int]:
-    """(mtime, size, path) of every entry under ``base``, and the total size including live
-    temp files. Stale temp files are removed on the way."""
-    entries: list[tuple[float, int, str]] = []
+# (mtime, size, folders below base, file name): an entry found by a scan, reached again
+# later only through real folders (never by its full path, which a link could redirect).
+_Found = tuple[float, int, tuple[str, ...], str]
+
+
+def _scan(base: str) -> tuple[list[_Found], int]:
+    """Every entry under ``base``, and the total size including live temp files. Stale temp
+    files are removed on the way, relative to the folder the walk really opened."""
+    entries: list[_Found] = []
     total = 0
     stale_before = time.time() - _STALE_TEMP_SECONDS  # file times are real wall-clock times
     check_base(base)
     # fwalk(follow_symlinks=False): never into a link, not even when base itself is one
-    for folder, _dirs, files, _fd in os.fwalk(base, follow_symlinks=False):
+    for folder, _dirs, files, fd in os.fwalk(base, follow_symlinks=False):
+        below = os.path.relpath(folder, base)
+        parts = () if below == os.curdir else tuple(below.split(_SEP))
         for name in files:
-            path = os.path.join(folder, name)
             try:
-                stat = os.lstat(path)
+                stat = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except OSError:  # gone since listed, or unreadable: not counted, not evicted
                 continue
             if name.startswith(".") and name.endswith(_TEMP_SUFFIX):
                 if stat.st_mtime < stale_before:
-                    _remove_quietly(path)
+                    _remove_quietly(name, fd)
                     continue
             else:
-                entries.append((stat.st_mtime, stat.st_size, path))
+                entries.append((stat.st_mtime, stat.st_size, parts, name))
             total += stat.st_size
     return entries, total
 
 
+class _Folders:
+    """Opens the folders of scanned entries again, each step without following a link (a link
+    swapped in since the scan is refused, never deleted through), keeping the last one open:
+    a scan lists a folder's entries together."""
+
+    def __init__(self, base: str) -> None:
+        self._base = base
+        self._parts: tuple[str, ...] | None = None
+        self._fd: int | None = None
+
+    def open(self, parts: tuple[str, ...]) -> int | None:
+        if parts != self._parts:
+            self.close()
+            self._parts = parts
+            with contextlib.suppress(OSError):  # gone or refused: nothing of ours to remove
+                self._fd = open_folder(self._base, parts, create=False)
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = self._parts = None
+
+
 def _evict(
-    ledger: _Ledger, entries: list[tuple[float, int, str]], total: int, target: int, now: float
+    ledger: _Ledger, base: str, entries: list[_Found], total: int, target: int, now: float
 ) -> int:
     """Remove entries until ``total`` is under ``target``: every expired or broken one first
     (one header read per file, the price of honouring expiry before age), then the oldest."""
     freed = expired = corrupt = evicted = 0
-    keep: list[tuple[float, int, str]] = []
-    for entry in entries:
-        expires_at = _peek_expiry(entry[2])
-        if expires_at is not None and not expires_at <= now:
-            keep.append(entry)
-        elif _unlink(entry[2]):
-            freed += entry[1]
-            if expires_at is None:
-                corrupt += 1
-            else:
-                expired += 1
-    keep.sort()
-    for _mtime, size, path in keep:
-        if total - freed <= target:
-            break
-        if _unlink(path):
-            freed += size
-            evicted += 1
+    keep: list[_Found] = []
+    folders = _Folders(base)
+    try:
+        for entry in entries:
+            folder = folders.open(entry[2])
+            if folder is None:
+                continue
+            expires_at = _peek_expiry(entry[3], folder)
+            if expires_at is not None and not expires_at <= now:
+                keep.append(entry)
+            elif _unlink(entry[3], folder):
+                freed += entry[1]
+                if expires_at is None:
+                    corrupt += 1
+                else:
+                    expired += 1
+        keep.sort()
+        for _mtime, size, parts, name in keep:
+            if total - freed <= target:
+                break
+            folder = folders.open(parts)
+            if folder is not None and _unlink(name, folder):
+                freed += size
+                evicted += 1
+    finally:
+        folders.close()
     ledger.record(corrupt=corrupt, expired=expired, evicted=evicted)
     return freed
 
 
-def _peek_expiry(path: str) -> float | None:
-    """``expires_at`` recorded in ``path``'s header; None when it is not one of our entries."""
+def _peek_expiry(name: str, folder: int) -> float | None:
+    """``expires_at`` recorded in the header of ``name`` (in ``folder``); None when it is not
+    one of our entries."""
     try:
-        fd = os.open(path, _O_PEEK)
+        fd = os.open(name, _O_PEEK, dir_fd=folder)
         try:
             header = os.read(fd, _HEADER.size)
         finally:
@@ -524,9 +563,9 @@ def _peek_expiry(path: str) -> float | None:
     return float(expires_at) if magic == _MAGIC else None
 
 
-def _unlink(path: str) -> bool:
+def _unlink(name: str, folder: int) -> bool:
     try:
-        os.unlink(path)
+        os.unlink(name, dir_fd=folder)
     except FileNotFoundError:
         return False
     return True

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
+from ..errors import ConfigError
+
 __all__ = ["DaemonWorker", "WorkerLane", "in_daemon_thread"]
 
 T = TypeVar("T")
@@ -150,7 +152,7 @@ class WorkerLane:
         deadline: float | None = None,
     ) -> None:
         if deadline is not None and not deadline > 0:
-            raise ValueError(f"deadline must be None or > 0 seconds, got {deadline!r}")
+            raise ConfigError(f"deadline must be None or > 0 seconds, got {deadline!r}")
         self.loop = loop
         self._executor = executor
         self._deadline = deadline

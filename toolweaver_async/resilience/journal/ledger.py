@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ...errors import ConfigError
 from .records import (
     CLEAR_SLOT,
     JournalClear,
@@ -75,7 +76,7 @@ class JournalLedger:
     ) -> None:
         for what, bound in (("max_entries", max_entries), ("max_bytes", max_bytes)):
             if not isinstance(bound, int) or bound < 1:
-                raise ValueError(f"{what} must be a positive integer, got {bound!r}")
+                raise ConfigError(f"{what} must be a positive integer, got {bound!r}")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.name = name

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import msgspec
 
@@ -106,15 +106,18 @@ def size_of(op: JournalOp) -> int:
     return _OP_OVERHEAD
 
 
-def frame(record: Record) -> bytes:
-    """``record`` as one framed log record."""
+def frame(record: msgspec.Struct) -> bytes:
+    """``record`` (one of ours, or another log's Struct) as one framed log record."""
     payload = _ENCODER.encode(record)
     return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def unframe(content: bytes) -> tuple[list[Record], bool]:
-    """The records of a log, and whether it ended in a torn or damaged frame (ignored)."""
-    records: list[Record] = []
+def unframe(
+    content: bytes, decoder: msgspec.msgpack.Decoder[Any] = _DECODER
+) -> tuple[list[Any], bool]:
+    """The records of a log (decoded by ``decoder``: the journal's records unless told), and
+    whether it ended in a torn or damaged frame (ignored)."""
+    records: list[Any] = []
     offset, end = 0, len(content)
     while offset < end:
         if end - offset < _FRAME.size:
@@ -125,7 +128,7 @@ def unframe(content: bytes) -> tuple[list[Record], bool]:
         if len(payload) != length or zlib.crc32(payload) != crc:
             return records, True
         try:
-            records.append(_DECODER.decode(payload))
+            records.append(decoder.decode(payload))
         except msgspec.DecodeError:
             return records, True
         offset = start + length

@@ -20,6 +20,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
 
+from ...config import MAX_TRACKED_NAMESPACES
 from .batching import RoundTripBatcher
 from .client import DRIVER_ERRORS, store_error
 from .cluster_keys import StripedNamespace
@@ -236,6 +237,8 @@ class ClusterRouting:
     def _namespace(self, namespace: str) -> StripedNamespace:
         striped = self._namespaces.get(namespace)
         if striped is None:
+            if len(self._namespaces) >= MAX_TRACKED_NAMESPACES:  # bounded memo, as standalone's
+                del self._namespaces[next(iter(self._namespaces))]
             striped = self._namespaces[namespace] = StripedNamespace(self._prefix, namespace)
         return striped
 

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.exceptions import OutOfMemoryError, ResponseError
 
-from ...config import check_name
+from ...config import MAX_TRACKED_NAMESPACES, check_name
 from ...errors import ConfigError, StoreError
 from ...redis_url import parse_sentinel_url, redact_url
 from .batching import RoundTripBatcher
@@ -139,6 +139,10 @@ class RedisStoreCore:
         ns = self._namespaces.get(namespace)
         if ns is None:
             ns = _Namespace(self._prefix, check_name(namespace, what="namespace"))
+            if len(self._namespaces) >= MAX_TRACKED_NAMESPACES:
+                # Bounded memo: forget the oldest-added; it is rebuilt on its next use at
+                # the cost of one generation re-read (every read fetches the counter anyway).
+                del self._namespaces[next(iter(self._namespaces))]
             self._namespaces[namespace] = ns
         return ns
 
