@@ -23,7 +23,7 @@ from .resilience.guard import FAILED, GuardedStore, Unreachable, answered_at_onc
 from .resilience.missed_writes import WriteScope
 from .serialization import EntryCodec
 from .stats import StatsRecorder
-from .stores.base import StoreItem
+from .stores.base import ConditionalDeleteStore, StoreItem
 from .stores.file_behind import QueuedWritesStore, WriteBehindFileStore
 
 __all__ = ["WritePath"]
@@ -72,6 +72,13 @@ class WritePath:
         for index, layer in enumerate(chain.layers):
             if isinstance(layer.store, WriteBehindFileStore):
                 layer.store.write_failed = functools.partial(self._refused_behind, index)
+        # Stores that promotions copy into (every one but the last) and that can take a
+        # copy back: removals reach them a second time, see _remove_again_from_copies.
+        self._copy_targets = [
+            index
+            for index, g in enumerate(chain.layers[:-1])
+            if isinstance(g.store, ConditionalDeleteStore)
+        ]
         self._codec = codec
         self._clock = clock
         self._random = random
@@ -163,6 +170,8 @@ class WritePath:
         answers = await self.on_every_layer(
             lambda g: g.delete(namespace, key), namespace, (namespace, ((key, None),))
         )
+        if self._copy_targets:
+            await self._remove_again_from_copies(lambda g: g.delete(namespace, key), answers)
         return removed or any(a is True for a in answers)
 
     async def invalidate(self, namespace: str) -> None:
@@ -170,7 +179,25 @@ class WritePath:
         self._tracker.wrote_everything()
         if self.memory is not None:
             self.memory.discard_namespace(namespace)
-        await self.on_every_layer(lambda g: g.invalidate(namespace), namespace, (namespace, None))
+        answers = await self.on_every_layer(
+            lambda g: g.invalidate(namespace), namespace, (namespace, None)
+        )
+        if self._copy_targets:
+            await self._remove_again_from_copies(lambda g: g.invalidate(namespace), answers)
+
+    async def _remove_again_from_copies(
+        self, op: Callable[[GuardedStore], Awaitable[Any]], answers: list[Any]
+    ) -> None:
+        """Once every store answered a removal, repeat it where promotions copy into (Redis).
+
+        Another process may have read the old value from a slower store (the file store)
+        before the removal reached it and be copying it up: a copy landing before this
+        second pass is removed by it; one landing after finds the slower store already
+        without it and takes itself back (``Reader._promote_checked``). A store that missed
+        the first pass (journaled) gets it from its journal instead."""
+        for index in self._copy_targets:
+            if not isinstance(answers[index], Unreachable):
+                await op(self.layers[index])
 
     async def clear(self) -> None:
         """Remove every entry of this cache from every store (after make_way)."""
