@@ -153,6 +153,49 @@ async def measure_throughput(
     return result
 
 
+@dataclass
+class Contender:
+    """One side of an interleaved throughput comparison: ``op`` run by ``concurrency``
+    coroutines; each call counts as ``per_call`` operations (100 for an MGET of 100 keys)."""
+
+    name: str
+    op: Op
+    concurrency: int
+    per_call: int = 1
+
+
+async def interleaved_throughput(
+    group: str, contenders: Sequence[Contender], *, seconds: float, rounds: int = 3
+) -> list[Result]:
+    """Each contender for ``seconds`` in all, in ``rounds`` slices taken round robin, so a
+    noisy neighbour slows all of them alike. ops/s is the median of the slices' rates; p50/p99
+    are over every call's latency (per call, not per operation)."""
+    slice_seconds = seconds / rounds
+    for contender in contenders:  # warm-up: connections, decoders, the generation counters
+        await _hammer(contender.op, contender.concurrency, min(0.1, slice_seconds), None)
+    rates: dict[str, list[float]] = {c.name: [] for c in contenders}
+    latencies: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for _ in range(rounds):
+        for contender in contenders:
+            done = await _hammer(
+                contender.op, contender.concurrency, slice_seconds, latencies[contender.name]
+            )
+            rates[contender.name].append(done * contender.per_call / slice_seconds)
+    results = []
+    for contender in contenders:
+        values = sorted(latencies[contender.name])
+        result = _result(
+            contender.name,
+            group,
+            percentile(values, 0.5),
+            percentile(values, 0.99),
+            statistics.fmean(values),
+        )
+        result.ops_per_s = round(statistics.median(rates[contender.name]), 1)
+        results.append(result)
+    return results
+
+
 async def _hammer(op: Op, concurrency: int, seconds: float, latencies: list[float] | None) -> int:
     clock = time.perf_counter_ns
     stop = time.perf_counter() + seconds

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from toolweaver_async import AsyncToolCache, CacheConfig
 from toolweaver_async.errors import StoreError
 from toolweaver_async.stores.redis import RedisStore
+from toolweaver_async.stores.redis.batching import RoundTripBatcher
 from toolweaver_async.testing import RedisServer
 
 from .polling import eventually
@@ -278,4 +279,31 @@ async def test_batching_connections_use_the_urls_database(
     finally:
         await db3.delete(f"{key_prefix}:{NS}:0:k", f"{key_prefix}:{NS}:0:j")
         await db3.aclose()
+        await store.aclose()
+
+
+async def test_with_one_eager_trip_calls_of_later_turns_wait_and_leave_as_one_batch(
+    own_redis_server: RedisServer, key_prefix: str
+) -> None:
+    """Calls that arrive over several turns while a round trip is in flight start no round
+    trip of their own: they leave together when it ends (fewer, bigger batches)."""
+    store = RedisStore(url=own_redis_server.url, key_prefix=key_prefix)
+    batcher = RoundTripBatcher(store._new_connection, connections=4, timeout=5, eager_trips=1)
+    try:
+        await batcher.pipeline([("SET", "k", "v")])
+        await asyncio.to_thread(own_redis_server.pause)
+        try:
+            gets = [asyncio.ensure_future(batcher.mget([b"k"]))]
+            for _ in range(3):  # three more turns, each adding callers
+                await asyncio.sleep(0)
+                gets += [asyncio.ensure_future(batcher.mget([b"k"])) for _ in range(5)]
+            await asyncio.sleep(0)
+            assert (batcher.in_flight, batcher.queued) == (1, 15)
+            before = batcher.round_trips
+        finally:
+            await asyncio.to_thread(own_redis_server.resume)
+        assert await asyncio.gather(*gets) == [[b"v"]] * 16
+        assert batcher.round_trips - before == 1  # the 15 waiting calls: one shared MGET
+    finally:
+        await batcher.aclose()
         await store.aclose()

@@ -9,6 +9,13 @@ gets its own ``MGET`` in the pipeline, since one ``MGET`` may only span one slot
 caller gets its own reply or its own exception; cancelling a caller never touches
 a round trip it shares with others.
 
+How many round trips run at once: a call that finds fewer than ``eager_trips`` in flight starts
+one at the end of the turn; otherwise it waits for one to end and leaves with everything queued
+meanwhile. A further connection is taken only when more than a full batch waits. Each round trip
+costs a send and a read on the socket, ~45 us of CPU on a busy loopback (the largest single cost
+of a batched get): on a cluster, one round trip per node at a time cut CPU per get by ~18 % and
+raised gets/s at 100 coroutines by ~30 % against four, measured interleaved.
+
 Every call is bounded by ``timeout`` from the moment it is made (queue wait included), and every
 round trip by ``timeout`` from the moment it is sent. One shared watchdog timer enforces both:
 ``asyncio.timeout`` costs ~3.4 us per use on uvloop (~7 us on asyncio), more than the rest of a
@@ -54,7 +61,8 @@ GRACE_TURNS: Final = 3
 
 
 class RoundTripBatcher:
-    """Runs MGETs and pipelines over up to ``connections`` connections made by ``connect``.
+    """Runs MGETs and pipelines over up to ``connections`` connections made by ``connect``,
+    with ``eager_trips`` (default: all of them) started without waiting for a full batch.
 
     ``connect`` returns an unconnected redis-py connection without a socket timeout of its own
     (it connects on first use, and again after any failure: a connection whose round trip did
@@ -68,11 +76,15 @@ class RoundTripBatcher:
         connections: int,
         timeout: float,
         max_batch_keys: int = MAX_BATCH_KEYS,
+        eager_trips: int | None = None,
     ) -> None:
         if connections < 1:
             raise ValueError("connections must be >= 1")
+        if eager_trips is not None and eager_trips < 1:
+            raise ValueError("eager_trips must be >= 1")
         self._connect = connect
         self._max_connections = connections
+        self._eager_trips = connections if eager_trips is None else min(eager_trips, connections)
         self._timeout = timeout
         self._max_batch_keys = max_batch_keys
         self._connections: list[AbstractConnection] = []
@@ -197,10 +209,11 @@ class RoundTripBatcher:
         queue.append(request)
         if len(queue) == 1:
             self._arm_watchdog(request.deadline)
-            conn = self._take_connection()
-            if conn is not None:
-                self._start_flush(conn)
-            # else: every connection is busy; the first one released takes the queue.
+            if self._in_flight < self._eager_trips:
+                conn = self._take_connection()
+                if conn is not None:
+                    self._start_flush(conn)
+            # else: the first round trip to end takes the queue.
         return await request.future
 
     def _take_connection(self) -> AbstractConnection | None:

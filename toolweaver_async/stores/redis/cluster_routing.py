@@ -30,6 +30,9 @@ __all__ = ["ClusterRouting"]
 logger = logging.getLogger(__name__)
 
 _REFRESH_INTERVAL: Final = 0.1
+# Round trips per node started without waiting for a full batch (see the batcher): one, so the
+# calls of a busy turn leave as one pipeline per node. A full batch still takes another connection.
+_EAGER_TRIPS_PER_NODE: Final = 1
 
 
 def _redirected(exc: BaseException | None) -> bool:
@@ -112,7 +115,10 @@ class ClusterRouting:
                 return conn
 
             batcher = RoundTripBatcher(
-                connect, connections=self._connections, timeout=self._timeout
+                connect,
+                connections=self._connections,
+                timeout=self._timeout,
+                eager_trips=_EAGER_TRIPS_PER_NODE,
             )
             self._batchers[node.name] = batcher
         return batcher

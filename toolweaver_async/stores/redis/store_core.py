@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 # Connections that carry gets, sets and deletes, batched; a few keep several batches in flight
 # while the server works (SCAN, INCR, PING and locks use the client's pool).
 _BATCH_CONNECTIONS: Final = 4
+_EAGER_TRIPS: Final = _BATCH_CONNECTIONS  # round trips started without a full batch waiting
 _MAX_LOCK_CLEANUPS: Final = 16  # locks released in the background at once
 
 
@@ -87,6 +88,7 @@ class RedisStoreCore:
             self._new_connection,
             connections=min(_BATCH_CONNECTIONS, pool_size),
             timeout=command_timeout,
+            eager_trips=_EAGER_TRIPS,
         )
         self._namespaces: dict[str, _Namespace] = {}
         self._stale_patterns: list[str] = []
