@@ -75,6 +75,63 @@ async def _hold(redis_url: str, key_prefix: str, cache_dir: Path, lock_ttl: floa
         await cache.get_or_set("shared", load, lock_ttl=lock_ttl)
 
 
+def refused_background_write(cache_dir: Path, key_prefix: str, results: Queue[Any]) -> None:
+    """Write-behind under a file-size limit (``RLIMIT_FSIZE``: the kernel refuses a write past
+    it with ``EFBIG``, as a full disk or a quota would): an entry larger than the limit is
+    refused after its ``set`` returned. Reports what this process then reads and counts."""
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG for the write, not death
+    results.put(asyncio.run(_refused_background_write(cache_dir, key_prefix)))
+
+
+async def _refused_background_write(cache_dir: Path, key_prefix: str) -> dict[str, Any]:
+    import resource
+    import threading
+
+    from .polling import eventually
+
+    config = CacheConfig(
+        stores=("file",), cache_dir=cache_dir, key_prefix=key_prefix, file_write_behind=True
+    )
+    async with AsyncToolCache(config) as cache:
+
+        def landed(count: int) -> bool:
+            queue = cache.stats().write_queue
+            return queue["entries"] == 0 and queue["flushed"] + queue["failed"] >= count
+
+        await cache.set("k", "old")
+        await cache.set("other", "kept")
+        await eventually(lambda: landed(2), what="the first writes on disk")
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, hard))
+        try:
+            await cache.set("k", "new" * 20_000)  # ~60 KB: returns at once, refused behind
+            await eventually(lambda: landed(3), what="the refused write reported")
+            # A refused write of a key written again meanwhile: the newer write decides.
+            store = next(s for s in cache._chain.stores if s.name == "file")
+            release = threading.Event()
+            store._lane_here().run(release.wait, 10)  # type: ignore[attr-defined]
+            await cache.set("k2", "big" * 20_000)
+            await eventually(lambda: cache.stats().write_queue["entries"] == 0, what="taken")
+            await cache.set("k2", "small")  # queued while the refused one is on its way
+            release.set()
+            await eventually(lambda: landed(5), what="both writes of k2 done")
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        health = await cache.health_check()
+        return {
+            "k": await cache.get("k"),
+            "k2": await cache.get("k2"),
+            "other": await cache.get("other"),
+            "errors": cache.stats().overall.errors["file"],
+            "namespace_errors": cache.stats().namespaces["default"].errors["file"],
+            "failed": cache.stats().write_queue["failed"],
+            "health_errors": health["stores"]["file"]["errors"],
+            "health_failed": health["stores"]["file"]["write_queue"]["failed"],
+        }
+
+
 def miss_a_delete_then_hang(cache_dir: Path, key_prefix: str, results: Queue[Any]) -> None:
     """Write ``k``, delete it while the file breaker is open (the file store misses the
     delete), say so, and hang until killed."""

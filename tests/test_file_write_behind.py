@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import _processes
 from tests.polling import eventually
 from toolweaver_async import AsyncToolCache, BreakerState, CacheConfig
+from toolweaver_async.stores import file_behind
 from toolweaver_async.stores.file import FileStore
 from toolweaver_async.stores.file_behind import WriteBehindFileStore
 from toolweaver_async.testing import FakeClock, RedisServer
@@ -201,6 +205,72 @@ async def test_aclose_writes_everything_queued(
     reopened = file_only()
     found = await reopened.get_many([f"k{i}" for i in range(300)])
     assert found == {f"k{i}": i for i in range(300)}
+
+
+async def test_a_batch_slower_than_the_file_deadline_but_progressing_loses_nothing(
+    file_only: Callable[..., AsyncToolCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loaded machine: the worker waits for the GIL after every system call, so each write
+    takes 30 ms and a batch of 12 takes longer than the 0.25 s deadline while progressing.
+    Cut short as a whole, the batch was counted as refused and agents read misses for values
+    they had just written."""
+    write_entry = file_behind._write_entry
+
+    def slow_write(*args: Any) -> int | None:
+        time.sleep(0.03)
+        return write_entry(*args)
+
+    monkeypatch.setattr(file_behind, "_write_entry", slow_write)
+    cache = file_only(file_timeout=0.25)
+    store = file_store_of(cache)
+    assert isinstance(store, WriteBehindFileStore)
+    written = {f"k{i}": i for i in range(12)}
+    await cache.set_many(written)
+    await eventually(
+        lambda: store.queued_writes["flushed"] + store.queued_writes["failed"] == 12,
+        within=5,
+        what="the batch written",
+    )
+    assert store.queued_writes["failed"] == 0
+    assert cache.stats().overall.errors["file"] == 0
+    assert await cache.get_many(list(written)) == written
+
+
+@pytest.mark.slow
+def test_a_write_the_disk_refuses_behind_the_caller_is_counted_and_never_serves_older(
+    cache_dir: Path, key_prefix: str
+) -> None:
+    """A real refusal in a real process (a file-size limit: the kernel answers EFBIG, as for a
+    full disk). The set returned before the disk refused it: the refusal is counted in
+    stats() and health_check(), the older entry is never served again (not here, not by
+    another process), and a refused write of a key written again meanwhile does not hide
+    the newer write."""
+    spawn = multiprocessing.get_context("spawn")
+    results = spawn.Queue()
+    writer = spawn.Process(
+        target=_processes.refused_background_write, args=(cache_dir, key_prefix, results)
+    )
+    writer.start()
+    try:
+        seen = results.get(timeout=60)
+    finally:
+        writer.join(30)
+    assert writer.exitcode == 0
+    assert seen["k"] is None  # never "old"
+    assert seen["k2"] == "small"
+    assert seen["other"] == "kept"
+    assert seen["failed"] == 2
+    assert seen["errors"] == seen["namespace_errors"] == 2
+    assert seen["health_errors"] == 2
+    assert seen["health_failed"] == 2
+
+    async def read_again() -> dict[str, Any]:
+        config = CacheConfig(stores=("file",), cache_dir=cache_dir, key_prefix=key_prefix)
+        async with AsyncToolCache(config) as reader:
+            return await reader.get_many(["k", "k2", "other"])
+
+    # another process (or this one restarted) has no mark: the older entry itself is gone
+    assert asyncio.run(read_again()) == {"k2": "small", "other": "kept"}
 
 
 async def test_write_through_when_write_behind_is_off(

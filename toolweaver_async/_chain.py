@@ -20,7 +20,7 @@ from .loading.locks import GuardedLock
 from .resilience.breaker import CircuitBreaker
 from .resilience.guard import FAILED, GuardedStore
 from .resilience.journal import OutageJournal
-from .resilience.missed_writes import MissedWrites, WriteScope
+from .resilience.missed_writes import MissedWrites
 from .resilience.missed_writes_log import MissedWritesLog
 from .stores.base import (
     CorruptionCountingStore,
@@ -86,14 +86,6 @@ class Chain:
         self._locking: tuple[LockingStore, GuardedStore] | None = next(
             ((g.store, g) for g in layers if isinstance(g.store, LockingStore)), None
         )
-        for layer, missed in zip(layers, self.missed, strict=True):
-            # A queued file write the disk refused after its caller returned: that store's
-            # older entry of the key must not be served (as for a refused write-through).
-            if missed is not None and isinstance(layer.store, WriteBehindFileStore):
-                layer.store.write_failed = lambda ns, keys, m=missed: _mark_later(
-                    m,
-                    (ns, [(key, None) for key in keys]),  # nothing it holds can be trusted
-                )
         self._counting = [g.store for g in layers if isinstance(g.store, CorruptionCountingStore)]
 
     @property
@@ -243,12 +235,6 @@ def build_chain(
             folder = layer.store.root / "~journal" / layer.store.key_prefix
             missed.attach(MissedWritesLog(folder, timeout=config.file_timeout))
     return built
-
-
-def _mark_later(missed: MissedWrites, scope: WriteScope) -> None:
-    """Mark ``scope`` missed after its caller returned, and log the mark in the background."""
-    missed.mark(scope)
-    missed.save_soon()
 
 
 def guard(store: Store, config: CacheConfig, clock: Callable[[], float]) -> GuardedStore:

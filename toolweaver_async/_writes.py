@@ -10,7 +10,8 @@ clear of the same keys waits for them instead of being overtaken.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import functools
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ._chain import Chain
@@ -23,7 +24,7 @@ from .resilience.missed_writes import WriteScope
 from .serialization import EntryCodec
 from .stats import StatsRecorder
 from .stores.base import ConditionalDeleteStore, StoreItem
-from .stores.file_behind import QueuedWritesStore
+from .stores.file_behind import QueuedWritesStore, WriteBehindFileStore
 
 __all__ = ["WritePath"]
 
@@ -68,6 +69,9 @@ class WritePath:
             sorted(range(len(queues)), key=queues.__getitem__) if any(queues) else None
         )
         self._queues = queues
+        for index, layer in enumerate(chain.layers):
+            if isinstance(layer.store, WriteBehindFileStore):
+                layer.store.write_failed = functools.partial(self._refused_behind, index)
         # Stores that promotions copy into (every one but the last) and that can take a
         # copy back: removals reach them a second time, see _remove_again_from_copies.
         self._copy_targets = [
@@ -294,6 +298,20 @@ class WritePath:
                 missed.mark(scope)
             else:
                 missed.lift(scope)
+
+    def _refused_behind(
+        self, index: int, namespace: str, refused: int, entries: Sequence[tuple[str, bytes]]
+    ) -> None:
+        """A queued write the store refused after its caller returned (disk full, read-only,
+        a write past the deadline): counted as that store's error, and the key marked as
+        missed with the bytes it carried, so an older entry there is never served (the
+        write, should it land after all, is)."""
+        layer = self.layers[index]
+        self._stats.counters(namespace).errors[layer.name] += refused
+        missed = self._missed[index]
+        if missed is not None and entries:
+            missed.mark((namespace, entries))
+            missed.save_soon()  # logged, so a restart does not serve the older entry either
 
     # -- write-behind ------------------------------------------------------------------------
 

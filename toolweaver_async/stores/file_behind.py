@@ -26,7 +26,15 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..config import CacheConfig
 from .base import EntryPage, StoreItem
-from .file import _NEVER, FileStore, _entry_head, _Ledger, _publish_replacing, _write_entry
+from .file import (
+    _NEVER,
+    FileStore,
+    _delete_entry,
+    _entry_head,
+    _Ledger,
+    _publish_replacing,
+    _write_entry,
+)
 
 __all__ = ["QueuedWritesStore", "WriteBehindFileStore"]
 
@@ -37,8 +45,6 @@ logger = logging.getLogger("toolweaver_async.file")
 _BATCH = 64
 # Bookkeeping per queued entry (tuple key, slot object), so tiny values are bounded by bytes too.
 _ENTRY_OVERHEAD = 120
-
-_FlushRow = tuple[str, str, bytes, float]  # (folder, key, entry bytes, expires_at)
 
 
 @runtime_checkable
@@ -59,19 +65,11 @@ class _Queued:
         self.size = size
 
 
-def _flush_rows(ledger: _Ledger, rows: Sequence[_FlushRow]) -> list[tuple[int, str]]:
-    """On the worker thread: write each row as a whole entry; ``(index, error)`` of those
-    that failed (one refused file does not lose the rest of the batch)."""
-    failed: list[tuple[int, str]] = []
-    for index, (folder, key, data, expires_at) in enumerate(rows):
-        path, head = _entry_head(folder, key, data, expires_at)
-        try:
-            grown = _write_entry(path, head, data, _publish_replacing)
-        except OSError as exc:
-            failed.append((index, str(exc)))
-        else:
-            ledger.grow(grown or 0)
-    return failed
+def _flush_row(ledger: _Ledger, folder: str, key: str, data: bytes, expires_at: float) -> None:
+    """On the worker thread: write one queued entry as a whole file (temp file, rename)."""
+    path, head = _entry_head(folder, key, data, expires_at)
+    grown = _write_entry(path, head, data, _publish_replacing)
+    ledger.grow(grown or 0)
 
 
 class WriteBehindFileStore(FileStore):
@@ -106,8 +104,10 @@ class WriteBehindFileStore(FileStore):
         self._landing: dict[tuple[str, str], _Queued] = {}
         self._room: list[asyncio.Future[None]] = []  # writers waiting for the queue to shrink
         self._failing = False
-        # Told (namespace, keys) of writes the disk refused after their callers returned.
-        self.write_failed: Callable[[str, Sequence[str]], None] | None = None
+        # Told (namespace, how many writes the disk refused after their callers returned,
+        # [(key, entry bytes)] of those whose key was not written again since), so the chain
+        # counts them and keeps older entries of those keys from being served.
+        self.write_failed: Callable[[str, int, Sequence[tuple[str, bytes]]], None] | None = None
         self._counts = {"flushed": 0, "coalesced": 0, "failed": 0, "waits": 0, "batches": 0}
 
     @classmethod
@@ -292,19 +292,35 @@ class WriteBehindFileStore(FileStore):
                 for k, entry in taken:
                     del self._queued[k]
                     self._queued_bytes -= entry.size
-                rows = [(e.folder, k[1], e.data, e.expires_at) for k, e in taken]
-                batch = self._lane_here().run(_flush_rows, self._ledger, rows)
+                # One lane step per entry, not one per batch: the lane's deadline is per step,
+                # and a batch of 64 writes on a loaded machine (the worker waits for the GIL
+                # after every system call) can take longer than it while still progressing.
+                # Cut short as one step, the whole batch counted as refused: agents then read
+                # misses for values they had just written (a 50-agent failover test saw
+                # thousands). Per step, only a write that itself hangs past the deadline fails.
+                lane = self._lane_here()
+                batch = asyncio.gather(
+                    *(
+                        lane.run(_flush_row, self._ledger, e.folder, k[1], e.data, e.expires_at)
+                        for k, e in taken
+                    ),
+                    return_exceptions=True,
+                )
                 self._in_flight = batch
                 self._landing = dict(taken)
                 self._wake_writers()
-                try:
-                    failed: list[tuple[int, str]] = await batch
-                except Exception as exc:  # the lane's deadline, a closed worker
-                    failed = [(i, str(exc)) for i in range(len(rows))]
+                outcomes = await batch
+                failed = [
+                    (index, f"{type(outcome).__name__}: {outcome}")
+                    for index, outcome in enumerate(outcomes)
+                    if isinstance(outcome, BaseException)
+                ]
                 self._landing = {}
                 self._counts["batches"] += 1
-                self._counts["flushed"] += len(rows) - len(failed)
-                self._report(taken, failed)
+                self._counts["flushed"] += len(taken) - len(failed)
+                refused = self._report(taken, failed)
+                if refused:
+                    await self._remove_refused(refused)
                 await self._keep_bounded_quietly()
         finally:
             self._in_flight = None
@@ -315,23 +331,44 @@ class WriteBehindFileStore(FileStore):
 
     def _report(
         self, taken: list[tuple[tuple[str, str], _Queued]], failed: list[tuple[int, str]]
-    ) -> None:
+    ) -> list[tuple[str, str]]:
+        """Count and log refused writes, tell ``write_failed``; the (folder, key) of each
+        refused entry whose key was not written again since."""
         if not failed:
             if self._failing:
                 self._failing = False
                 logger.info("file store writes land again")
-            return
+            return []
         self._counts["failed"] += len(failed)
         if not self._failing:
             self._failing = True
             logger.warning("file store could not write %d queued entries: %s", *_first(failed))
-        by_namespace: dict[str, list[str]] = {}
+        # A key written again since is queued once more: that newer write decides what the
+        # disk may be trusted with (its caller already cleared the key's mark).
+        by_namespace: dict[str, tuple[list[int], list[tuple[str, bytes]]]] = {}
+        refused: list[tuple[str, str]] = []
         for index, _error in failed:
-            namespace, key = taken[index][0]
-            by_namespace.setdefault(namespace, []).append(key)
+            (namespace, key), entry = taken[index]
+            count, entries = by_namespace.setdefault(namespace, ([0], []))
+            count[0] += 1
+            if (namespace, key) not in self._queued:
+                entries.append((key, entry.data))
+                refused.append((entry.folder, key))
         if self.write_failed is not None:
-            for namespace, keys in by_namespace.items():
-                self.write_failed(namespace, keys)
+            for namespace, (count, entries) in by_namespace.items():
+                self.write_failed(namespace, count[0], entries)
+        return refused
+
+    async def _remove_refused(self, refused: list[tuple[str, str]]) -> None:
+        """Remove the older entries of refused writes (removing works on a full disk): the
+        caller was told the write succeeded, so no process, and no restart of this one, may
+        serve the value before it. In the lane, before the next batch: a later write of the
+        key lands after this. Best effort: where it fails, this process's mark still holds."""
+        lane = self._lane_here()
+        await asyncio.gather(
+            *(lane.run(_delete_entry, self._ledger, folder, key) for folder, key in refused),
+            return_exceptions=True,
+        )
 
     async def _keep_bounded_quietly(self) -> None:
         try:
