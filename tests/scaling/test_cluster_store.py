@@ -300,3 +300,16 @@ def test_doctor_prints_the_cluster_topology(redis_cluster: ClusterTopology, tmp_
     assert '"mode": "cluster"' in done.stdout
     for node in redis_cluster.primaries():
         assert node.address in done.stdout
+
+
+async def test_delete_if_removes_an_entry_only_while_it_holds_the_bytes_found(
+    make_store: Callable[..., RedisStore],
+) -> None:
+    store = make_store()
+    keys = [f"d{n}" for n in range(20)]  # stripes on every primary
+    for key in keys:
+        await store.set("ns", key, b"broken", None)
+    assert [await store.delete_if("ns", key, b"other bytes") for key in keys] == [False] * 20
+    assert await store.get_many("ns", keys) == [b"broken"] * 20
+    assert [await store.delete_if("ns", key, b"broken") for key in keys] == [True] * 20
+    assert await store.get_many("ns", keys) == [None] * 20

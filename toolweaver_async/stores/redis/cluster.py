@@ -28,7 +28,7 @@ from .client import DRIVER_ERRORS
 from .cluster_housekeeping import ClusterHousekeeping
 from .cluster_nodes import NodeBatcher, failed_node
 from .cluster_routing import EAGER_TRIPS_PER_NODE
-from .keyspace import raise_first_error
+from .keyspace import DELETE_IF_SAME, raise_first_error
 from .lock import RedisLock
 from .unreplicated import ROLL_BACK_IF_OLDER, UnreplicatedWrites
 
@@ -311,6 +311,20 @@ class ClusterEngine(ClusterHousekeeping):
         self.unreplicated.wrote(
             owner, slot, [((namespace, key), None)], current=self._settled(slot, owner)
         )
+        return bool(removed)
+
+    async def delete_if(self, namespace: str, key: str, data: bytes) -> bool:
+        """Remove ``key`` only while it still holds exactly ``data`` (one script on the primary
+        serving its stripe, so a write landing since keeps its value)."""
+        striped = self._namespace(namespace)
+        stripe = striped.stripes[striped.stripe_of(key.encode())]
+        try:
+            await self.start()
+            removed = await self.client.execute_command(
+                "EVAL", DELETE_IF_SAME, 1, stripe.generation.prefix + key, data
+            )
+        except DRIVER_ERRORS as exc:
+            raise self._failure("delete_if", exc) from exc
         return bool(removed)
 
     async def ping(self) -> None:

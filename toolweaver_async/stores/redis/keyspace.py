@@ -10,7 +10,7 @@ an entry and the counter it is checked against always share a slot.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Final
 
 __all__ = ["Generation", "Namespace", "glob_escape", "is_counter", "raise_first_error"]
 
@@ -90,3 +90,10 @@ def is_counter(key: bytes | str) -> bool:
         return False
     colons = raw.count(b":")
     return colons == 2 or (colons == 3 and raw.endswith(b"}:gen"))
+
+
+# Compare-and-delete: a corrupt entry is removed only if no write replaced it since it was read.
+DELETE_IF_SAME: Final = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('UNLINK', KEYS[1]) end "
+    "return 0"
+)

@@ -39,6 +39,7 @@ from .client import build_client
 from .client import store_error as _store_error
 from .client import ttl_ms as _ttl_ms
 from .cluster import _held_back
+from .keyspace import DELETE_IF_SAME as _DELETE_IF_SAME
 from .keyspace import glob_escape
 from .keyspace import raise_first_error as _raise_first_error
 from .lock import RedisLock
@@ -48,12 +49,6 @@ from .store_core import storable as _storable
 from .store_housekeeping import RedisStoreHousekeeping
 
 __all__ = ["RedisStore", "build_client", "glob_escape", "server_identity"]
-
-# Compare-and-delete: a corrupt entry is removed only if no write replaced it since it was read.
-_DELETE_IF_SAME: Final = (
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('UNLINK', KEYS[1]) end "
-    "return 0"
-)
 
 
 def _landed(
@@ -303,11 +298,12 @@ class RedisStore(RedisStoreHousekeeping):
 
     async def delete_if(self, namespace: str, key: str, data: bytes) -> bool:
         """Remove ``key`` only while it still holds exactly ``data`` (compare and delete in
-        one script, so a write landing since keeps its value); ``True`` when removed. Not yet
-        on a cluster (its key layout is the cluster engine's): the entry stays, a counted miss
-        until the next write replaces it."""
+        one script, so a write landing since keeps its value); ``True`` when removed. On a
+        cluster the script runs on the primary serving the key's stripe."""
         if self._mode is not _STANDALONE:
-            return False
+            engine = await self._engine()
+            if engine is not None:
+                return await engine.delete_if(namespace, key, data)
         ns = self._namespace(namespace)
         try:
             removed = await self._execute(
