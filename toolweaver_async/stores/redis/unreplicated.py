@@ -147,7 +147,7 @@ class UnreplicatedWrites:
         if lost:
             logger.warning(
                 "a redis primary was replaced: %d keys it acknowledged recently may be missing "
-                "on its successor; they are deleted there before being read again",
+                "on its successor; reads of them wait until older entries there are removed",
                 len(lost),
             )
             self._suspect(lost)
