@@ -21,6 +21,7 @@ import pytest
 from toolweaver_async import AsyncToolCache, BreakerSettings, CacheConfig
 from toolweaver_async.resilience.breaker import BreakerState
 from toolweaver_async.resilience.missed_writes import MissedWrites
+from toolweaver_async.resilience.missed_writes_log import MissedWritesLog
 
 from . import _processes
 
@@ -258,3 +259,56 @@ async def test_a_missed_delete_survives_the_process_being_killed(
     finally:
         worker.kill()
         await asyncio.to_thread(worker.join, 10)
+
+
+def _logged(folder: Path) -> MissedWrites:
+    missed = MissedWrites()
+    missed.attach(MissedWritesLog(folder, timeout=5.0))
+    return missed
+
+
+@pytest.mark.allow_blocking(reason="tears the log file behind the record's back")
+async def test_marks_of_a_dead_process_are_adopted_and_a_torn_tail_is_ignored(
+    tmp_path: Path,
+) -> None:
+    dead = _logged(tmp_path)
+    await dead.load()
+    dead.mark(("ns", [("gone", None), ("v2", b"v2 bytes")]))
+    dead.mark(("other", None))
+    await dead.save()
+    assert dead.log is not None
+    path = dead.log._file.path
+    assert path is not None
+    with path.open("ab") as log:
+        log.write(b"\x07\x00\x00\x00torn")  # the process died mid-append
+    dead.log._file.release()  # its flock goes with the process; no aclose()
+
+    heir = _logged(tmp_path)
+    assert heir.holds_back("ns", "gone")  # not loaded yet: nothing is trusted
+    await heir.load()
+    assert heir.holds_back("ns", "gone")
+    assert not heir.trusts("ns", "v2", b"v1 bytes")
+    assert heir.holds_back("other", "anything")
+    assert not heir.holds_back("ns", "never-marked")
+    heir.lift(("ns", [("gone", b"new")]))
+    heir.lift(("other", None))
+    assert heir.trusts("ns", "v2", b"v2 bytes")  # the missed write landed after all
+    assert not heir
+    assert heir.log is not None
+    await heir.log.aclose(heir)
+    logs = [name for name in os.listdir(tmp_path) if name.endswith(".jrnl")]
+    assert [os.stat(tmp_path / name).st_size for name in logs] == [0]  # adopted file gone
+    again = _logged(tmp_path)
+    await again.load()
+    assert not again
+
+
+@pytest.mark.allow_blocking(reason="looks for the log folder behind the record's back")
+async def test_a_folder_without_marks_is_not_written_to(tmp_path: Path) -> None:
+    missed = _logged(tmp_path / "log")
+    await missed.load()
+    missed.lift(("ns", [("k", b"x")]))
+    await missed.save()
+    assert missed.log is not None
+    await missed.log.aclose(missed)
+    assert "log" not in os.listdir(tmp_path)

@@ -87,12 +87,14 @@ class MissedWritesLog:
         except FileNotFoundError:
             return False
         prefix = f"{self._file.name}-"
-        return any(
-            name.startswith(prefix)
-            and name.endswith(".jrnl")
-            and os.stat(self.folder / name).st_size > 0
-            for name in names
-        )
+        for name in names:
+            if name.startswith(prefix) and name.endswith(".jrnl"):
+                try:
+                    if os.stat(self.folder / name).st_size > 0:
+                        return True
+                except FileNotFoundError:  # an adopted log its new owner just removed
+                    continue
+        return False
 
     async def _claim(self) -> list[Change]:
         try:
@@ -222,13 +224,6 @@ class MissedWritesLog:
                 exc,
             )
         self.last_error = f"{type(exc).__name__}: {exc}"
-
-    def describe(self) -> dict[str, Any]:
-        """Plain data for ``health_check``."""
-        return {
-            "path": None if self._file.path is None else str(self._file.path),
-            "last_error": self.last_error,
-        }
 
 
 _ORIGIN_FRAME: Final = frame(_ORIGIN)
