@@ -23,6 +23,7 @@ from toolweaver_async import (
 from toolweaver_async.keys import check_key
 from toolweaver_async.resilience.journal.ledger import JournalLedger
 from toolweaver_async.resilience.missed_writes import MissedWrites
+from toolweaver_async.stats_file import read_stats_file
 from toolweaver_async.stores.worker_lane import WorkerLane
 
 
@@ -161,3 +162,13 @@ def test_bad_bounds_of_internal_parts_are_config_errors() -> None:
             WorkerLane(loop, pool, deadline=0)
     finally:
         loop.close()
+
+
+def test_a_stats_file_that_is_not_ours_is_a_config_error(tmp_path: Path) -> None:
+    foreign = tmp_path / "stats.json"
+    foreign.write_text("not json")
+    with pytest.raises(ConfigError, match="not readable JSON"):
+        read_stats_file(foreign)
+    foreign.write_text('{"version": -1}')
+    with pytest.raises(ConfigError, match="not a toolweaver-async stats file"):
+        read_stats_file(foreign)

@@ -16,6 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .stats import CacheStats, NamespaceStats
 
 __all__ = ["add_to_stats_file", "read_stats_file"]
@@ -41,9 +42,9 @@ def _load(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {"version": _VERSION, "runs": 0, "namespaces": {}}
     except (OSError, ValueError) as exc:
-        raise ValueError(f"stats file {path} is not readable JSON: {exc}") from exc
+        raise ConfigError(f"stats file {path} is not readable JSON: {exc}") from exc
     if not isinstance(data, dict) or data.get("version") != _VERSION:
-        raise ValueError(f"stats file {path} is not a toolweaver-async stats file")
+        raise ConfigError(f"stats file {path} is not a toolweaver-async stats file")
     return data
 
 

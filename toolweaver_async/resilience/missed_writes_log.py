@@ -107,7 +107,7 @@ class MissedWritesLog:
         self._claimed = True
         left: list[Change] = []
         for content in contents:
-            records, _torn = unframe(content, _DECODER)
+            records, _torn = unframe(content, _DECODER)  # a torn tail: its records are lost
             # Each file rebuilt on its own, then only its marks kept: a lift in one process's
             # log says nothing about another's marks, and marks of different runs commute.
             left += [r for r in _replayed(records) if r.marked]
