@@ -260,7 +260,7 @@ class RoundTripBatcher:
 
     async def _run_batch(self, conn: AbstractConnection, batch: list[_Request]) -> None:
         # One MGET per read group, first, then every queued write; duplicate keys sent once.
-        group_keys: list[list[bytes]] = []
+        # A group's keys in order are its dict's (insertion order), their values the positions.
         group_positions: list[dict[bytes, int]] = []
         group_index: dict[Hashable, int] = {}
         plans: list[list[tuple[int, list[int]]] | None] = []
@@ -274,20 +274,12 @@ class RoundTripBatcher:
             for group, group_reads in request.reads:
                 index = group_index.get(group)
                 if index is None:
-                    index = group_index[group] = len(group_keys)
-                    group_keys.append([])
+                    index = group_index[group] = len(group_positions)
                     group_positions.append({})
-                keys, positions = group_keys[index], group_positions[index]
-                wanted: list[int] = []
-                for key in group_reads:
-                    at = positions.get(key)
-                    if at is None:
-                        at = positions[key] = len(keys)
-                        keys.append(key)
-                    wanted.append(at)
-                plan.append((index, wanted))
+                positions = group_positions[index]
+                plan.append((index, [positions.setdefault(k, len(positions)) for k in group_reads]))
             plans.append(plan)
-        reads = [pack_command(("MGET", *keys)) for keys in group_keys]
+        reads = [pack_command(("MGET", *positions)) for positions in group_positions]
         expected = len(reads) + sum(r.count for r in batch if r.reads is None)
         self.round_trips += 1
         try:
