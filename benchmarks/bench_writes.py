@@ -4,7 +4,7 @@
 
 1. Fifty agents, each looping ``set(k, n)`` then ``get(k)`` over 20 keys of its own (namespace
    ``results``, memory + Redis + file, a small value): file writes behind the caller (the
-   ``file_write_behind=True``) against write-through (the default), Redis up, then Redis killed.
+   default) against write-through (``file_write_behind=False``), Redis up, then Redis killed.
    The two modes run in alternating rounds, so a noisy neighbour slows both alike.
 2. A memory hit of a str, an int tuple (``type=tuple[int, ...]``) and a frozen msgspec Struct
    against ``cachetools.TTLCache`` and cashews' ``mem://``, timed interleaved.

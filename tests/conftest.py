@@ -148,8 +148,11 @@ async def make_cache(
             "key_prefix": key_prefix,
             "redis_url": redis_url,
             "use_redis": False,  # a given redis_url alone would turn Redis on
-            # Tests here write through one cache and look at the files, or read them through
-            # another cache, at once; write-behind has its own (test_file_write_behind.py).
+            # Write-through here on purpose: these tests look at (or break) the entry files,
+            # read them through a second instance, or count a refused file write the moment
+            # set returns, which write-behind does a batch later (run with it on, 16 of them
+            # fail for that reason alone). Write-behind, the default, has its own tests
+            # (test_file_write_behind.py) and runs under the failover and scaling tests.
             "file_write_behind": False,
         }
         settings.update(changes)

@@ -100,6 +100,61 @@ async def test_read_your_writes_with_redis_and_file_and_no_memory(
         release.set()
 
 
+async def test_read_your_writes_from_the_queue_with_redis_down_and_no_memory(
+    make_cache: Callable[..., AsyncToolCache], free_port: Callable[[], int]
+) -> None:
+    """Redis unreachable (a closed local port): the file queue is the only copy a read can
+    find, and it answers before the held worker has written anything."""
+    cache = make_cache(
+        stores=("redis", "file"),
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        use_redis=True,
+        file_timeout=30.0,
+        file_write_behind=True,
+    )
+    await cache.connect()  # the dead server is found: Redis's breaker starts open
+    release = hold_worker(file_store_of(cache))
+    try:
+        for n in range(5):
+            await asyncio.wait_for(cache.set("k", {"n": n}), 2)
+            assert await cache.get("k") == {"n": n}
+        assert await cache.get_many(["k"]) == {"k": {"n": 4}}
+        assert cache.stats().overall.hits["file"] == 6
+    finally:
+        release.set()
+
+
+async def test_a_queue_full_by_bytes_makes_writers_wait_and_drops_nothing(
+    file_only: Callable[..., AsyncToolCache],
+) -> None:
+    """The byte bound holds on its own: two 40 KB entries fill a 100 KB queue that could
+    take 2 000 entries, and the third writer waits until a batch takes them."""
+    cache = file_only(file_queue_max_bytes=100_000)
+    store = file_store_of(cache)
+    assert isinstance(store, WriteBehindFileStore)
+    release = hold_worker(store)
+    await cache.set("first", "x")
+    await eventually(lambda: store.queued_writes["entries"] == 0, what="first batch taken")
+    big = "b" * 40_000
+    await cache.set("a", big)
+    await cache.set("b", big)
+    blocked = asyncio.ensure_future(cache.set("c", big))
+    await eventually(lambda: store.queued_writes["waits"] >= 1, what="writer held")
+    assert not blocked.done()
+    assert cache.stats().write_queue["entries"] == 2
+    assert cache.stats().write_queue["bytes"] <= 100_000
+    release.set()
+    await asyncio.wait_for(blocked, 5)
+    await cache.aclose()
+    reopened = file_only()
+    assert await reopened.get_many(["first", "a", "b", "c"]) == {
+        "first": "x",
+        "a": big,
+        "b": big,
+        "c": big,
+    }
+
+
 async def test_a_later_write_of_a_queued_key_replaces_it(
     file_only: Callable[..., AsyncToolCache],
 ) -> None:
