@@ -33,7 +33,15 @@ from .file_format import MAGIC as _MAGIC
 from .file_format import O_READ as _O_READ
 from .file_format import TEMP_SUFFIX as _TEMP_SUFFIX
 from .file_format import read_all as _read_all
-from .file_tree import O_NOFOLLOW, check_base, lexists_at, open_base, open_folder, remove_tree
+from .file_tree import (
+    O_NOFOLLOW,
+    check_base,
+    lexists_at,
+    open_base,
+    open_folder,
+    remove_tree,
+    walk_to,
+)
 from .worker_lane import DaemonWorker, WorkerLane, in_daemon_thread
 
 __all__ = ["FileStore"]
@@ -144,8 +152,8 @@ def _read_entry(ledger: _Ledger, folder: str, key: str, now: float) -> bytes | N
     path, key_bytes = _entry_path(folder, key)
     base, parts, name = _entry_place(path)
     try:
-        subfolder = open_folder(base, parts, create=False)
-    except NotADirectoryError:  # a stray file where a folder belongs
+        subfolder = walk_to(base, parts)
+    except NotADirectoryError:  # a stray file where the prefix folder belongs
         return None
     if subfolder is None:  # missing, or a link where a folder belongs: nothing of ours there
         return None
