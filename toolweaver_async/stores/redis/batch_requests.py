@@ -29,10 +29,9 @@ class Request:
         future: asyncio.Future[list[Any]],
         deadline: float,
         reads: Sequence[ReadGroup] | None,
-        commands: bytes = b"",
-        count: int = 0,
-        *,
-        grouped: bool = False,
+        commands: bytes,
+        count: int,
+        grouped: bool,
         weight: int,
     ) -> None:
         self.future = future
