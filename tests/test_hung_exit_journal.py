@@ -12,6 +12,10 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a Python process per test, ~1 s each
+
 JOURNAL_SCRIPT = textwrap.dedent(
     """
     import asyncio, glob, os, sys, time
