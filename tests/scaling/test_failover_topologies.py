@@ -4,8 +4,8 @@ promoted, a Sentinel primary SIGKILLed and its replica promoted, a whole cluster
 The promise is the single server's: no exception reaches an agent, the cache is back on Redis
 after the promotion, and a fresh instance (another cache_dir, Redis only) reads every key an
 agent wrote as its latest value or a miss, never an older one. A promoted replica may lack the
-old primary's last acknowledged writes (replication is asynchronous) and then serve an older
-value: a known gap, shown by the two xfail tests below.
+old primary's last acknowledged writes (replication is asynchronous): the last two tests show
+that the cache deletes what such a promotion rolled back instead of serving the older value.
 """
 
 from __future__ import annotations
@@ -171,6 +171,19 @@ async def test_50_agents_survive_the_whole_cluster_down_and_back(
 # -- the lost-write window of asynchronous replication ---------------------------------------------
 
 
+def settled(cache: AsyncToolCache, key: str) -> Callable[[], Awaitable[bool]]:
+    """Reads ``key`` (never the older value) until the cache is back on Redis with its journal
+    replayed: the writer's deletion of what the promotion rolled back has landed, so no other
+    instance reads the older value either."""
+
+    async def check() -> bool:
+        for _ in range(5):
+            assert await cache.get(key) in (None, "latest")
+        return recovered(cache)()
+
+    return check
+
+
 def key_served_by(node: Node, topology: ClusterTopology, prefix: str) -> str:
     """A cache key of namespace ``default`` whose stripe lives in a slot ``node`` serves."""
     striped = StripedNamespace(prefix, "default")
@@ -187,12 +200,6 @@ def key_served_by(node: Node, topology: ClusterTopology, prefix: str) -> str:
     raise AssertionError("no stripe on this node")
 
 
-@pytest.mark.xfail(
-    strict=False,  # the cut can lose the race with replication: an XPASS is not a fix
-    reason="known gap: a promoted replica that lacks the old primary's last acknowledged write "
-    "serves the older value (asynchronous replication); retiring the stripes per process made "
-    "late-noticing processes hide newer writes from others, so it is not done",
-)
 async def test_a_promoted_cluster_replica_missing_the_last_write_never_serves_the_older_value(
     healed_cluster: ClusterTopology, make_cache: Callable[..., AsyncToolCache]
 ) -> None:
@@ -218,18 +225,15 @@ async def test_a_promoted_cluster_replica_missing_the_last_write_never_serves_th
         return await cache.get("probe") == 1
 
     await eventually(redis_answers, within=10.0, what="the cache uses the promoted replica")
-    for _ in range(20):
-        assert await cache.get(key) in (None, "latest")
+    await eventually(
+        settled(cache, key), within=10.0, what="the rolled-back key deleted, breaker closed"
+    )
     fresh = make_cache(f"redis://{survivor.address}/0", prefix, stores=("redis",))
     assert await fresh.get(key) in (None, "latest")
+    health = await cache.health_check()
+    assert health["stores"]["redis"]["topology"]["lost_on_failover"] >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: behind Sentinel a promoted replica that lacks the old primary's last "
-    "acknowledged write serves the older value (asynchronous replication); retiring the "
-    "generation per process made late-noticing processes hide newer writes, so it is not done",
-)
 async def test_a_promoted_sentinel_replica_missing_the_last_write_never_serves_the_older_value(
     healed_sentinel: SentinelTopology, make_cache: Callable[..., AsyncToolCache]
 ) -> None:
@@ -254,5 +258,10 @@ async def test_a_promoted_sentinel_replica_missing_the_last_write_never_serves_t
         return await cache.get("probe") == 1
 
     await eventually(redis_answers, within=10.0, what="the cache uses the promoted replica")
-    for _ in range(20):
-        assert await cache.get("k") in (None, "latest")
+    await eventually(
+        settled(cache, "k"), within=10.0, what="the rolled-back key deleted, breaker closed"
+    )
+    fresh = make_cache(healed_sentinel.url(), prefix, stores=("redis",))
+    assert await fresh.get("k") in (None, "latest")
+    health = await cache.health_check()
+    assert health["stores"]["redis"]["topology"]["lost_on_failover"] >= 1

@@ -19,10 +19,12 @@ from typing import Any
 
 from redis.asyncio.cluster import ClusterNode
 
+from ...errors import StoreError
 from .client import DRIVER_ERRORS
 from .cluster_housekeeping import ClusterHousekeeping
 from .keyspace import raise_first_error
 from .lock import RedisLock
+from .unreplicated import ROLL_BACK_IF_OLDER, UnreplicatedWrites
 
 __all__ = ["ClusterEngine"]
 
@@ -34,6 +36,56 @@ class ClusterEngine(ClusterHousekeeping):
     :class:`~.store.RedisStore`, which owns the engine and translates nothing further:
     every failure leaves here as :class:`StoreError`."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Keys each primary acknowledged recently: a promoted replica may lack them.
+        self.unreplicated = UnreplicatedWrites(self._roll_back)
+        self._table_seen: object = None
+
+    # -- failover: writes a promoted replica may lack --------------------------------------------
+
+    def _owner(self, slot: int) -> str:
+        """The primary serving ``slot`` in the client's slot table now ("" if none)."""
+        owners = self.client.nodes_manager.slots_cache.get(slot)
+        return owners[0].name if owners else ""
+
+    def _settled(self, slot: int, owner: str) -> bool:
+        """After a reply: notice a changed slot table (a failover, a slot moved), turning what
+        replaced primaries acknowledged recently into suspects. Whether ``owner``, the
+        primary the call was routed to, still serves ``slot``."""
+        now = self._owner(slot)
+        self._check_table(changed=now != owner)
+        return now == owner
+
+    def _check_table(self, *, changed: bool = False) -> None:
+        table = self.client.nodes_manager.slots_cache
+        if table is not self._table_seen or changed:
+            self._table_seen = table
+            self.unreplicated.replaced(lambda primary, at: self._owner(at) == primary)
+
+    async def _reload_slots(self) -> None:
+        await super()._reload_slots()
+        self._check_table()  # at once, before any read reaches a promoted replica
+
+    def _suspect(self, namespace: str, key: str) -> bool:
+        suspects = self.unreplicated.suspects
+        return bool(suspects) and (namespace, key) in suspects
+
+    async def _roll_back(self, namespace: str, key: str, stamp: float) -> None:
+        """Remove ``key``'s entry on its current primary if it was created before ``stamp``."""
+        striped = self._namespace(namespace)
+        stripe = striped.stripes[striped.stripe_of(key.encode())]
+        try:
+            await self.client.execute_command(
+                "EVAL", ROLL_BACK_IF_OLDER, 1, stripe.generation.prefix + key, repr(stamp)
+            )
+        except DRIVER_ERRORS as exc:
+            raise self._failure("failover repair", exc) from exc
+
+    async def aclose(self) -> None:
+        await self.unreplicated.aclose()
+        await super().aclose()
+
     # -- reads ---------------------------------------------------------------------------------
 
     async def get(self, namespace: str, key: str) -> bytes | None:
@@ -43,10 +95,16 @@ class ClusterEngine(ClusterHousekeeping):
         stripe, slot = striped.stripes[index], striped.slots[index]
         used = stripe.generation
         value: bytes | None
+        if not self._started:
+            await self.start()
+        owner = self._owner(slot)
         try:
             raw, value = await self._mget(
                 slot, (stripe.gen_key_bytes, used.prefix_bytes + key_bytes)
             )
+            self._settled(slot, owner)
+            if self._suspect(namespace, key):
+                raise _held_back(namespace, key)
             if raw == used.raw:
                 return value
             seen = stripe.observe(raw)
@@ -72,6 +130,8 @@ class ClusterEngine(ClusterHousekeeping):
             by_stripe.setdefault(striped.stripe_of(key_bytes), []).append(position)
         result: list[bytes | None] = [None] * len(keys)
         pending = list(by_stripe)
+        if not self._started:
+            await self.start()
         try:
             for attempt in range(2):
                 used = {index: striped.stripes[index].generation for index in pending}
@@ -85,7 +145,10 @@ class ClusterEngine(ClusterHousekeeping):
                     )
                     for index in pending
                 ]
+                owners = [self._owner(group[0]) for group in groups]
                 replies = await self._mgets(groups)
+                for group, owner in zip(groups, owners, strict=True):
+                    self._settled(group[0], owner)
                 moved = []
                 for index, reply in zip(pending, replies, strict=True):
                     seen = striped.stripes[index].observe(reply[0])
@@ -102,6 +165,10 @@ class ClusterEngine(ClusterHousekeeping):
                 pending = moved
         except DRIVER_ERRORS as exc:
             raise self._failure("get_many", exc) from exc
+        if self.unreplicated.suspects:
+            for key in keys:
+                if self._suspect(namespace, key):
+                    raise _held_back(namespace, key)
         return result
 
     # -- writes --------------------------------------------------------------------------------
@@ -117,6 +184,8 @@ class ClusterEngine(ClusterHousekeeping):
             by_stripe.setdefault(striped.stripe_of(entry[0].encode()), []).append(position)
         stored = [False] * len(entries)
         pending = list(by_stripe)
+        if not self._started:
+            await self.start()
         misplaced: dict[int, list[str]] = {}
         try:
             for attempt in range(2):
@@ -136,13 +205,25 @@ class ClusterEngine(ClusterHousekeeping):
                         commands.append(args)
                     commands.append(("GET", striped.stripes[index].gen_key))
                     groups.append((striped.slots[index], commands))
+                owners = [self._owner(group[0]) for group in groups]
                 replies = await self._pipelines(groups)
                 moved = []
-                for index, reply in zip(pending, replies, strict=True):
+                for index, reply, owner in zip(pending, replies, owners, strict=True):
                     reply = raise_first_error(reply)
                     sets = reply[1 if misplaced.get(index) else 0 : -1]
                     for position, ok in zip(by_stripe[index], sets, strict=True):
                         stored[position] = bool(ok)
+                    slot = striped.slots[index]
+                    self.unreplicated.wrote(
+                        owner,
+                        slot,
+                        [
+                            ((namespace, entries[p][0]), entries[p][1])
+                            for p in by_stripe[index]
+                            if stored[p]
+                        ],
+                        current=self._settled(slot, owner),
+                    )
                     seen = striped.stripes[index].observe(reply[-1])
                     if seen.number != used[index].number and attempt == 0:
                         moved.append(index)
@@ -162,6 +243,9 @@ class ClusterEngine(ClusterHousekeeping):
         striped = self._namespace(namespace)
         index = striped.stripe_of(key.encode())
         stripe, slot = striped.stripes[index], striped.slots[index]
+        if not self._started:
+            await self.start()
+        owner = self._owner(slot)
         try:
             used = stripe.generation
             removed, raw = raise_first_error(
@@ -177,6 +261,9 @@ class ClusterEngine(ClusterHousekeeping):
                 stripe.observe(raw)
         except DRIVER_ERRORS as exc:
             raise self._failure("delete", exc) from exc
+        self.unreplicated.wrote(
+            owner, slot, [((namespace, key), None)], current=self._settled(slot, owner)
+        )
         return bool(removed)
 
     async def ping(self) -> None:
@@ -213,7 +300,7 @@ class ClusterEngine(ClusterHousekeeping):
                     "state": node_state,
                 }
             )
-        return {"mode": "cluster", "nodes": nodes}
+        return {"mode": "cluster", "nodes": nodes, **self.unreplicated.describe()}
 
     def lock(self, name: str, *, ttl: float) -> RedisLock:
         """A lock on one key of the cluster (``SET NX``/``EVAL``, routed by the client)."""
@@ -226,3 +313,11 @@ class ClusterEngine(ClusterHousekeeping):
                 raise self._failure(f"lock {args[0]}", exc) from exc
 
         return RedisLock(command, name, ttl=ttl)
+
+
+def _held_back(namespace: str, key: str) -> StoreError:
+    """A read of a key a failover may have rolled back, refused until it is repaired: the chain
+    reads the next store and keeps that value in memory for the coherence window at most."""
+    return StoreError(
+        f"redis: {namespace}/{key} is being repaired after a failover", store="redis", refused=True
+    )

@@ -38,6 +38,7 @@ from .client import DRIVER_ERRORS as _DRIVER_ERRORS
 from .client import build_client
 from .client import store_error as _store_error
 from .client import ttl_ms as _ttl_ms
+from .cluster import _held_back
 from .keyspace import glob_escape
 from .keyspace import raise_first_error as _raise_first_error
 from .lock import RedisLock
@@ -53,6 +54,12 @@ _DELETE_IF_SAME: Final = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('UNLINK', KEYS[1]) end "
     "return 0"
 )
+
+
+def _landed(
+    entries: Sequence[tuple[str, bytes, int | None]], stored: list[bool]
+) -> list[tuple[str, bytes | None]]:
+    return [(entry[0], entry[1]) for entry, ok in zip(entries, stored, strict=True) if ok]
 
 
 class RedisStore(RedisStoreHousekeeping):
@@ -109,6 +116,8 @@ class RedisStore(RedisStoreHousekeeping):
         value: bytes | None
         try:
             raw, value = await mget((ns.gen_key_bytes, used.prefix_bytes + key.encode()))
+            if self._suspects and (namespace, key) in self._suspects:
+                raise _held_back(namespace, key)  # a failover may have rolled it back
             if raw == used.raw:
                 return value
             seen = ns.observe(raw)
@@ -149,7 +158,7 @@ class RedisStore(RedisStoreHousekeeping):
             if not seen.readable:
                 return [None] * len(keys)
             if seen.number == used.number:
-                return reply[1:]
+                return self._unsuspected(namespace, keys, reply[1:])
             prefix = seen.prefix_bytes
             reply = await mget([ns.gen_key_bytes, *[prefix + key.encode() for key in keys]])
         except _DRIVER_ERRORS as exc:
@@ -157,7 +166,18 @@ class RedisStore(RedisStoreHousekeeping):
         again = ns.observe(reply[0])
         if again.number != seen.number or not again.readable:
             return [None] * len(keys)
-        return reply[1:]
+        return self._unsuspected(namespace, keys, reply[1:])
+
+    def _unsuspected(
+        self, namespace: str, keys: Sequence[str], values: list[bytes | None]
+    ) -> list[bytes | None]:
+        """``values``, unless a failover may have rolled one of ``keys`` back."""
+        suspects = self._suspects
+        if suspects:
+            for key in keys:
+                if (namespace, key) in suspects:
+                    raise _held_back(namespace, key)
+        return values
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -197,12 +217,15 @@ class RedisStore(RedisStoreHousekeeping):
                 return await engine.write(operation, namespace, entries, only_new=only_new)
         ns = self._namespace(namespace)
         used = ns.generation
+        epoch = self._primary_epoch
         try:
             stored, raw = await self._pipeline_sets(used.prefix, entries, ns.gen_key, only_new)
             # Generations only grow, so an unchanged counter read after the SETs proves they
             # landed in the live generation.
             seen = ns.observe(raw)
             if seen.number == used.number:
+                if self._unreplicated is not None:
+                    self._wrote(epoch, namespace, _landed(entries, stored))
                 return stored
             # Our cached generation was stale: move what we wrote into the live one. Should
             # another invalidation race with this retry, the write counts as made before it.
@@ -213,6 +236,8 @@ class RedisStore(RedisStoreHousekeeping):
         except _DRIVER_ERRORS as exc:
             raise _store_error(operation, exc, self._secrets) from exc
         ns.observe(raw)
+        if self._unreplicated is not None:
+            self._wrote(epoch, namespace, _landed(entries, stored))
         return stored
 
     async def _pipeline_sets(
@@ -255,6 +280,7 @@ class RedisStore(RedisStoreHousekeeping):
         ns = self._namespace(namespace)
         used = ns.generation
         pipeline = self._batcher.pipeline
+        epoch = self._primary_epoch
         try:
             unlink = self._unlink_command
             replies = await pipeline(((unlink, used.prefix + key), ("GET", ns.gen_key)))
@@ -270,6 +296,8 @@ class RedisStore(RedisStoreHousekeeping):
         except _DRIVER_ERRORS as exc:
             raise _store_error("delete", exc, self._secrets) from exc
         ns.observe(raw)
+        if self._unreplicated is not None:
+            self._wrote(epoch, namespace, ((key, None),))
         return bool(removed)
 
     async def delete_if(self, namespace: str, key: str, data: bytes) -> bool:
@@ -334,6 +362,8 @@ class RedisStore(RedisStoreHousekeeping):
         if refused:
             report["refused_commands"] = refused  # by the server's ACL: done without them
         pool = self._client.connection_pool
+        if self._unreplicated is not None:
+            report.update(self._unreplicated.describe())
         if self._sentinel:
             report["service"] = getattr(pool, "service_name", None)
             manager = getattr(pool, "sentinel_manager", None)

@@ -29,6 +29,7 @@ from .cluster import ClusterEngine
 from .keyspace import Namespace as _Namespace
 from .lock import LockPolicy
 from .resp import RoundTripError
+from .unreplicated import ROLL_BACK_IF_OLDER, UnreplicatedWrites
 
 __all__ = ["RedisStoreCore", "refused_as_full", "server_identity", "storable"]
 
@@ -113,6 +114,17 @@ class RedisStoreCore:
         )
         self._detecting: asyncio.Task[None] | None = None
         self._cluster: ClusterEngine | None = None
+        # Behind Sentinel: which primary the batcher's connections reach (its epoch grows at
+        # every change) and the keys each acknowledged recently, which a promoted replica may
+        # lack (see unreplicated.py); on a cluster the engine keeps its own, per node.
+        self._unreplicated = UnreplicatedWrites(self._roll_back) if self._sentinel else None
+        # Read on the hot path: empty (and never filled) unless a failover left suspects.
+        self._suspects: set[tuple[str, str]] = (
+            self._unreplicated.suspects if self._unreplicated is not None else set()
+        )
+        self._primary_epoch = 0
+        self._primary_address: tuple[str, int] | None = None
+        self._connection_class: Any = None
 
         def make_cluster() -> ClusterEngine:
             return ClusterEngine(
@@ -153,8 +165,51 @@ class RedisStoreCore:
         socket timeout (the batcher bounds each whole round trip instead)."""
         pool = self._client.connection_pool
         options = {**pool.connection_kwargs, "socket_timeout": None}
-        conn: AbstractConnection = pool.connection_class(**options)
-        return conn
+        if not self._sentinel:
+            conn: AbstractConnection = pool.connection_class(**options)
+            return conn
+        if self._connection_class is None:
+            self._connection_class = _reporting_primary(pool.connection_class, self._reached)
+        watched: AbstractConnection = self._connection_class(**options)
+        return watched
+
+    def _reached(self, host: str, port: int) -> None:
+        """A batcher connection reached the primary at ``host:port`` (the sentinels named it).
+        Another primary than before means a failover: what the old one acknowledged recently
+        may be missing on this one."""
+        address = (host, int(port))
+        if address == self._primary_address:
+            return
+        first = self._primary_address is None
+        self._primary_address = address
+        if first or self._unreplicated is None:
+            return
+        self._primary_epoch += 1
+        epoch = self._primary_epoch
+        logger.warning("redis primary behind sentinel is now %s:%s", host, port)
+        self._unreplicated.replaced(lambda primary, _slot: primary == epoch)
+
+    def _wrote(
+        self, epoch: int, namespace: str, writes: Iterable[tuple[str, bytes | None]]
+    ) -> None:
+        """Behind Sentinel: the primary of ``epoch`` acknowledged ``writes`` (key, bytes)."""
+        if self._unreplicated is not None:
+            self._unreplicated.wrote(
+                epoch,
+                0,
+                [((namespace, key), data) for key, data in writes],
+                current=epoch == self._primary_epoch,
+            )
+
+    async def _roll_back(self, namespace: str, key: str, stamp: float) -> None:
+        """Remove ``key``'s entry on the primary if it was created before ``stamp``."""
+        ns = self._namespace(namespace)
+        try:
+            await self._execute(
+                "EVAL", ROLL_BACK_IF_OLDER, 1, ns.generation.prefix + key, repr(stamp)
+            )
+        except _DRIVER_ERRORS as exc:
+            raise _store_error("failover repair", exc, self._secrets) from exc
 
     async def _release(self) -> None:
         self._stale_patterns.clear()
@@ -165,6 +220,8 @@ class RedisStoreCore:
         if self._cleaner is not None:
             self._cleaner.cancel()
             await asyncio.wait([self._cleaner])
+        if self._unreplicated is not None:
+            await self._unreplicated.aclose()
         await self._batcher.aclose()
         if self._cluster is not None:
             await self._cluster.aclose()
@@ -248,6 +305,17 @@ class RedisStoreCore:
         task = asyncio.ensure_future(work)
         self._lock_cleanups.add(task)
         task.add_done_callback(self._lock_cleanups.discard)
+
+
+def _reporting_primary(base: Any, reached: Callable[[str, int], None]) -> type:
+    """``base`` (a Sentinel-managed connection class) telling ``reached`` the address it
+    connected to, before any command goes out on it."""
+
+    async def connect(self: Any) -> None:
+        await base.connect(self)
+        reached(self.host, self.port)
+
+    return type(f"PrimaryReporting{base.__name__}", (base,), {"connect": connect})
 
 
 def server_identity(url: str) -> str:
