@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from toolweaver_async import AsyncToolCache, BreakerSettings, CacheConfig
+from toolweaver_async import AsyncToolCache, BreakerSettings, BreakerState, CacheConfig
 from toolweaver_async.stores.redis.cluster_keys import StripedNamespace
 
 from ..polling import eventually
-from ..test_failover import Agents, recovered
+from ..test_failover import Agents, recovered, redis_layer
 from ..topologies import (
     ClusterTopology,
     Node,
@@ -184,19 +184,23 @@ def settled(cache: AsyncToolCache, key: str) -> Callable[[], Awaitable[bool]]:
     return check
 
 
-def key_served_by(node: Node, topology: ClusterTopology, prefix: str) -> str:
-    """A cache key of namespace ``default`` whose stripe lives in a slot ``node`` serves."""
+def keys_served_by(node: Node, topology: ClusterTopology, prefix: str, count: int) -> list[str]:
+    """``count`` cache keys of namespace ``default`` whose stripe lives in a slot ``node``
+    serves."""
     striped = StripedNamespace(prefix, "default")
     row = next(r for r in topology.cluster_nodes() if r["address"] == node.address)
     ranges = []
     for part in row["slots"].split():
         low, _, high = part.partition("-")
         ranges.append((int(low), int(high or low)))
+    found = []
     for n in range(10_000):
         key = f"k{n}"
         slot = striped.slots[striped.stripe_of(key.encode())]
         if any(low <= slot <= high for low, high in ranges):
-            return key
+            found.append(key)
+            if len(found) == count:
+                return found
     raise AssertionError("no stripe on this node")
 
 
@@ -207,7 +211,7 @@ async def test_a_promoted_cluster_replica_missing_the_last_write_never_serves_th
     victim, survivor, _ = healed_cluster.primaries()
     replica = healed_cluster.replica_of(victim)
     cache = make_cache(f"redis://{survivor.address}/0", prefix, stores=("redis",))
-    key = key_served_by(victim, healed_cluster, prefix)
+    (key,) = keys_served_by(victim, healed_cluster, prefix, 1)
     await cache.set(key, "older")
     run = asyncio.get_running_loop().run_in_executor
     await run(None, wait_replicated, victim, replica)
@@ -265,3 +269,67 @@ async def test_a_promoted_sentinel_replica_missing_the_last_write_never_serves_t
     assert await fresh.get("k") in (None, "latest")
     health = await cache.health_check()
     assert health["stores"]["redis"]["topology"]["lost_on_failover"] >= 1
+
+
+# -- one breaker per cluster primary ------------------------------------------------------------
+# A dead (SIGKILLed) or frozen (SIGSTOPped) primary takes out only its slots: its keys fall back
+# to the file store and their writes are journaled; the other primaries' keys go on being
+# answered by Redis, and the store's own breaker never opens.
+
+
+@pytest.mark.parametrize("fault", ["sigkill", "sigstop"])
+async def test_a_dead_primary_takes_out_only_its_slots(
+    healed_cluster: ClusterTopology, make_cache: Callable[..., AsyncToolCache], fault: str
+) -> None:
+    prefix = f"nb{time.monotonic_ns() % 10**9}"
+    victim, *others = healed_cluster.primaries()
+    cache = make_cache(f"redis://{others[0].address}/0", prefix)  # Redis, then file
+    on_victim = keys_served_by(victim, healed_cluster, prefix, count=5)
+    elsewhere = [k for node in others for k in keys_served_by(node, healed_cluster, prefix, 5)]
+    every = on_victim + elsewhere
+    await cache.set_many(dict.fromkeys(every, 0))
+    assert await cache.get_many(every) == dict.fromkeys(every, 0)  # every node in use
+    layer = redis_layer(cache)
+    trips: list[Any] = []
+    layer.breaker.add_listener(lambda _name, _old, new: trips.append(new))
+    stats_before = cache.stats().overall
+    redis_hits, file_hits = stats_before.hits.get("redis", 0), stats_before.hits.get("file", 0)
+    rounds = 0
+    if fault == "sigkill":
+        victim.kill()
+    else:
+        pause(victim)
+    try:
+        # Well inside cluster-node-timeout (1 s): no replica has been promoted yet.
+        deadline = time.monotonic() + 0.7
+        while time.monotonic() < deadline:
+            rounds += 1
+            await asyncio.gather(*(cache.set(key, rounds) for key in every))
+            got = await asyncio.gather(*(cache.get(key) for key in every))
+            assert got == [rounds] * len(every)
+        topology = (await cache.health_check())["stores"]["redis"]["topology"]
+    finally:
+        if fault == "sigstop":
+            resume(victim)
+    assert trips == []  # the store's breaker stayed closed: the other slots were never skipped
+    stats = cache.stats().overall
+    # the other primaries answered every read of their keys but the first few ...
+    assert stats.hits.get("redis", 0) - redis_hits >= len(elsewhere) * (rounds - 1)
+    # ... and the dead one's keys came from the file store, their writes journaled
+    assert stats.hits.get("file", 0) - file_hits >= len(on_victim)
+    assert layer.journal is not None
+    assert layer.journal.recorded > 0
+    states = {node["address"]: node["breaker"] for node in topology["nodes"]}
+    assert states[victim.address] in ("open", "half_open")
+    assert all(states[node.address] == "closed" for node in others)
+    assert BreakerState.OPEN not in trips
+
+
+async def test_health_check_shows_each_primarys_breaker(
+    redis_cluster: ClusterTopology, make_cache: Callable[..., AsyncToolCache]
+) -> None:
+    cache = make_cache(redis_cluster.url, f"nh{time.monotonic_ns() % 10**9}")
+    await cache.set("k", 1)
+    nodes = (await cache.health_check())["stores"]["redis"]["topology"]["nodes"]
+    assert {node["address"] for node in nodes} == {n.address for n in redis_cluster.primaries()}
+    assert all(node["breaker"] == "closed" for node in nodes)

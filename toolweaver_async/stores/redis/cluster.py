@@ -14,14 +14,20 @@ them (invalidate, clear, listing), and this module holds the per-key reads and w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import AbstractConnection
 
+from ...config import BreakerSettings
 from ...errors import StoreError
+from ...resilience.breaker import BreakerState, CircuitBreaker
+from .batching import RoundTripBatcher
 from .client import DRIVER_ERRORS
 from .cluster_housekeeping import ClusterHousekeeping
+from .cluster_nodes import NodeBatcher, failed_node
+from .cluster_routing import EAGER_TRIPS_PER_NODE
 from .keyspace import raise_first_error
 from .lock import RedisLock
 from .unreplicated import ROLL_BACK_IF_OLDER, UnreplicatedWrites
@@ -36,11 +42,52 @@ class ClusterEngine(ClusterHousekeeping):
     :class:`~.store.RedisStore`, which owns the engine and translates nothing further:
     every failure leaves here as :class:`StoreError`."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, node_breakers: BreakerSettings | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        # One breaker per primary (see cluster_nodes.py), by node name.
+        self._node_settings = node_breakers or BreakerSettings()
+        self.node_breakers: dict[str, CircuitBreaker] = {}
         # Keys each primary acknowledged recently: a promoted replica may lack them.
         self.unreplicated = UnreplicatedWrites(self._roll_back)
         self._table_seen: object = None
+
+    # -- one breaker per primary ---------------------------------------------------------------
+
+    def _node_batcher(
+        self, name: str, connect: Callable[[], AbstractConnection]
+    ) -> RoundTripBatcher:
+        breaker = self.node_breakers.get(name)
+        if breaker is None:
+            breaker = self.node_breakers[name] = CircuitBreaker.from_settings(
+                self._node_settings, name=f"redis node {name}"
+            )
+        return NodeBatcher(
+            connect,
+            node=name,
+            breaker=breaker,
+            connections=self._connections,
+            timeout=self._timeout,
+            eager_trips=EAGER_TRIPS_PER_NODE,
+        )
+
+    def _failure(self, operation: str, exc: BaseException) -> Exception:
+        """As for one server, except that a failure of one primary while another is trusted is
+        *refused*: the store's breaker does not count it (the other primaries' slots go on)."""
+        error = super()._failure(operation, exc)
+        node = failed_node(exc)
+        if node is not None and isinstance(error, StoreError) and self._another_trusted(node):
+            error.refused = True
+        return error
+
+    def _another_trusted(self, node: str) -> bool:
+        for primary in self.client.get_primaries():
+            if primary.name != node:
+                breaker = self.node_breakers.get(primary.name)
+                if breaker is None or breaker.state is not BreakerState.OPEN:
+                    return True
+        return False
 
     # -- failover: writes a promoted replica may lack --------------------------------------------
 
@@ -292,12 +339,14 @@ class ClusterEngine(ClusterHousekeeping):
 
         states = await asyncio.gather(*(state(node) for node in primaries))
         for node, node_state in zip(primaries, states, strict=True):
+            breaker = self.node_breakers.get(node.name)
             nodes.append(
                 {
                     "address": node.name,
                     "role": "primary",
                     "slots": slots.get(node.name, 0),
                     "state": node_state,
+                    "breaker": "closed" if breaker is None else breaker.state.value,
                 }
             )
         return {"mode": "cluster", "nodes": nodes, **self.unreplicated.describe()}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 _REFRESH_INTERVAL: Final = 0.1
 # Round trips per node started without waiting for a full batch (see the batcher): one, so the
 # calls of a busy turn leave as one pipeline per node. A full batch still takes another connection.
-_EAGER_TRIPS_PER_NODE: Final = 1
+EAGER_TRIPS_PER_NODE: Final = 1
 
 
 def _redirected(exc: BaseException | None) -> bool:
@@ -114,14 +114,20 @@ class ClusterRouting:
                 conn: AbstractConnection = node.connection_class(**options)
                 return conn
 
-            batcher = RoundTripBatcher(
-                connect,
-                connections=self._connections,
-                timeout=self._timeout,
-                eager_trips=_EAGER_TRIPS_PER_NODE,
-            )
+            batcher = self._node_batcher(node.name, connect)
             self._batchers[node.name] = batcher
         return batcher
+
+    def _node_batcher(
+        self, name: str, connect: Callable[[], AbstractConnection]
+    ) -> RoundTripBatcher:
+        """The batcher for primary ``name`` (the engine puts each behind its node's breaker)."""
+        return RoundTripBatcher(
+            connect,
+            connections=self._connections,
+            timeout=self._timeout,
+            eager_trips=EAGER_TRIPS_PER_NODE,
+        )
 
     async def _mget(self, slot: int, keys: Sequence[bytes]) -> list[Any]:
         if not self._started:

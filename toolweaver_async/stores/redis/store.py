@@ -92,6 +92,7 @@ class RedisStore(RedisStoreHousekeeping):
             tls_verify=config.redis_tls_verify,
             cluster=config.redis_cluster,
             namespaces=config.namespaces,
+            breaker=config.breaker,
         )
 
     def __repr__(self) -> str:

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.exceptions import OutOfMemoryError, ResponseError
 
-from ...config import MAX_TRACKED_NAMESPACES, check_name
+from ...config import MAX_TRACKED_NAMESPACES, BreakerSettings, check_name
 from ...errors import ConfigError, StoreError
 from ...redis_url import parse_sentinel_url, redact_url
 from .batching import RoundTripBatcher
@@ -62,6 +62,7 @@ class RedisStoreCore:
         client: Redis | None = None,
         cluster: bool | None = None,
         namespaces: Iterable[str] = (),
+        breaker: BreakerSettings | None = None,
     ) -> None:
         # Validated names contain no ':' (the key layout stays unambiguous) and no glob
         # metacharacters (SCAN MATCH patterns need no escaping).
@@ -141,6 +142,7 @@ class RedisStoreCore:
                 url=self._url,
                 command_timeout=command_timeout,
                 connections=min(_BATCH_CONNECTIONS, pool_size),
+                node_breakers=breaker,  # one per primary, with the store's settings
             )
 
         self._make_cluster = make_cluster
