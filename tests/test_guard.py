@@ -28,6 +28,7 @@ class FakeStore:
         self.data: dict[tuple[str, str], bytes] = {}
         self.calls: list[tuple[Any, ...]] = []
         self.failing = False
+        self.stalled = False  # failures say this process, not the store, ran out of time
         self.gate: asyncio.Event | None = None
         self.gated: set[str] | None = None  # which calls the gate holds; None: all
 
@@ -36,7 +37,7 @@ class FakeStore:
         if self.gate is not None and (self.gated is None or call[0] in self.gated):
             await self.gate.wait()
         if self.failing:
-            raise StoreError("down", store=self.name)
+            raise StoreError("down", store=self.name, stalled=self.stalled)
 
     async def get(self, namespace: str, key: str) -> bytes | None:
         await self._enter("get", namespace, key)
@@ -108,6 +109,18 @@ async def test_failure_is_a_marker_counted_by_the_breaker_and_remembered(store: 
     assert await guard.get("ns", "k") is FAILED
     assert guard.failures == 1
     assert guard.last_error == "StoreError: down"
+    assert guard.breaker.consecutive_failures == 1
+
+
+async def test_a_timeout_caused_by_a_stall_of_this_process_is_not_counted(store: FakeStore) -> None:
+    guard = guarded(store, journal=False)
+    store.failing = store.stalled = True
+    for _ in range(5):  # well past the failure threshold
+        assert await guard.get("ns", "k") is FAILED  # the caller falls back all the same
+    assert guard.breaker.state is BreakerState.CLOSED
+    assert guard.breaker.consecutive_failures == 0
+    store.stalled = False
+    assert await guard.get("ns", "k") is FAILED
     assert guard.breaker.consecutive_failures == 1
 
 

@@ -103,12 +103,19 @@ class StoreError(CacheError):
 
     ``refused``: the store answered at once and refused this one call (a read-only or full
     disk, no permission to write). It is not down, so its breaker does not count the call:
-    reads it can still serve go on being served."""
+    reads it can still serve go on being served.
 
-    def __init__(self, message: str, *, store: str = "", refused: bool = False):
+    ``stalled``: the call ran out of time while this process was stalled (its event loop
+    blocked or starved of CPU past the deadline). That says nothing about the store, so its
+    breaker does not count the call either."""
+
+    def __init__(
+        self, message: str, *, store: str = "", refused: bool = False, stalled: bool = False
+    ):
         super().__init__(message)
         self.store = store
         self.refused = refused
+        self.stalled = stalled
 
 
 class CorruptEntryError(StoreError):

@@ -178,6 +178,8 @@ class GuardedStore:
             if breaker.epoch == epoch:
                 if getattr(exc, "refused", False):
                     breaker.release()  # the store answered, refusing this call: not down
+                elif getattr(exc, "stalled", False):
+                    breaker.release()  # this process stalled past the deadline, not the store
                 else:
                     breaker.record_failure()
             self.failures += 1

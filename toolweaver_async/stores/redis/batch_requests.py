@@ -46,7 +46,7 @@ class Request:
 class InFlightRoundTrip:
     """A round trip on the wire: who runs it, until when, and for whom (None: a lone call)."""
 
-    __slots__ = ("cancelling", "deadline", "expired", "requests", "task")
+    __slots__ = ("cancelling", "deadline", "expired", "requests", "stalled", "task")
 
     def __init__(
         self, task: asyncio.Task[Any], deadline: float, requests: list[Request] | None
@@ -56,3 +56,4 @@ class InFlightRoundTrip:
         self.requests = requests
         self.cancelling = task.cancelling()
         self.expired = False
+        self.stalled = False  # expired by a watchdog that ran late: this process was stalled

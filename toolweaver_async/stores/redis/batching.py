@@ -24,7 +24,9 @@ batched get; the watchdog costs a clock read per call.
 When the watchdog fires it first lets the loop run a few turns, so a reply that arrived while the
 loop was busy (this process starved of CPU, a blocking call) is read before anything is declared
 timed out: a late read is this process's delay, not the server's, and must not count against
-Redis. A call that got no reply still fails a few turns after its deadline.
+Redis. A call that got no reply still fails a few turns after its deadline; when the watchdog
+itself ran more than half a timeout late, the call fails with :class:`StalledTimeout`, which the
+breaker does not count (the stall, not the server, used up the time).
 
 Why dedicated connections and not ``Redis.execute_command``: on loopback, redis-py's client layer
 (pool checkout under an ``asyncio.Condition``, a liveness probe of the socket, per-command
@@ -50,10 +52,23 @@ from .resp import RoundTripError, pack_command
 from .resp import own_error as _own_error
 from .resp import pick_values as _pick
 
-__all__ = ["MAX_BATCH_KEYS", "ReadGroup", "RoundTripBatcher", "RoundTripError", "pack_command"]
+__all__ = [
+    "MAX_BATCH_KEYS",
+    "ReadGroup",
+    "RoundTripBatcher",
+    "RoundTripError",
+    "StalledTimeout",
+    "pack_command",
+]
 
 # A batch stops growing at this many keys plus write commands; the rest go in the next one.
 MAX_BATCH_KEYS: Final = 1000
+
+
+class StalledTimeout(TimeoutError):
+    """No reply by the deadline, but this process was stalled past it (its loop ran the
+    watchdog more than half a timeout late): evidence against this process, not the server."""
+
 
 # Loop turns the watchdog waits before expiring a due call: one to poll the socket, one to wake
 # the reading task, one for it to finish parsing. Microseconds on a responsive loop.
@@ -94,6 +109,7 @@ class RoundTripBatcher:
         self._running: dict[AbstractConnection, _RoundTrip] = {}
         self._flushes: set[asyncio.Task[None]] = set()
         self._watchdog: asyncio.Handle | None = None
+        self._watchdog_due = 0.0  # when the armed watchdog should run
         self._closed = False
         # Counters for tests and benchmarks.
         self.round_trips = 0
@@ -260,7 +276,7 @@ class RoundTripBatcher:
 
     async def _run_batch(self, conn: AbstractConnection, batch: list[_Request]) -> None:
         # One MGET per read group, first, then every queued write; duplicate keys sent once.
-        group_keys: list[list[bytes]] = []
+        # A group's keys in order are its dict's (insertion order), their values the positions.
         group_positions: list[dict[bytes, int]] = []
         group_index: dict[Hashable, int] = {}
         plans: list[list[tuple[int, list[int]]] | None] = []
@@ -274,20 +290,12 @@ class RoundTripBatcher:
             for group, group_reads in request.reads:
                 index = group_index.get(group)
                 if index is None:
-                    index = group_index[group] = len(group_keys)
-                    group_keys.append([])
+                    index = group_index[group] = len(group_positions)
                     group_positions.append({})
-                keys, positions = group_keys[index], group_positions[index]
-                wanted: list[int] = []
-                for key in group_reads:
-                    at = positions.get(key)
-                    if at is None:
-                        at = positions[key] = len(keys)
-                        keys.append(key)
-                    wanted.append(at)
-                plan.append((index, wanted))
+                positions = group_positions[index]
+                plan.append((index, [positions.setdefault(k, len(positions)) for k in group_reads]))
             plans.append(plan)
-        reads = [pack_command(("MGET", *keys)) for keys in group_keys]
+        reads = [pack_command(("MGET", *positions)) for positions in group_positions]
         expected = len(reads) + sum(r.count for r in batch if r.reads is None)
         self.round_trips += 1
         try:
@@ -352,7 +360,8 @@ class RoundTripBatcher:
         except asyncio.CancelledError:
             # Ours only if the watchdog cancelled and nobody else did too (as asyncio.timeout).
             if trip.expired and task.uncancel() <= trip.cancelling:
-                raise TimeoutError(f"no reply from redis within {self._timeout} s") from None
+                timeout = StalledTimeout if trip.stalled else TimeoutError
+                raise timeout(f"no reply from redis within {self._timeout} s") from None
             raise
         finally:
             del self._running[conn]
@@ -376,20 +385,23 @@ class RoundTripBatcher:
 
     def _arm_watchdog(self, deadline: float) -> None:
         if self._watchdog is None and not self._closed:
+            self._watchdog_due = deadline
             self._watchdog = asyncio.get_running_loop().call_at(deadline, self._on_watchdog)
 
     def _on_watchdog(self) -> None:
         """The earliest deadline has come: give replies already on the socket a few loop turns
         to be read before expiring what is due now."""
         loop = asyncio.get_running_loop()
-        self._watchdog = loop.call_soon(self._after_grace, loop.time(), GRACE_TURNS)
+        now = loop.time()
+        stalled = now - self._watchdog_due > self._timeout / 2
+        self._watchdog = loop.call_soon(self._after_grace, now, stalled, GRACE_TURNS)
 
-    def _after_grace(self, due: float, turns: int) -> None:
+    def _after_grace(self, due: float, stalled: bool, turns: int) -> None:
         """Fail every call and cancel every round trip whose deadline is ``due`` or earlier,
         then sleep until the next deadline."""
         loop = asyncio.get_running_loop()
         if turns > 1:
-            self._watchdog = loop.call_soon(self._after_grace, due, turns - 1)
+            self._watchdog = loop.call_soon(self._after_grace, due, stalled, turns - 1)
             return
         self._watchdog = None
         upcoming: list[float] = []
@@ -397,24 +409,24 @@ class RoundTripBatcher:
             if trip.deadline <= due:
                 if not trip.expired:
                     trip.expired = True
+                    trip.stalled = stalled
                     trip.task.cancel()
             else:
                 upcoming.append(trip.deadline)
             if trip.requests is not None:
-                upcoming += self._expire(trip.requests, due)
-        upcoming += self._expire(self._queue, due)
+                upcoming += self._expire(trip.requests, due, stalled)
+        upcoming += self._expire(self._queue, due, stalled)
         if upcoming and not self._closed:
             self._arm_watchdog(min(upcoming))
 
-    def _expire(self, requests: list[_Request], due: float) -> list[float]:
+    def _expire(self, requests: list[_Request], due: float, stalled: bool) -> list[float]:
         """Time out the calls of ``requests`` due by ``due``; the next deadline, if any (calls
         in order of arrival have deadlines in the same order)."""
+        timeout = StalledTimeout if stalled else TimeoutError
         for request in requests:
             if request.future.done():
                 continue
             if request.deadline > due:
                 return [request.deadline]
-            request.future.set_exception(
-                TimeoutError(f"no reply from redis within {self._timeout} s")
-            )
+            request.future.set_exception(timeout(f"no reply from redis within {self._timeout} s"))
         return []
