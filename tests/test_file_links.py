@@ -208,3 +208,28 @@ def test_eviction_never_deletes_through_a_folder_swapped_for_a_link_after_its_sc
 
     assert sorted(p.name for p in (outside / "ab").iterdir()) == [f"{n:040x}" for n in range(3)]
     assert folder.is_symlink()
+
+
+@PLANTS_LINKS
+@pytest.mark.parametrize("swapped", ["namespace", "two-hex"])
+async def test_a_folder_swapped_for_a_link_to_another_tree_is_never_read_through(
+    store: FileStore, tmp_path: Path, swapped: str
+) -> None:
+    """Another cache's tree holds a whole, valid entry of the very key: a read (or a listing)
+    through the link would serve it. Opening every folder on the way with O_NOFOLLOW makes it
+    a miss."""
+    other = FileStore(root=tmp_path / "other", key_prefix=PREFIX, clock=FakeClock())
+    await other.set(NS, "k", b"foreign", None)
+    await store.set(NS, "k", b"mine", None)
+    hex2 = digest_of("k")[:2]
+    if swapped == "namespace":
+        ours, theirs = base(tmp_path) / NS, tmp_path / "other" / PREFIX / NS
+    else:
+        ours, theirs = base(tmp_path) / NS / hex2, tmp_path / "other" / PREFIX / NS / hex2
+    shutil.rmtree(ours)
+    ours.symlink_to(theirs, target_is_directory=True)
+
+    assert await store.get(NS, "k") is None
+    assert await store.get_many(NS, ["k"]) == [None]
+    assert [page async for page in store.list_entries(NS, "")] == []
+    assert await other.get(NS, "k") == b"foreign"  # the other tree is untouched

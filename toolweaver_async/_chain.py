@@ -259,6 +259,8 @@ def guard(store: Store, config: CacheConfig, clock: Callable[[], float]) -> Guar
         folder=folder,
         # The server (and db) it is for: a journal never replays onto any other.
         server=store.identity,
+        # It lives beside the file store: its disk steps get the file store's time budget.
+        timeout=config.file_timeout,
     )
     # A store that bounds every call itself (RedisStore: one shared watchdog timer, queue wait
     # included) needs no second bound here: asyncio.timeout costs ~3.4 us a call on uvloop and

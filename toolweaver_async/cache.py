@@ -189,7 +189,9 @@ class AsyncToolCache(ToolShapedHelpers):
                 await asyncio.gather(*self._background, return_exceptions=True)
             await self._chain.aclose()
             if self.config.stats_file is not None:
-                await record_run(self.config.stats_file, self.stats())
+                await record_run(
+                    self.config.stats_file, self.stats(), within=self.config.file_timeout
+                )
 
     # -- reads ----------------------------------------------------------------------------
     async def get(

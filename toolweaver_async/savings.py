@@ -8,16 +8,16 @@ save 0 s here rather than a guess.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import anyio
-
 from .config import NamespacePolicy
 from .stats import CacheStats, NamespaceStats
 from .stats_file import add_to_stats_file
+from .stores.worker_lane import in_daemon_thread
 
 __all__ = ["mean_loader_seconds", "record_run", "with_savings"]
 
@@ -49,12 +49,14 @@ def with_savings(stats: CacheStats, policy: Callable[[str], NamespacePolicy]) ->
     return replace(stats, overall=overall, namespaces=namespaces)
 
 
-async def record_run(path: Path, stats: CacheStats) -> None:
-    """Add a closing cache's counters to its stats file (in a worker thread); a file that
-    cannot be written is logged, never raised from ``aclose``."""
+async def record_run(path: Path, stats: CacheStats, *, within: float = 1.0) -> None:
+    """Add a closing cache's counters to its stats file (on a daemon thread, awaited at most
+    ``within`` seconds: a dead mount neither holds ``aclose`` up nor keeps the process from
+    exiting); a file that cannot be written is logged, never raised from ``aclose``."""
     if stats.overall.total_hits + stats.overall.misses + stats.overall.sets == 0:
         return  # nothing happened: no run to count
     try:
-        await anyio.to_thread.run_sync(add_to_stats_file, path, stats)
-    except (OSError, ValueError) as exc:
+        step = in_daemon_thread("toolweaver-stats", add_to_stats_file, path, stats)
+        await asyncio.wait_for(step, within)
+    except (OSError, ValueError) as exc:  # TimeoutError is an OSError
         logger.warning("could not add this run's counters to %s: %s", path, exc)

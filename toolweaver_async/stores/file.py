@@ -33,7 +33,15 @@ from .file_format import MAGIC as _MAGIC
 from .file_format import O_READ as _O_READ
 from .file_format import TEMP_SUFFIX as _TEMP_SUFFIX
 from .file_format import read_all as _read_all
-from .file_tree import O_NOFOLLOW, check_base, lexists_at, open_base, open_folder, remove_tree
+from .file_tree import (
+    O_NOFOLLOW,
+    check_base,
+    lexists_at,
+    open_base,
+    open_folder,
+    remove_tree,
+    walk_to,
+)
 from .worker_lane import DaemonWorker, WorkerLane, in_daemon_thread
 
 __all__ = ["FileStore"]
@@ -137,20 +145,40 @@ def _read_entry(ledger: _Ledger, folder: str, key: str, now: float) -> bytes | N
     """The data stored under ``key``, or None. A file that is not a fresh entry of this very key
     (bad magic, torn, another key, expired) is removed in the same step.
 
+    The file is opened relative to its folders, each opened with ``O_NOFOLLOW`` (``file_tree``):
+    a namespace or two-hex folder swapped for a link is a miss, never a read of another tree.
     One ``os.read`` of the whole file, parsed in memory: a buffered file object and three
     reads cost ~2 us more, a tenth of a 1 KB file hit (measured, issue 5)."""
     path, key_bytes = _entry_path(folder, key)
+    base, parts, name = _entry_place(path)
     try:
-        fd = os.open(path, _O_READ)
-    except (FileNotFoundError, NotADirectoryError):  # a stray file where a folder belongs
+        subfolder = walk_to(base, parts)
+    except NotADirectoryError:  # a stray file where the prefix folder belongs
+        return None
+    if subfolder is None:  # missing, or a link where a folder belongs: nothing of ours there
+        return None
+    try:
+        return _read_entry_at(ledger, subfolder, folder, name, key_bytes, now)
+    finally:
+        os.close(subfolder)
+
+
+def _read_entry_at(
+    ledger: _Ledger, subfolder: int, folder: str, name: str, key_bytes: bytes, now: float
+) -> bytes | None:
+    try:
+        fd = os.open(name, _O_READ, dir_fd=subfolder)
+    except FileNotFoundError:
         return None
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
         # A link where an entry belongs: never read through it; removed as a broken entry.
         _count_corrupt_read(ledger, folder)
-        if _discard(path, os.lstat(path)):
-            ledger.record(corrupt=1)
+        with contextlib.suppress(OSError):  # gone meanwhile: nothing to remove
+            link = os.stat(name, dir_fd=subfolder, follow_symlinks=False)
+            if _discard_quietly(subfolder, name, link):
+                ledger.record(corrupt=1)
         return None
     try:
         raw = _read_all(fd)
@@ -168,13 +196,21 @@ def _read_entry(ledger: _Ledger, folder: str, key: str, now: float) -> bytes | N
     finally:
         os.close(fd)
     if expired:
-        if _discard(path, judged):
+        if _discard_quietly(subfolder, name, judged):
             ledger.record(expired=1, freed=judged.st_size)
         return None
     _count_corrupt_read(ledger, folder)
-    if _discard(path, judged):
+    if _discard_quietly(subfolder, name, judged):
         ledger.record(corrupt=1, freed=judged.st_size)
     return None
+
+
+def _discard_quietly(subfolder: int, name: str, judged: os.stat_result) -> bool:
+    """:func:`_discard_at` as a best effort: a miss is already the right answer."""
+    try:
+        return _discard_at(subfolder, name, (judged.st_ino, judged.st_dev))
+    except OSError:
+        return False
 
 
 def _count_corrupt_read(ledger: _Ledger, folder: str) -> None:
@@ -182,31 +218,15 @@ def _count_corrupt_read(ledger: _Ledger, folder: str) -> None:
         ledger.count_corrupt_read(os.path.basename(folder))
 
 
-def _discard(path: str, judged: os.stat_result) -> bool:
-    """Remove ``path`` only if it is still the very file we judged, never one a writer put
-    there since (in this process or another): True when removed.
+def _discard_at(folder: int, name: str, judged: tuple[int, int]) -> bool:
+    """Remove ``name`` (in ``folder``) only if it is still the very file we judged, never one
+    a writer put there since (in this process or another): True when removed.
 
     A plain check-then-unlink leaves a gap in which a fresh entry could land and be deleted.
     So the file is first renamed aside (atomic), then checked; a fresh entry caught that way
     is linked back into place unless an even newer one has arrived meanwhile. Readers see a
-    miss in between, never an older value. Best effort: a miss is already the right answer.
+    miss in between, never an older value.
     """
-    base, parts, name = _entry_place(path)
-    try:
-        folder = open_folder(base, parts, create=False)
-    except OSError:
-        return False
-    if folder is None:
-        return False
-    try:
-        return _discard_at(folder, name, (judged.st_ino, judged.st_dev))
-    except OSError:
-        return False
-    finally:
-        os.close(folder)
-
-
-def _discard_at(folder: int, name: str, judged: tuple[int, int]) -> bool:
     current = os.stat(name, dir_fd=folder, follow_symlinks=False)
     if (current.st_ino, current.st_dev) != judged:
         return False  # replaced since: the common race, settled without touching it

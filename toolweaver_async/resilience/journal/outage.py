@@ -6,6 +6,10 @@ load. The log is compacted (rewritten to the live operations, also in the worker
 grows past twice their size (or when sets were turned into deletes to stay under
 ``max_bytes``), and emptied when the journal drains: on disk it stays under about twice
 ``max_bytes``.
+
+The disk steps run on a daemon thread of the journal's own, each awaited at most ``timeout``
+seconds: a hung step (a dead mount) leaves the journal in memory only and neither holds
+``aclose()`` up nor keeps the interpreter from exiting.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Final
 
+from ...stores.worker_lane import DaemonWorker
 from .ledger import UNBOUNDED, JournalLedger, live_operations
 from .log import JournalFile
 from .records import (
@@ -44,16 +50,13 @@ _COMPACT_AFTER: Final = 256 * 1024
 _FLUSH_EVERY: Final = 0.01
 
 
-async def _in_worker(fn: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-
-
 class OutageJournal(JournalLedger):
     """Operations one store missed, latest per key, in order, bounded, optionally on disk.
 
     ``clock`` is the wall clock the cache stamps entries with (expiry survives restarts).
     ``on_pending`` is called when the journal goes from empty to non-empty, so the owner can
-    start replaying. Not thread-safe: one event loop owns it.
+    start replaying. ``timeout`` bounds the wait for each disk step. Not thread-safe: one event
+    loop owns it.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class OutageJournal(JournalLedger):
         folder: Path | None = None,
         name: str = "redis",
         server: str = "",
+        timeout: float = 1.0,
     ) -> None:
         super().__init__(max_entries=max_entries, max_bytes=max_bytes, clock=clock, name=name)
         self._folder = folder
@@ -76,6 +80,26 @@ class OutageJournal(JournalLedger):
         self._flusher: asyncio.Task[None] | None = None
         self.last_error: str | None = None
         self._closed = False
+        self.timeout = timeout
+        self._worker = DaemonWorker(f"toolweaver-journal-{name}")
+        self._stuck: Future[Any] | None = None  # a disk step that outlived its wait
+
+    async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the journal's daemon thread, awaited at most ``timeout`` seconds.
+        While a step that timed out is still running, later steps fail at once rather than
+        queue behind a hung disk."""
+        if self._stuck is not None:
+            if not self._stuck.done():
+                raise TimeoutError("an earlier outage journal disk step is still running")
+            self._stuck = None
+        step = self._worker.submit(fn, *args)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(step), self.timeout)
+        except TimeoutError:
+            self._stuck = step
+            raise TimeoutError(
+                f"outage journal disk step took more than {self.timeout} s"
+            ) from None
 
     @property
     def path(self) -> Path | None:
@@ -93,8 +117,8 @@ class OutageJournal(JournalLedger):
         digest = hashlib.sha256(self.server.encode()).hexdigest()[:12]
         file = JournalFile(self._folder, f"{self.name}-{digest}", Origin(self.server))
         try:
-            contents: list[bytes] = await _in_worker(file.claim)
-        except OSError as exc:
+            contents: list[bytes] = await self._in_worker(file.claim)
+        except (OSError, TimeoutError) as exc:
             self._disk_failed(exc)
             return
         self._file = file
@@ -155,8 +179,10 @@ class OutageJournal(JournalLedger):
                 await asyncio.shield(flusher)
         if self._file is not None:
             await self._flush(linger=0)
-            with contextlib.suppress(OSError):
-                await _in_worker(self._file.release)
+            with contextlib.suppress(OSError, TimeoutError):
+                await self._in_worker(self._file.release)
+        # Not joined: a step hung on a dead mount is left behind (a daemon thread).
+        self._worker.shutdown(wait=False)
 
     def _persist(self, record: Record) -> None:
         if self._file is None:
@@ -195,13 +221,13 @@ class OutageJournal(JournalLedger):
                     live = list(self._ops.values())
                     self._pending.clear()
                     self._rewrite_due = False
-                    self._log_bytes = await _in_worker(file.rewrite_ops, live)
+                    self._log_bytes = await self._in_worker(file.rewrite_ops, live)
                 else:
                     chunk = b"".join(self._pending)
                     self._pending.clear()
                     fresh = not self._log_bytes
-                    self._log_bytes += await _in_worker(file.append, chunk, fresh)
-            except OSError as exc:
+                    self._log_bytes += await self._in_worker(file.append, chunk, fresh)
+            except (OSError, TimeoutError) as exc:
                 # The log may now end in a torn frame: the next flush rewrites it whole.
                 self._rewrite_due = True
                 self._disk_failed(exc)
@@ -210,7 +236,7 @@ class OutageJournal(JournalLedger):
                 logger.info("outage journal for %s is written to disk again", self.name)
                 self.last_error = None
 
-    def _disk_failed(self, exc: OSError) -> None:
+    def _disk_failed(self, exc: OSError | TimeoutError) -> None:
         if self.last_error is None:
             logger.warning(
                 "outage journal for %s kept in memory only: %s: %s",
