@@ -16,6 +16,7 @@ import msgspec
 
 from ._chain import Chain
 from ._immutable import is_immutable
+from ._promotion import promote_checked
 from ._read_tracker import ReadToken, ReadTracker
 from .config import MAX_TRACKED_NAMESPACES, NamespacePolicy
 from .freshness import EntryState, entry_state
@@ -417,32 +418,9 @@ class ReadPath:
             if layer.breaker.state is BreakerState.CLOSED:
                 if isinstance(layer.store, ConditionalDeleteStore):
                     source = self.layers[found_at]
-                    self._spawn(
-                        self._promote_checked(layer, source, namespace, key, data, remaining)
-                    )
+                    self._spawn(promote_checked(layer, source, namespace, key, data, remaining))
                 else:
                     self._spawn(layer.add(namespace, key, data, remaining))
-
-    async def _promote_checked(
-        self,
-        target: GuardedStore,
-        source: GuardedStore,
-        namespace: str,
-        key: str,
-        data: bytes,
-        remaining: float | None,
-    ) -> None:
-        """Copy ``data`` into ``target`` (``SET NX``), then take it back if ``source`` no
-        longer holds it. Another process may have deleted the key (or invalidated or cleared)
-        between our read and the copy landing: its removal reaches the promotion targets again
-        once the source has answered (``Writer``), so a copy landing after that finds the
-        source empty here and is removed, only while it still holds exactly ``data``."""
-        if await target.add(namespace, key, data, remaining) is not True:
-            return
-        if await source.get(namespace, key) == data:
-            return
-        assert isinstance(target.store, ConditionalDeleteStore)
-        await target.attempt(target.store.delete_if, namespace, key, data)
 
     def _drop_stale_memory_copy(self, namespace: str, key: str, found: Envelope[Any]) -> None:
         """Before promoting a fresh ``found``: promotion never overwrites, so a stale copy in

@@ -26,17 +26,30 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, Protocol
 
 import msgspec
 
 from ..errors import ConfigError
 
-if TYPE_CHECKING:
-    from .missed_writes_log import MissedWritesLog
-
 __all__ = ["Change", "MissedWrites", "WriteScope", "digest"]
+
+
+class MissedWritesLog(Protocol):
+    """Where the marks are kept across restarts (``missed_writes_log.MissedWritesLog`` on disk):
+    declared here so this module needs nothing of the log's."""
+
+    loaded: bool
+
+    async def load(self) -> list[Change]: ...
+
+    async def save(self, missed: MissedWrites) -> None: ...
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None: ...
+
+    async def aclose(self, missed: MissedWrites) -> None: ...
+
 
 # (namespace, [(key, bytes written or None for a delete)]): the entries None means the whole
 # namespace; namespace None means everything.
