@@ -193,7 +193,7 @@ class WritePath:
         Another process may have read the old value from a slower store (the file store)
         before the removal reached it and be copying it up: a copy landing before this
         second pass is removed by it; one landing after finds the slower store already
-        without it and takes itself back (``Reader._promote_checked``). A store that missed
+        without it and takes itself back (``_promotion.promote_checked``). A store that missed
         the first pass (journaled) gets it from its journal instead."""
         for index in self._copy_targets:
             if not isinstance(answers[index], Unreachable):
