@@ -41,8 +41,14 @@ SCRIPT = textwrap.dedent(
 
 def test_the_interpreter_exits_while_a_file_step_is_still_hung(tmp_path: Path) -> None:
     root = tmp_path / "cache"
+    run_until_exit([SCRIPT, str(root)], root)
+
+
+def run_until_exit(args: list[str], root: Path) -> None:
+    """Run ``python -c *args``; it must exit on its own, cleanly, having printed "released".
+    Whatever FIFOs under ``root`` still hold a thread are opened afterwards to let it go."""
     child = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, str(root)],
+        [sys.executable, "-c", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -4,15 +4,13 @@ interpreter from exiting: a real subprocess must exit within a deadline while th
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from .test_hung_exit import run_until_exit
 
 pytestmark = pytest.mark.slow  # a Python process per test, ~1 s each
 
@@ -72,35 +70,8 @@ def test_the_interpreter_exits_while_a_journal_step_is_hung(
     tmp_path: Path, free_port: Callable[[], int]
 ) -> None:
     root = tmp_path / "cache"
-    _run_until_exit([JOURNAL_SCRIPT, str(root), str(free_port())], root)
+    run_until_exit([JOURNAL_SCRIPT, str(root), str(free_port())], root)
 
 
 def test_the_interpreter_exits_while_writing_the_stats_file_is_hung(tmp_path: Path) -> None:
-    _run_until_exit([STATS_SCRIPT, str(tmp_path / "cache"), str(tmp_path / "stats")], tmp_path)
-
-
-def _run_until_exit(args: list[str], root: Path) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        out, err = child.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        out, err = child.communicate()
-        raise AssertionError(f"the process did not exit: {out!r} {err[-2000:]!r}") from None
-    finally:
-        _release_fifos(root)
-    assert child.returncode == 0, err[-2000:]
-    assert "released" in out
-
-
-def _release_fifos(root: Path) -> None:
-    for folder, _dirs, names in os.walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            with contextlib.suppress(OSError):
-                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    run_until_exit([STATS_SCRIPT, str(tmp_path / "cache"), str(tmp_path / "stats")], tmp_path)

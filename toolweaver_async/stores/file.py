@@ -641,13 +641,18 @@ class FileStore:
         cls, config: CacheConfig, *, clock: Callable[[], float] | None = None
     ) -> FileStore:
         """A store under ``config.cache_dir`` with its ``key_prefix`` and ``file_max_bytes``."""
-        return cls(
-            root=config.cache_dir,
-            key_prefix=config.key_prefix,
-            max_bytes=config.file_max_bytes,
-            step_timeout=config.file_timeout,
-            clock=clock if clock is not None else time.time,
-        )
+        return cls(**cls._settings_of(config, clock))
+
+    @staticmethod
+    def _settings_of(config: CacheConfig, clock: Callable[[], float] | None) -> dict[str, Any]:
+        """The constructor arguments ``config`` fixes for every file store."""
+        return {
+            "root": config.cache_dir,
+            "key_prefix": config.key_prefix,
+            "max_bytes": config.file_max_bytes,
+            "step_timeout": config.file_timeout,
+            "clock": clock if clock is not None else time.time,
+        }
 
     @property
     def call_timeout(self) -> float | None:

@@ -116,11 +116,7 @@ class WriteBehindFileStore(FileStore):
         cls, config: CacheConfig, *, clock: Callable[[], float] | None = None
     ) -> WriteBehindFileStore:
         return cls(
-            root=config.cache_dir,
-            key_prefix=config.key_prefix,
-            max_bytes=config.file_max_bytes,
-            step_timeout=config.file_timeout,
-            clock=clock if clock is not None else time.time,
+            **cls._settings_of(config, clock),
             max_queued_entries=config.file_queue_max_entries,
             max_queued_bytes=config.file_queue_max_bytes,
         )

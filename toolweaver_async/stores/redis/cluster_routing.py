@@ -141,16 +141,23 @@ class ClusterRouting:
         reply: list[Any] = await self.client.execute_command("MGET", *keys)
         return reply
 
-    async def _mgets(self, groups: Sequence[tuple[int, Sequence[bytes]]]) -> list[list[Any]]:
-        """One ``MGET`` per (slot, keys) group, one pipeline per node, all nodes at once."""
-        if not self._started:
-            await self.start()
+    def _by_node(
+        self, groups: Sequence[tuple[int, Any]]
+    ) -> tuple[dict[int, list[int]], dict[int, RoundTripBatcher]]:
+        """The positions of ``groups`` (each led by its slot) per node, and each node's batcher."""
         by_node: dict[int, list[int]] = {}
         batchers: dict[int, RoundTripBatcher] = {}
         for position, (slot, _) in enumerate(groups):
             batcher = self._batcher(slot)
             by_node.setdefault(id(batcher), []).append(position)
             batchers[id(batcher)] = batcher
+        return by_node, batchers
+
+    async def _mgets(self, groups: Sequence[tuple[int, Sequence[bytes]]]) -> list[list[Any]]:
+        """One ``MGET`` per (slot, keys) group, one pipeline per node, all nodes at once."""
+        if not self._started:
+            await self.start()
+        by_node, batchers = self._by_node(groups)
         results: list[Any] = [None] * len(groups)
 
         async def on_node(node: int) -> None:
@@ -179,12 +186,7 @@ class ClusterRouting:
         a group answered with a redirection is run again through the cluster client."""
         if not self._started:
             await self.start()
-        by_node: dict[int, list[int]] = {}
-        batchers: dict[int, RoundTripBatcher] = {}
-        for position, (slot, _) in enumerate(groups):
-            batcher = self._batcher(slot)
-            by_node.setdefault(id(batcher), []).append(position)
-            batchers[id(batcher)] = batcher
+        by_node, batchers = self._by_node(groups)
         results: list[Any] = [None] * len(groups)
 
         async def on_node(node: int) -> None:
