@@ -11,7 +11,9 @@ before they reach disk; a ``delete``, ``invalidate`` or ``clear`` drops queued e
 and runs after the batch in flight, so a queued write never overtakes it; the queue is bounded
 (entries and bytes) and a full queue makes writers wait, never drops; ``aclose`` drains it. A
 process killed outright loses what was still queued (the queue drains continuously, so that is
-the writes of the last batch interval) and never leaves a torn entry. A write the disk refuses
+the writes of the last batch interval) and never leaves a torn entry. A step stuck past the
+deadline stalls the lane: the queue waits for it (one more deadline at most) and writes again
+what the stall released unwritten, instead of failing it all at once. A write the disk refuses
 is counted, reported to ``write_failed`` (the chain counts it as an error and marks the key as
 missed) and the key's older entry removed, so no process serves what it was replacing.
 """
