@@ -134,6 +134,33 @@ def test_slow_success_counts_as_failure(clock: FakeClock) -> None:
     assert breaker.state is OPEN
 
 
+def test_one_failure_shared_by_many_calls_counts_once(clock: FakeClock) -> None:
+    """Sixty callers of one timed-out round trip are one piece of evidence, not sixty."""
+    breaker = make_breaker(clock, failure_threshold=3)
+    trip_a, trip_b = TimeoutError("trip a"), TimeoutError("trip b")
+    for _ in range(60):
+        breaker.record_failure(incident=trip_a)
+    assert breaker.state is CLOSED
+    assert breaker.consecutive_failures == 1
+    breaker.record_failure(incident=trip_b)
+    breaker.record_failure(incident=trip_a)  # a late share of an incident already counted
+    assert breaker.consecutive_failures == 2
+    breaker.record_failure()  # a failure of its own always counts
+    assert breaker.state is OPEN
+
+
+def test_a_late_share_of_a_counted_incident_gives_its_probe_slot_back(clock: FakeClock) -> None:
+    breaker = make_breaker(clock, failure_threshold=1, recovery_timeout=1.0, half_open_max_calls=1)
+    trip = TimeoutError("trip")
+    breaker.record_failure(incident=trip)
+    assert breaker.state is OPEN
+    clock.advance(1.5)
+    assert breaker.allow()  # the probe
+    breaker.record_failure(incident=trip)  # not the probe's own outcome
+    assert breaker.state is HALF_OPEN
+    assert breaker.allow()  # the slot is free again
+
+
 async def test_call_measures_duration_with_the_injected_clock(clock: FakeClock) -> None:
     breaker = make_breaker(clock, slow_call_timeout=0.5)
 

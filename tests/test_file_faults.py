@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from toolweaver_async import AsyncToolCache, BreakerSettings, CacheConfig
+from toolweaver_async.stores import file as file_module
 
 from .polling import eventually
 
@@ -291,3 +293,28 @@ def _release_fifo_reader(fifo: Path) -> None:
     except OSError:  # no reader waiting (ENXIO): nothing is blocked
         return
     os.close(fd)
+
+
+async def test_a_backlog_on_a_slow_but_working_disk_does_not_open_the_file_breaker(
+    make_cache: MakeCache, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every write takes 30 ms (a loaded machine, a slow disk) and none hangs: twenty agents'
+    writes queue behind each other for longer than file_timeout. Each finished in time on the
+    disk, so none is a failure: the breaker stays closed and every value is on disk. (Timing
+    whole calls, queue wait included, counted the late ones and opened it; with Redis down
+    that is the only durable copy, and its keys then read as misses.)"""
+    write_entry = file_module._write_entry
+
+    def slow_write(*args: Any) -> Any:
+        time.sleep(0.03)
+        return write_entry(*args)
+
+    monkeypatch.setattr(file_module, "_write_entry", slow_write)
+    cache = await make_cache(cache_dir, stores=("file",), file_timeout=0.1)
+    written = {f"agent{n}": n for n in range(20)}
+    await asyncio.gather(*(cache.set(key, value) for key, value in written.items()))
+    health = file_health(await cache.health_check())
+    assert health["state"] == "closed", health
+    assert health["failures"] == 0
+    assert cache.stats().overall.errors["file"] == 0
+    assert await cache.get_many(list(written)) == written

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from toolweaver_async import AsyncToolCache, CacheConfig
+from toolweaver_async import AsyncToolCache, BreakerState, CacheConfig, CircuitBreaker
 from toolweaver_async.errors import StoreError
+from toolweaver_async.resilience.guard import FAILED, GuardedStore
 from toolweaver_async.stores.redis import RedisStore
 from toolweaver_async.stores.redis.batching import RoundTripBatcher
 from toolweaver_async.testing import RedisServer
@@ -227,6 +228,36 @@ async def test_a_paused_server_still_times_out_after_the_loop_stalls(
                 await get
             assert time.monotonic() - back < 0.05
             assert failed.value.stalled  # its breaker will not count it against the server
+        finally:
+            await asyncio.to_thread(own_redis_server.resume)
+    finally:
+        await store.aclose()
+
+
+async def test_the_callers_of_one_timed_out_round_trip_count_once_against_the_breaker(
+    own_redis_server: RedisServer, key_prefix: str
+) -> None:
+    """Thirty concurrent gets to a paused server share a couple of round trips, which time
+    out: the breaker counts those round trips, not thirty failures, so one slow round trip
+    cannot open it alone. Gets that keep timing out one after another still open it."""
+    store = RedisStore(url=own_redis_server.url, key_prefix=key_prefix, command_timeout=0.1)
+    guard = GuardedStore(store, CircuitBreaker(name="redis", failure_threshold=5))
+    try:
+        await warm_up(store, 1)
+        await asyncio.to_thread(own_redis_server.pause)
+        try:
+            trips_before = store._batcher.round_trips
+            answers = await asyncio.gather(*(guard.get(NS, f"k{i}") for i in range(30)))
+            assert answers == [FAILED] * 30  # every caller fell back
+            trips = store._batcher.round_trips - trips_before
+            assert trips <= 3
+            assert guard.breaker.consecutive_failures <= trips
+            assert guard.breaker.state is BreakerState.CLOSED
+            for _ in range(10):
+                if guard.breaker.state is BreakerState.OPEN:
+                    break
+                assert await guard.get(NS, "k") is FAILED
+            assert guard.breaker.state is BreakerState.OPEN
         finally:
             await asyncio.to_thread(own_redis_server.resume)
     finally:

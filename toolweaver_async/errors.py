@@ -107,15 +107,25 @@ class StoreError(CacheError):
 
     ``stalled``: the call ran out of time while this process was stalled (its event loop
     blocked or starved of CPU past the deadline). That says nothing about the store, so its
-    breaker does not count the call either."""
+    breaker does not count the call either.
+
+    ``incident``: the one failure this call shared with others (a batched round trip that
+    failed fails all its callers), which the breaker counts once; ``None`` when it is its own."""
 
     def __init__(
-        self, message: str, *, store: str = "", refused: bool = False, stalled: bool = False
+        self,
+        message: str,
+        *,
+        store: str = "",
+        refused: bool = False,
+        stalled: bool = False,
+        incident: object | None = None,
     ):
         super().__init__(message)
         self.store = store
         self.refused = refused
         self.stalled = stalled
+        self.incident = incident
 
 
 class CorruptEntryError(StoreError):

@@ -61,6 +61,10 @@ async def make_cache(
             "key_prefix": prefix,
             "cache_dir": tmp_path / f"cache{len(made)}",
             "stores": ("redis",),
+            # These tests check routing across slots, not deadlines (the failover tests do):
+            # with Redis the only store, a round trip a loaded CI box delays past the default
+            # 0.25 s would be a miss here, as it should be for an agent.
+            "redis_command_timeout": 2.0,
         }
         settings.update(changes)
         cache = AsyncToolCache(CacheConfig(**settings))
@@ -123,11 +127,6 @@ async def test_cluster_true_skips_detection_and_standalone_stays_off(
 
 
 @pytest.mark.allow_blocking(reason="reads the cluster's topology with a blocking client")
-@pytest.mark.xfail(
-    strict=False,
-    reason="open defect: in one fresh-clone CI run of the full suite, concurrent gets of keys "
-    "on one primary answered misses on a healthy cluster; passes alone and with its package",
-)
 async def test_every_operation_works_with_keys_spread_over_all_primaries(
     make_cache: Callable[..., AsyncToolCache], redis_cluster: ClusterTopology, prefix: str
 ) -> None:

@@ -7,6 +7,10 @@ cannot race. It is not thread-safe; use one breaker per event loop.
 
 Pairing rule for callers that do not use :meth:`CircuitBreaker.call`: every ``allow()`` that
 returned True is followed by exactly one of ``record_success``, ``record_failure`` or ``release``.
+
+One failure shared by many calls (a batched round trip that timed out fails every caller in it)
+is one piece of evidence, not many: callers pass it as ``record_failure(incident=...)`` and the
+breaker counts each incident once, so one slow round trip of 60 callers cannot open it alone.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import logging
 import math
 import random as _random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ParamSpec, Protocol, TypedDict, TypeVar, Unpack, assert_never
+from typing import Any, Final, ParamSpec, Protocol, TypedDict, TypeVar, Unpack, assert_never
 
 from ..config import BreakerSettings
 from ..errors import BreakerOpenError, ConfigError
@@ -28,6 +33,11 @@ logger = logging.getLogger("toolweaver_async.breaker")
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+# Incidents remembered for de-duplication: a shared failure reaches its callers within a loop
+# turn or two, so only the most recent few can still be reported.
+_INCIDENTS_REMEMBERED: Final = 8
 
 
 class BreakerState(enum.Enum):
@@ -154,6 +164,8 @@ class CircuitBreaker:
         self._opened_at: float | None = None
         self._open_period = settings.recovery_timeout
         self._probe_at = math.inf
+        # The last few incidents counted (strong references: exceptions take no weak ones).
+        self._incidents: deque[object] = deque(maxlen=_INCIDENTS_REMEMBERED)
 
     @classmethod
     def from_settings(
@@ -239,10 +251,17 @@ class CircuitBreaker:
         else:
             self._apply(_Event.SUCCESS, "probe succeeded")
 
-    def record_failure(self) -> None:
-        """A call failed or timed out."""
+    def record_failure(self, incident: object | None = None) -> None:
+        """A call failed or timed out. ``incident``, when given, is the failure this call
+        shared with others (see module doc): only its first report counts, the others only
+        give back their probe slot."""
         if self._state is _OPEN:
             return  # a late answer to a call admitted before the trip
+        if incident is not None:
+            if any(seen is incident for seen in self._incidents):
+                self.release()
+                return
+            self._incidents.append(incident)
         self._consecutive_failures += 1
         if self._state is _HALF_OPEN:
             self._apply(_Event.FAILURE, "probe failed")
@@ -334,6 +353,7 @@ class CircuitBreaker:
 
     def _clear(self) -> None:
         self._consecutive_failures = 0
+        self._incidents.clear()
         self._window = [False] * self.settings.window_size
         self._window_next = self._window_count = self._window_failures = 0
         self._failed_probes = 0

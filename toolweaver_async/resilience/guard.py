@@ -181,7 +181,7 @@ class GuardedStore:
                 elif getattr(exc, "stalled", False):
                     breaker.release()  # this process stalled past the deadline, not the store
                 else:
-                    breaker.record_failure()
+                    breaker.record_failure(getattr(exc, "incident", None))
             self.failures += 1
             if isinstance(exc, TimeoutError) and not str(exc):
                 self.last_error = f"TimeoutError: no answer within {deadline} s"

@@ -140,7 +140,10 @@ class LockingStore(Protocol):
 @runtime_checkable
 class SelfBoundedStore(Protocol):
     """A store that bounds every get, set, add and delete with its own deadline, so the chain
-    adds none (an ``asyncio.timeout`` per call costs ~3.4 us on uvloop)."""
+    adds none (an ``asyncio.timeout`` per call costs ~3.4 us on uvloop), and that fails a call
+    its server or disk did not answer in time itself. Its breaker then counts those failures
+    only: a call that succeeded late waited in this process (a queue, a busy event loop), which
+    says nothing about the store."""
 
     bounds_calls: Literal[True]
 
@@ -160,8 +163,9 @@ class RemoteStore(Protocol):
 
 @runtime_checkable
 class TimedStore(Protocol):
-    """A store with a time budget per call: a slower call counts against its breaker, and a
-    :class:`RemoteStore` that does not bound its calls itself is cut off after it."""
+    """A store with a time budget per call. Unless it bounds its calls itself
+    (:class:`SelfBoundedStore`), a slower call counts against its breaker, and a
+    :class:`RemoteStore` is cut off after it."""
 
     @property
     def call_timeout(self) -> float | None: ...

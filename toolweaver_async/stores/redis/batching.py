@@ -421,12 +421,16 @@ class RoundTripBatcher:
 
     def _expire(self, requests: list[_Request], due: float, stalled: bool) -> list[float]:
         """Time out the calls of ``requests`` due by ``due``; the next deadline, if any (calls
-        in order of arrival have deadlines in the same order)."""
+        in order of arrival have deadlines in the same order). The calls expired together
+        share one failure (each gets its own error caused by it): one incident, not many."""
         timeout = StalledTimeout if stalled else TimeoutError
+        shared: TimeoutError | None = None
         for request in requests:
             if request.future.done():
                 continue
             if request.deadline > due:
                 return [request.deadline]
-            request.future.set_exception(timeout(f"no reply from redis within {self._timeout} s"))
+            if shared is None:
+                shared = timeout(f"no reply from redis within {self._timeout} s")
+            request.future.set_exception(_own_error(shared))
         return []

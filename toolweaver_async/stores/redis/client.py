@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 from ...errors import ConfigError, StoreError
 from ...redis_url import SENTINEL_SCHEMES, check_redis_url, parse_sentinel_url, redact_url
 from .batching import RoundTripError, StalledTimeout
+from .resp import shared_failure
 
 __all__ = [
     "DRIVER_ERRORS",
@@ -61,7 +62,12 @@ def store_error(operation: str, exc: BaseException, secrets: tuple[str, ...]) ->
     message = f"redis {operation} failed: {type(exc).__name__}: {exc}"
     for secret in secrets:
         message = message.replace(secret, "***")
-    return StoreError(message, store="redis", stalled=isinstance(wrapper, StalledTimeout))
+    return StoreError(
+        message,
+        store="redis",
+        stalled=isinstance(wrapper, StalledTimeout),
+        incident=shared_failure(exc),
+    )
 
 
 def secrets_of(url: str, password: str | None) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-__all__ = ["RoundTripError", "own_error", "pack_command", "pick_values"]
+__all__ = ["RoundTripError", "own_error", "pack_command", "pick_values", "shared_failure"]
 
 
 def _python_pack(args: tuple[Any, ...]) -> bytes:
@@ -45,6 +45,16 @@ def pick_values(values: Any, wanted: list[int]) -> Any:
     if isinstance(values, Exception):
         return own_error(values)
     return [values[at] for at in wanted]
+
+
+def shared_failure(exc: BaseException | None) -> BaseException | None:
+    """The failure a caller's error is its share of (what :func:`own_error` wrapped), so a
+    breaker counts a round trip that failed its callers once; ``None`` when not shared."""
+    while exc is not None:
+        if isinstance(exc, RoundTripError):
+            return exc.__cause__
+        exc = exc.__cause__
+    return None
 
 
 def own_error(exc: BaseException) -> RoundTripError:

@@ -83,7 +83,7 @@ class RedisStoreCore:
                 tls_verify=tls_verify,
             )
         )
-        self.call_timeout = command_timeout  # also its breaker's slow-call limit
+        self.call_timeout = command_timeout
         # Bound once: the hot path skips two attribute lookups, and redis-py leaves it untyped.
         self._execute: Callable[..., Awaitable[Any]] = self._client.execute_command
         self._batcher = RoundTripBatcher(
