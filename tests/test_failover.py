@@ -217,7 +217,14 @@ async def test_paused_redis_costs_at_most_the_command_timeout_per_call_then_noth
 
     first = await asyncio.gather(*(timed(n) for n in range(40)))
     assert max(first) < timeout + 0.05, max(first)
-    assert redis_layer(cache).breaker.state is BreakerState.OPEN
+    # The 40 callers shared two connections: a few round trips failed, each counted once
+    # (not 40 failures), so at most failure_threshold more calls pay a timeout each.
+    breaker = redis_layer(cache).breaker
+    for n in range(3):
+        if breaker.state is BreakerState.OPEN:
+            break
+        assert await timed(n) < timeout + 0.05
+    assert breaker.state is BreakerState.OPEN
     after = [await timed(n) for n in range(40)]
     assert max(after) < 0.005, max(after)
 

@@ -291,6 +291,74 @@ async def test_a_batch_slower_than_the_file_deadline_but_progressing_loses_nothi
     assert await cache.get_many(list(written)) == written
 
 
+async def read_disk_many(cache_dir: Path, key_prefix: str, keys: list[str]) -> dict[str, Any]:
+    """What a fresh instance (another process, or this one restarted) reads from the files."""
+    config = CacheConfig(
+        stores=("file",), cache_dir=cache_dir, key_prefix=key_prefix, file_write_behind=False
+    )
+    async with AsyncToolCache(config, clock=FakeClock()) as reader:
+        return await reader.get_many(keys)
+
+
+async def test_a_step_stuck_past_the_deadline_loses_no_queued_write(
+    file_only: Callable[..., AsyncToolCache], cache_dir: Path, key_prefix: str
+) -> None:
+    """A step stuck past ``file_timeout`` (a loaded machine, a slow disk for a moment) stalls
+    the lane, which releases the batch queued behind it unwritten and fails every step asked
+    while it is stuck. Those writes were reported refused, and every later batch was handed
+    to the stalled lane and failed at once: the whole queue gone in milliseconds, each key a
+    miss from then on although its caller had been told it succeeded (what agents read in
+    the failover tests with write-behind on). They wait for the stuck step and are written;
+    a key written again meanwhile keeps its newer value."""
+    cache = file_only(file_timeout=0.2)
+    store = file_store_of(cache)
+    assert isinstance(store, WriteBehindFileStore)
+    release = threading.Event()
+    stuck = store._lane_here().run(release.wait, 10)
+    stuck.add_done_callback(lambda _: release.set())  # the stall ends as soon as it begins
+    stuck.add_done_callback(lambda done: done.exception())  # a TimeoutError, as expected
+    written: dict[str, Any] = {f"k{i}": i for i in range(150)}  # three batches
+    await cache.set_many(written)
+    await eventually(
+        lambda: store.queued_writes["entries"] == 150 - 64, what="the first batch taken"
+    )
+    await cache.set("k0", "again")  # while its older write waits behind the stuck step
+    written["k0"] = "again"
+    await eventually(
+        lambda: store.queued_writes["entries"] == 0 and store._drain_task is None,
+        what="the queue drained",
+    )
+    assert await cache.get_many(list(written)) == written
+    assert await read_disk_many(cache_dir, key_prefix, list(written)) == written
+    assert store.queued_writes["failed"] == 0
+    assert cache.stats().overall.errors["file"] == 0
+    assert store.queued_writes["retried"] == 63  # k0's older write is not written again
+
+
+async def test_a_disk_hung_for_good_fails_queued_writes_after_one_more_deadline(
+    file_only: Callable[..., AsyncToolCache],
+) -> None:
+    """The wait for a stuck step is bounded: on a hung disk, queued writes are reported
+    refused (counted, never an older value served) about one deadline after the stall, as
+    before, so neither writers waiting for room nor aclose hang on it."""
+    cache = file_only(file_timeout=0.1)
+    store = file_store_of(cache)
+    assert isinstance(store, WriteBehindFileStore)
+    await cache.set("k", "old")
+    await eventually(lambda: store.queued_writes["flushed"] == 1, what="the first write")
+    release = threading.Event()
+    stuck = store._lane_here().run(release.wait, 10)
+    try:
+        await asyncio.wait_for(cache.set("k", "new"), 1)
+        await eventually(lambda: store.queued_writes["failed"] == 1, within=2, what="refused")
+        assert cache.stats().overall.errors["file"] == 1
+        assert await cache.get("k") is None  # never "old"
+    finally:
+        release.set()
+    with pytest.raises(TimeoutError):
+        await stuck
+
+
 @pytest.mark.slow
 def test_a_write_the_disk_refuses_behind_the_caller_is_counted_and_never_serves_older(
     cache_dir: Path, key_prefix: str

@@ -289,7 +289,7 @@ async def test_the_callers_of_one_timed_out_round_trip_count_once_against_the_br
     own_redis_server: RedisServer, key_prefix: str
 ) -> None:
     """Thirty concurrent gets to a paused server share a couple of round trips, which time
-    out: the breaker counts those round trips, not thirty failures, so one slow round trip
+    out: the breaker counts those round trips, not thirty callers, so one slow round trip
     cannot open it alone. Gets that keep timing out one after another still open it."""
     store = RedisStore(url=own_redis_server.url, key_prefix=key_prefix, command_timeout=0.1)
     guard = GuardedStore(store, CircuitBreaker(name="redis", failure_threshold=5))
@@ -300,9 +300,9 @@ async def test_the_callers_of_one_timed_out_round_trip_count_once_against_the_br
             trips_before = store._batcher.round_trips
             answers = await asyncio.gather(*(guard.get(NS, f"k{i}") for i in range(30)))
             assert answers == [FAILED] * 30  # every caller fell back
-            trips = store._batcher.round_trips - trips_before
-            assert trips <= 3
-            assert guard.breaker.consecutive_failures <= trips
+            assert store._batcher.round_trips - trips_before <= 3
+            # a failure per round trip (and per watchdog sweep of queued calls), not per caller
+            assert guard.breaker.consecutive_failures < 5
             assert guard.breaker.state is BreakerState.CLOSED
             for _ in range(10):
                 if guard.breaker.state is BreakerState.OPEN:

@@ -155,6 +155,21 @@ async def test_a_step_past_the_deadline_releases_every_waiter_and_stalls_the_lan
     assert await lane.run(lambda: "again") == "again"
 
 
+async def test_recovered_is_done_once_the_stuck_step_returns(executor: CountingExecutor) -> None:
+    lane = _lane(executor, deadline=0.05)
+    assert lane.recovered().done()  # nothing stuck
+    gate = Gate()
+    stuck = lane.run(gate)
+    with pytest.raises(TimeoutError):
+        await stuck
+    recovered = lane.recovered()
+    assert not recovered.done()
+    assert lane.recovered() is recovered  # one future for every waiter
+    gate.opened.set()
+    await asyncio.wait_for(recovered, 5)
+    assert not lane.stalled
+
+
 async def test_a_long_hop_that_keeps_finishing_steps_is_not_cut_short(
     executor: CountingExecutor,
 ) -> None:

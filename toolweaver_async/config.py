@@ -200,7 +200,7 @@ class CacheConfig:
     file_timeout: float = 1.0
     # file writes land behind the caller through a bounded, coalescing queue (False: every set
     # waits for its file write, as before); callers wait while the queue is full
-    file_write_behind: bool = False
+    file_write_behind: bool = True
     file_queue_max_entries: int = 2_000
     file_queue_max_bytes: int = 64 * 1024 * 1024
     # any value

@@ -11,7 +11,9 @@ before they reach disk; a ``delete``, ``invalidate`` or ``clear`` drops queued e
 and runs after the batch in flight, so a queued write never overtakes it; the queue is bounded
 (entries and bytes) and a full queue makes writers wait, never drops; ``aclose`` drains it. A
 process killed outright loses what was still queued (the queue drains continuously, so that is
-the writes of the last batch interval) and never leaves a torn entry. A write the disk refuses
+the writes of the last batch interval) and never leaves a torn entry. A step stuck past the
+deadline stalls the lane: the queue waits for it (one more deadline at most) and writes again
+what the stall released unwritten, instead of failing it all at once. A write the disk refuses
 is counted, reported to ``write_failed`` (the chain counts it as an error and marks the key as
 missed) and the key's older entry removed, so no process serves what it was replacing.
 """
@@ -36,6 +38,7 @@ from .file import (
     _publish_replacing,
     _write_entry,
 )
+from .worker_lane import WorkerLane
 
 __all__ = ["QueuedWritesStore", "WriteBehindFileStore"]
 
@@ -105,11 +108,19 @@ class WriteBehindFileStore(FileStore):
         self._landing: dict[tuple[str, str], _Queued] = {}
         self._room: list[asyncio.Future[None]] = []  # writers waiting for the queue to shrink
         self._failing = False
+        self._disk_hung = False  # the lane stayed stalled past a wait (see _wait_while_stalled)
         # Told (namespace, how many writes the disk refused after their callers returned,
         # [(key, entry bytes)] of those whose key was not written again since), so the chain
         # counts them and keeps older entries of those keys from being served.
         self.write_failed: Callable[[str, int, Sequence[tuple[str, bytes]]], None] | None = None
-        self._counts = {"flushed": 0, "coalesced": 0, "failed": 0, "waits": 0, "batches": 0}
+        self._counts = {
+            "flushed": 0,
+            "coalesced": 0,
+            "failed": 0,
+            "retried": 0,
+            "waits": 0,
+            "batches": 0,
+        }
 
     @classmethod
     def from_config(
@@ -124,7 +135,8 @@ class WriteBehindFileStore(FileStore):
     @property
     def queued_writes(self) -> dict[str, int]:
         """Depth now (``entries``, ``bytes``) and totals: ``flushed``, ``coalesced`` (writes
-        replaced before reaching disk), ``failed``, ``waits`` (writers held by a full queue)."""
+        replaced before reaching disk), ``failed``, ``retried`` (written again after a stall
+        released them), ``waits`` (writers held by a full queue)."""
         return {"entries": len(self._queued), "bytes": self._queued_bytes, **self._counts}
 
     # -- writes ------------------------------------------------------------------------------
@@ -281,6 +293,8 @@ class WriteBehindFileStore(FileStore):
         after it queues behind it in the lane and sees (or removes) what it wrote."""
         try:
             while self._queued:
+                lane = self._lane_here()
+                await self._wait_while_stalled(lane)
                 taken: list[tuple[tuple[str, str], _Queued]] = []
                 for k in self._queued:
                     taken.append((k, self._queued[k]))
@@ -295,7 +309,6 @@ class WriteBehindFileStore(FileStore):
                 # Cut short as one step, the whole batch counted as refused: agents then read
                 # misses for values they had just written (a 50-agent failover test saw
                 # thousands). Per step, only a write that itself hangs past the deadline fails.
-                lane = self._lane_here()
                 batch = asyncio.gather(
                     *(
                         lane.run(_flush_row, self._ledger, e.folder, k[1], e.data, e.expires_at)
@@ -307,14 +320,19 @@ class WriteBehindFileStore(FileStore):
                 self._landing = dict(taken)
                 self._wake_writers()
                 outcomes = await batch
-                failed = [
-                    (index, f"{type(outcome).__name__}: {outcome}")
-                    for index, outcome in enumerate(outcomes)
-                    if isinstance(outcome, BaseException)
-                ]
+                failed: list[tuple[int, str]] = []
+                for index, outcome in enumerate(outcomes):
+                    if not isinstance(outcome, BaseException):
+                        continue
+                    if isinstance(outcome, TimeoutError) and not self._disk_hung:
+                        self._retry(*taken[index])
+                    else:
+                        failed.append((index, f"{type(outcome).__name__}: {outcome}"))
                 self._landing = {}
                 self._counts["batches"] += 1
-                self._counts["flushed"] += len(taken) - len(failed)
+                self._counts["flushed"] += sum(
+                    not isinstance(outcome, BaseException) for outcome in outcomes
+                )
                 refused = self._report(taken, failed)
                 if refused:
                     await self._remove_refused(refused)
@@ -325,6 +343,34 @@ class WriteBehindFileStore(FileStore):
             self._drain_task = None
             if self._queued:  # cancelled with entries left: a later write starts a new drain
                 self._wake_writers()
+
+    async def _wait_while_stalled(self, lane: WorkerLane) -> None:
+        """Hand the lane no batch while a step in it (any caller's) is stuck past the
+        deadline: it would fail every entry at once, unwritten, and the drain would go
+        through the whole queue that way in a few milliseconds, each write counted refused
+        and its key a miss from then on, although its caller was told it succeeded. A stall
+        that ends within ``step_timeout`` more loses nothing; a disk that stays hung longer
+        gets today's answer (what fails is refused and reported) until its lane recovers, so
+        neither writers waiting for room nor ``aclose`` wait on it for longer than that."""
+        if not lane.stalled:
+            self._disk_hung = False
+            return
+        if self._disk_hung:
+            return
+        await asyncio.wait([lane.recovered()], timeout=self.step_timeout)
+        self._disk_hung = lane.stalled
+
+    def _retry(self, k: tuple[str, str], entry: _Queued) -> None:
+        """Queue again an entry whose write a stall released: whether it landed is unknown
+        (the stuck hop goes on with its steps; those behind it never ran), and writing the
+        same bytes again is harmless. Not when the key was written again since (the newer
+        write decides) or removed since (a delete, invalidate or clear took it out of
+        ``_landing``: writing it again would bring the value back)."""
+        if self._landing.get(k) is not entry or k in self._queued:
+            return
+        self._queued[k] = entry
+        self._queued_bytes += entry.size
+        self._counts["retried"] += 1
 
     def _report(
         self, taken: list[tuple[tuple[str, str], _Queued]], failed: list[tuple[int, str]]

@@ -48,13 +48,15 @@ def pick_values(values: Any, wanted: list[int]) -> Any:
 
 
 def shared_failure(exc: BaseException | None) -> BaseException | None:
-    """The failure a caller's error is its share of (what :func:`own_error` wrapped), so a
-    breaker counts a round trip that failed its callers once; ``None`` when not shared."""
+    """The failure a caller's error is its share of (what the innermost :func:`own_error`
+    wrapped: a round trip's, a watchdog sweep's), so a breaker counts it once; ``None`` when
+    the error is the caller's own."""
+    shared = None
     while exc is not None:
         if isinstance(exc, RoundTripError):
-            return exc.__cause__
+            shared = exc.__cause__
         exc = exc.__cause__
-    return None
+    return shared
 
 
 def own_error(exc: BaseException) -> RoundTripError:
