@@ -293,27 +293,28 @@ class RoundTripBatcher:
 
     async def _run_batch(self, conn: AbstractConnection, batch: list[_Request]) -> None:
         # One MGET per read group, first, then every queued write; duplicate keys sent once.
-        # A group's keys in order are its dict's (insertion order), their values the positions.
-        group_positions: list[dict[bytes, int]] = []
+        # Each group's keys are gathered first and numbered once (a dict, in first-asked
+        # order); each caller's values are then picked by C-level lookups (map), with no
+        # Python frame per caller: at 1000 coroutines a per-caller list comprehension on each
+        # side of the round trip was a fifth of the CPU of a cluster get.
+        asked: list[list[bytes]] = []
         group_index: dict[Hashable, int] = {}
-        plans: list[list[tuple[int, list[int]]] | None] = []
         writes: list[bytes] = []
+        expected = 0
         for request in batch:
             if request.reads is None:
-                plans.append(None)
                 writes.append(request.commands)
+                expected += request.count
                 continue
-            plan: list[tuple[int, list[int]]] = []
             for group, group_reads in request.reads:
                 index = group_index.get(group)
                 if index is None:
-                    index = group_index[group] = len(group_positions)
-                    group_positions.append({})
-                positions = group_positions[index]
-                plan.append((index, [positions.setdefault(k, len(positions)) for k in group_reads]))
-            plans.append(plan)
-        reads = [pack_command(("MGET", *positions)) for positions in group_positions]
-        expected = len(reads) + sum(r.count for r in batch if r.reads is None)
+                    index = group_index[group] = len(asked)
+                    asked.append([])
+                asked[index] += group_reads
+        positions = [{key: at for at, key in enumerate(dict.fromkeys(keys))} for keys in asked]
+        reads = [pack_command(("MGET", *numbered)) for numbered in positions]
+        expected += len(reads)
         self.round_trips += 1
         try:
             replies = await self._exchange(conn, b"".join(reads + writes), expected, batch)
@@ -325,23 +326,35 @@ class RoundTripBatcher:
                 raise
             return
         offset = len(reads)
-        for request, read_plan in zip(batch, plans, strict=True):
+        for request in batch:
             future = request.future
-            if read_plan is None:
+            request_reads = request.reads
+            if request_reads is None:
                 result = replies[offset : offset + request.count]
                 offset += request.count
                 if not future.done():
                     future.set_result(result)
             elif not future.done():
                 if request.grouped:
-                    future.set_result([_pick(replies[at], wanted) for at, wanted in read_plan])
+                    future.set_result(
+                        [
+                            _pick(
+                                replies[group_index[group]],
+                                list(map(positions[group_index[group]].__getitem__, keys)),
+                            )
+                            for group, keys in request_reads
+                        ]
+                    )
                     continue
-                index, wanted = read_plan[0]
+                group, keys = request_reads[0]
+                index = group_index[group]
                 values = replies[index]
                 if isinstance(values, Exception):
                     future.set_exception(_own_error(values))
                 else:
-                    future.set_result([values[at] for at in wanted])
+                    future.set_result(
+                        list(map(values.__getitem__, map(positions[index].__getitem__, keys)))
+                    )
 
     async def _exchange(
         self,
