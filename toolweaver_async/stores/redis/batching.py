@@ -398,12 +398,16 @@ class RoundTripBatcher:
 
     def _after_grace(self, due: float, stalled: bool, turns: int) -> None:
         """Fail every call and cancel every round trip whose deadline is ``due`` or earlier,
-        then sleep until the next deadline."""
+        then sleep until the next deadline. The callers of one round trip that timed out share
+        one failure, and so do the queued calls one sweep expires: a breaker counts a silent
+        round trip once, not once per caller in it."""
         loop = asyncio.get_running_loop()
         if turns > 1:
             self._watchdog = loop.call_soon(self._after_grace, due, stalled, turns - 1)
             return
         self._watchdog = None
+        timeout = StalledTimeout if stalled else TimeoutError
+        message = f"no reply from redis within {self._timeout} s"
         upcoming: list[float] = []
         for trip in self._running.values():
             if trip.deadline <= due:
@@ -414,23 +418,22 @@ class RoundTripBatcher:
             else:
                 upcoming.append(trip.deadline)
             if trip.requests is not None:
-                upcoming += self._expire(trip.requests, due, stalled)
-        upcoming += self._expire(self._queue, due, stalled)
+                if trip.silence is None:
+                    trip.silence = timeout(message)
+                upcoming += self._expire(trip.requests, due, trip.silence)
+        upcoming += self._expire(self._queue, due, timeout(message))
         if upcoming and not self._closed:
             self._arm_watchdog(min(upcoming))
 
-    def _expire(self, requests: list[_Request], due: float, stalled: bool) -> list[float]:
-        """Time out the calls of ``requests`` due by ``due``; the next deadline, if any (calls
-        in order of arrival have deadlines in the same order). The calls expired together
-        share one failure (each gets its own error caused by it): one incident, not many."""
-        timeout = StalledTimeout if stalled else TimeoutError
-        shared: TimeoutError | None = None
+    @staticmethod
+    def _expire(requests: list[_Request], due: float, failure: TimeoutError) -> list[float]:
+        """Fail the calls of ``requests`` due by ``due``, each with its own share of
+        ``failure``; the next deadline, if any (calls in order of arrival have deadlines in
+        the same order)."""
         for request in requests:
             if request.future.done():
                 continue
             if request.deadline > due:
                 return [request.deadline]
-            if shared is None:
-                shared = timeout(f"no reply from redis within {self._timeout} s")
-            request.future.set_exception(_own_error(shared))
+            request.future.set_exception(_own_error(failure))
         return []
