@@ -10,7 +10,12 @@ A step that runs ``deadline`` seconds without finishing releases the waiters of 
 the steps queued behind it with ``TimeoutError``, and stalls the lane: until it returns, new steps
 fail at once instead of queueing behind a hung disk, so callers (and the file store's breaker)
 see the failure in ``deadline`` seconds, not never. A long hop that keeps finishing steps is
-never cut short.
+never cut short. Lanes on one disk share a :class:`Stall`: a step hung in any of them makes all
+of them refuse new steps (a dead mount hangs reads and writes alike).
+
+A lane can also say which items (for the file store: entries) the steps asked of it and not yet
+returned may change (``touches``), so that a read can go to another lane without overtaking a
+write of its own entry asked before it (:meth:`WorkerLane.busy_with`).
 """
 
 from __future__ import annotations
@@ -20,13 +25,13 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Hashable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
 
-__all__ = ["DaemonWorker", "WorkerLane", "in_daemon_thread"]
+__all__ = ["DaemonWorker", "Stall", "Touches", "WorkerLane", "in_daemon_thread"]
 
 T = TypeVar("T")
 
@@ -34,7 +39,10 @@ T = TypeVar("T")
 # hundreds of steps would make the first ones wait for the last.
 _MAX_STEPS_PER_HOP = 64
 
-_Step = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+# What a step may change, told by the lane's ``touches``; None: anything (orders every read).
+_Touched = Collection[Hashable] | None
+Touches = Callable[[Callable[..., Any], tuple[Any, ...]], _Touched]
+_Step = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", _Touched]
 
 
 class DaemonWorker(Executor):
@@ -124,13 +132,53 @@ class _Hop:
     def run(self) -> list[Any]:
         """On the worker thread: every step in order, each one's result or exception."""
         results: list[Any] = []
-        for fn, args, _waiter in self.steps:
+        for fn, args, _waiter, _touched in self.steps:
             try:
                 results.append(fn(*args))
             except Exception as exc:
                 results.append(_Failed(exc))
             self.progress_at = time.monotonic()  # one float store: atomic under the GIL
         return results
+
+
+class Stall:
+    """Whether a step of any lane sharing this has run past its deadline and not returned.
+
+    The lanes of one disk share one: a step hung on a dead mount makes every one of them refuse
+    new steps at once, not only its own, until it (and any other stuck step) returns."""
+
+    __slots__ = ("_loop", "_recovery", "_stuck")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._stuck: dict[object, float] = {}  # stuck hop -> time.monotonic() its step started
+        self._recovery: asyncio.Future[None] | None = None
+
+    @property
+    def since(self) -> float | None:
+        """When the longest-stuck step started, or None when none is stuck."""
+        return min(self._stuck.values()) if self._stuck else None
+
+    def stuck(self, hop: object, since: float) -> None:
+        self._stuck[hop] = since
+
+    def returned(self, hop: object) -> None:
+        """``hop`` is back (stuck or not): the stall ends once no stuck hop is left."""
+        if self._stuck.pop(hop, None) is None or self._stuck:
+            return
+        recovery, self._recovery = self._recovery, None
+        if recovery is not None and not recovery.done():
+            recovery.set_result(None)
+
+    def recovered(self) -> asyncio.Future[None]:
+        """Done once no step is stuck (at once when none is now)."""
+        if not self._stuck:
+            done: asyncio.Future[None] = self._loop.create_future()
+            done.set_result(None)
+            return done
+        if self._recovery is None:
+            self._recovery = self._loop.create_future()
+        return self._recovery
 
 
 class WorkerLane:
@@ -140,15 +188,21 @@ class WorkerLane:
     results straight to the loop (``call_soon_threadsafe``) rather than through an asyncio
     future wrapping the executor's: one loop wake-up fewer, which made a lone file get ~8 us
     faster than a plain ``run_in_executor`` hop (113 against 116-122 us, interleaved A/B).
+
+    ``touches(fn, args)`` names what a step may change (None: anything; without ``touches``
+    every step may change anything), for :meth:`busy_with`; ``stall`` is shared with the other
+    lanes of the same disk (a lane of its own by default).
     """
 
     __slots__ = (
+        "_barriers",
+        "_busy",
         "_deadline",
         "_executor",
         "_hop",
         "_pending",
-        "_recovery",
-        "_stalled_since",
+        "_stall",
+        "_touches",
         "loop",
     )
 
@@ -158,6 +212,8 @@ class WorkerLane:
         executor: Executor,
         *,
         deadline: float | None = None,
+        touches: Touches | None = None,
+        stall: Stall | None = None,
     ) -> None:
         if deadline is not None and not deadline > 0:
             raise ConfigError(f"deadline must be None or > 0 seconds, got {deadline!r}")
@@ -166,36 +222,53 @@ class WorkerLane:
         self._deadline = deadline
         self._pending: list[_Step] = []
         self._hop: _Hop | None = None
-        self._stalled_since: float | None = None  # time.monotonic() the stuck step started
-        self._recovery: asyncio.Future[None] | None = None  # see recovered()
+        self._stall = stall if stall is not None else Stall(loop)
+        self._touches = touches
+        # Items that steps asked and not yet returned may change (item -> how many steps),
+        # and how many such steps may change anything.
+        self._busy: dict[Hashable, int] = {}
+        self._barriers = 0
 
     def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """``fn(*args)`` on a worker thread; the future is its result. A cancelled waiter only
         stops waiting: a step that has been asked runs all the same, like any executor job."""
         waiter: asyncio.Future[T] = self.loop.create_future()
-        if self._stalled_since is not None:
+        if self._stall.since is not None:
             waiter.set_exception(self._stall_error())
             return waiter
-        self._pending.append((fn, args, waiter))
+        touched = None if self._touches is None else self._touches(fn, args)
+        if touched is None:
+            self._barriers += 1
+        else:
+            busy = self._busy
+            for item in touched:
+                busy[item] = busy.get(item, 0) + 1
+        self._pending.append((fn, args, waiter, touched))
         if self._hop is None:
             self._dispatch()
         return waiter
 
+    def busy_with(self, item: Hashable) -> bool:
+        """Whether a step asked of this lane and not yet returned (queued, running, or stuck
+        past the deadline) may change ``item``: a read of it must then queue here, behind
+        that step, instead of overtaking it in another lane."""
+        return self._barriers > 0 or item in self._busy
+
+    @property
+    def stall(self) -> Stall:
+        """The stall this lane shares (with the other lanes of its disk)."""
+        return self._stall
+
     @property
     def stalled(self) -> bool:
-        """True while a step has run past the deadline and not returned yet."""
-        return self._stalled_since is not None
+        """True while a step (of this lane, or of one sharing its ``Stall``) has run past the
+        deadline and not returned yet."""
+        return self._stall.since is not None
 
     def recovered(self) -> asyncio.Future[None]:
         """Done once no step is stuck past the deadline (at once when none is now): for work
         that can wait for a stuck step to return rather than fail while it runs."""
-        if self._stalled_since is None:
-            done: asyncio.Future[None] = self.loop.create_future()
-            done.set_result(None)
-            return done
-        if self._recovery is None:
-            self._recovery = self.loop.create_future()
-        return self._recovery
+        return self._stall.recovered()
 
     def _dispatch(self) -> None:
         hop = _Hop(self._pending[:_MAX_STEPS_PER_HOP])
@@ -206,6 +279,7 @@ class WorkerLane:
         except RuntimeError as exc:  # the executor is shut down: the loop is closing
             self._hop = None
             self._fail(hop.steps + self._pending, exc)
+            self._returned(hop.steps + self._pending)
             self._pending = []
             return
         if self._deadline is not None:
@@ -224,14 +298,12 @@ class WorkerLane:
         if hop.watchdog is not None:
             hop.watchdog.cancel()
         self._hop = None
-        self._stalled_since = None
-        recovery, self._recovery = self._recovery, None
-        if recovery is not None and not recovery.done():
-            recovery.set_result(None)
+        self._returned(hop.steps)
+        self._stall.returned(hop)
         if isinstance(results, BaseException):  # only a BaseException gets past _Hop.run
             self._fail(hop.steps, RuntimeError(f"worker step died: {results!r}"))
         else:
-            for (_fn, _args, waiter), result in zip(hop.steps, results, strict=True):
+            for (_fn, _args, waiter, _touched), result in zip(hop.steps, results, strict=True):
                 if waiter.done():
                     continue  # cancelled, or released by the watchdog
                 if isinstance(result, _Failed):
@@ -251,20 +323,37 @@ class WorkerLane:
         if idle < self._deadline:
             hop.watchdog = self.loop.call_later(self._deadline - idle, self._check, hop)
             return
-        self._stalled_since = hop.progress_at
+        self._stall.stuck(hop, hop.progress_at)
         error = self._stall_error()
+        # The hop's steps still run (and may still change their items) once the stuck one
+        # returns; those queued behind it never will.
         self._fail(hop.steps + self._pending, error)
+        self._returned(self._pending)
         self._pending = []
 
     def _stall_error(self) -> TimeoutError:
-        assert self._stalled_since is not None
-        running = time.monotonic() - self._stalled_since
+        since = self._stall.since
+        running = 0.0 if since is None else time.monotonic() - since
         return TimeoutError(
             f"a step has been running for {running:.1f} s (deadline {self._deadline} s)"
         )
 
+    def _returned(self, steps: list[_Step]) -> None:
+        """``steps`` have run (or never will): what they touch is no longer busy here."""
+        busy = self._busy
+        for _fn, _args, _waiter, touched in steps:
+            if touched is None:
+                self._barriers -= 1
+                continue
+            for item in touched:
+                left = busy[item] - 1
+                if left:
+                    busy[item] = left
+                else:
+                    del busy[item]
+
     @staticmethod
     def _fail(steps: list[_Step], error: BaseException) -> None:
-        for _fn, _args, waiter in steps:
+        for _fn, _args, waiter, _touched in steps:
             if not waiter.done():
                 waiter.set_exception(error)
