@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toolweaver_async.stores.worker_lane import WorkerLane
+from toolweaver_async.stores.worker_lane import Stall, WorkerLane
 
 from .polling import eventually
 
@@ -216,6 +216,94 @@ async def test_a_shut_down_executor_fails_the_steps_instead_of_hanging() -> None
         await lane.run(lambda: "never")
     with pytest.raises(RuntimeError):
         await lane.run(lambda: "not stuck behind the first either")
+
+
+def _touches_its_first_argument(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """Steps here take the item they change first; ``None`` first: it may change anything."""
+    return None if args[0] is None else (args[0],)
+
+
+async def test_an_item_is_busy_until_every_step_that_may_change_it_has_returned(
+    executor: CountingExecutor,
+) -> None:
+    lane = WorkerLane(asyncio.get_running_loop(), executor, touches=_touches_its_first_argument)
+    gate = Gate()
+    first = lane.run(lambda item: gate(item), "a")
+    await _wait_entered(gate)
+    queued = [lane.run(lambda item: item, "b"), lane.run(lambda item: item, "b")]
+    assert lane.busy_with("a") and lane.busy_with("b")  # running; queued (twice)
+    assert not lane.busy_with("c")
+    gate.opened.set()
+    assert await first == "a"
+    assert await asyncio.gather(*queued) == ["b", "b"]
+    assert not lane.busy_with("a") and not lane.busy_with("b")
+
+
+async def test_a_step_of_unknown_reach_makes_every_item_busy(executor: CountingExecutor) -> None:
+    lane = WorkerLane(asyncio.get_running_loop(), executor, touches=_touches_its_first_argument)
+    unknown = lane.run(lambda item: item, None)
+    assert lane.busy_with("anything")
+    await unknown
+    assert not lane.busy_with("anything")
+    plain = WorkerLane(asyncio.get_running_loop(), executor)  # no touches: any step, anything
+    step = plain.run(lambda: "x")
+    assert plain.busy_with("anything")
+    await step
+    assert not plain.busy_with("anything")
+
+
+async def test_a_stuck_step_keeps_its_item_busy_until_it_returns_and_frees_the_queued_ones(
+    executor: CountingExecutor,
+) -> None:
+    """Released waiters do not mean a step is done: the stuck step (and the rest of its hop)
+    still runs once it returns, so a read of its item must still queue behind it. Steps
+    queued behind the hop never run: their items are free at once."""
+    lane = WorkerLane(
+        asyncio.get_running_loop(),
+        executor,
+        deadline=0.05,
+        touches=_touches_its_first_argument,
+    )
+    gate = Gate()
+    stuck = lane.run(lambda item: gate(item), "stuck")
+    await _wait_entered(gate)
+    never = lane.run(lambda item: item, "queued")
+    with pytest.raises(TimeoutError):
+        await stuck
+    with pytest.raises(TimeoutError):
+        await never
+    assert lane.busy_with("stuck")
+    assert not lane.busy_with("queued")
+    gate.opened.set()
+    await eventually(lambda: not lane.busy_with("stuck"), what="the stuck step to return")
+
+
+async def test_lanes_sharing_a_stall_all_refuse_new_steps_while_one_step_is_stuck() -> None:
+    """A dead mount hangs every lane on it: the other lane fails new steps at once too, and
+    both serve again once the stuck step returns."""
+    loop = asyncio.get_running_loop()
+    stall = Stall(loop)
+    stuck_pool, other_pool = CountingExecutor(), CountingExecutor()
+    try:
+        stuck_lane = WorkerLane(loop, stuck_pool, deadline=0.05, stall=stall)
+        other_lane = WorkerLane(loop, other_pool, deadline=0.05, stall=stall)
+        gate = Gate()
+        with pytest.raises(TimeoutError):
+            await stuck_lane.run(gate)
+        assert other_lane.stalled
+        refused = other_lane.run(lambda: "not run")
+        assert refused.done()
+        with pytest.raises(TimeoutError, match="has been running"):
+            await refused
+        recovered = other_lane.recovered()
+        assert not recovered.done()
+        gate.opened.set()
+        await asyncio.wait_for(recovered, 5)
+        assert await other_lane.run(lambda: "again") == "again"
+        assert await stuck_lane.run(lambda: "again") == "again"
+    finally:
+        stuck_pool.shutdown(wait=False)
+        other_pool.shutdown(wait=False)
 
 
 def test_the_deadline_must_be_positive(executor: CountingExecutor) -> None:
