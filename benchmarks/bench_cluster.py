@@ -228,7 +228,20 @@ async def failover_timeline(
             step += 1
             await asyncio.sleep(0.002)
 
+    # Hits per store, sampled: with one breaker per primary, a dead primary sends only its
+    # own slots to the file store; the other primaries' keys are still served by Redis.
+    hit_samples: list[tuple[float, int, int]] = []
+
+    async def sample_hits() -> None:
+        while not stop.is_set():
+            hits = cache.stats().overall.hits
+            hit_samples.append(
+                (time.monotonic() - started, hits.get("redis", 0), hits.get("file", 0))
+            )
+            await asyncio.sleep(0.05)
+
     tasks = [asyncio.create_task(agent(n)) for n in range(AGENTS)]
+    tasks.append(asyncio.create_task(sample_hits()))
     await asyncio.sleep(2.0)
     loop = asyncio.get_running_loop()
     killed_at = time.monotonic() - started
@@ -248,13 +261,17 @@ async def failover_timeline(
     stop.set()
     await asyncio.gather(*tasks)
     await cache.aclose()
-    rows = ["| second | gets | p50 ms | p99 ms | errors |", "|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| second | gets | p50 ms | p99 ms | errors | hits from Redis | hits from file |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     last = int(max(t for t, _ in samples)) + 1
     for second in range(last):
         lat = sorted(d for t, d in samples if second <= t < second + 1)
         errs = sum(1 for t in errors if second <= t < second + 1)
+        from_redis, from_file = _hits_in(hit_samples, second)
         if not lat:
-            rows.append(f"| {second} | 0 | - | - | {errs} |")
+            rows.append(f"| {second} | 0 | - | - | {errs} | {from_redis} | {from_file} |")
             continue
         marks = []
         if second <= killed_at < second + 1:
@@ -266,17 +283,33 @@ async def failover_timeline(
         note = f" ({', '.join(marks)})" if marks else ""
         rows.append(
             f"| {second}{note} | {len(lat)} | {percentile(lat, 0.5) * 1000:.2f} | "
-            f"{percentile(lat, 0.99) * 1000:.2f} | {errs} |"
+            f"{percentile(lat, 0.99) * 1000:.2f} | {errs} | {from_redis} | {from_file} |"
         )
     after = None if back_at is None else round(back_at - promoted_at, 3)
+    dead = [(r, f) for t, r, f in hit_samples if killed_at + 0.5 <= t <= promoted_at]
+    redis_share = "-"
+    if len(dead) >= 2 and (dead[-1][0] - dead[0][0]) + (dead[-1][1] - dead[0][1]) > 0:
+        from_redis, from_file = dead[-1][0] - dead[0][0], dead[-1][1] - dead[0][1]
+        redis_share = f"{100 * from_redis / (from_redis + from_file):.0f} %"
     summary = (
         f"**{name}**: primary killed at {killed_at:.2f} s, replica promoted at "
         f"{promoted_at:.2f} s, Redis used again "
         + (f"{after:.2f} s after the promotion" if after is not None else "never (within 15 s)")
-        + f"; {len(errors)} errors reached the agents; "
+        + f"; from 0.5 s after the kill until the promotion, {redis_share} of the hits "
+        "below memory came from Redis" + f"; {len(errors)} errors reached the agents; "
         f"mean latency {statistics.fmean(d for _, d in samples) * 1000:.2f} ms."
     )
     return summary + "\n\n" + "\n".join(rows), after, len(errors)
+
+
+def _hits_in(samples: list[tuple[float, int, int]], second: int) -> tuple[int, int]:
+    """Redis and file hits counted during ``[second, second + 1)``, from cumulative samples."""
+    inside = [(redis, file) for t, redis, file in samples if second <= t < second + 1]
+    before = [(redis, file) for t, redis, file in samples if t < second]
+    if not inside:
+        return 0, 0
+    start = before[-1] if before else (0, 0)
+    return inside[-1][0] - start[0], inside[-1][1] - start[1]
 
 
 async def failover_timelines(

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from toolweaver_async import AsyncToolCache, BreakerState, CacheConfig, CircuitBreaker
 from toolweaver_async.errors import StoreError
 from toolweaver_async.resilience.guard import FAILED, GuardedStore
 from toolweaver_async.stores.redis import RedisStore
 from toolweaver_async.stores.redis.batching import RoundTripBatcher
+from toolweaver_async.stores.redis.replies import reads_directly
+from toolweaver_async.stores.redis.resp import RoundTripError, shared_failure
 from toolweaver_async.testing import RedisServer
 
 from .polling import eventually
@@ -168,6 +171,54 @@ async def test_queued_and_shared_calls_time_out_on_a_paused_server(
         assert await store.get(NS, "k") == b"v"  # the timed-out connections were replaced
     finally:
         await store.aclose()
+
+
+async def test_callers_of_one_round_trip_expiring_at_different_times_share_one_failure(
+    own_redis_server: RedisServer, key_prefix: str
+) -> None:
+    """Two calls queued 50 ms apart leave in one round trip that never answers: each fails at
+    its own deadline, in two watchdog passes, yet both with that round trip's one failure (a
+    breaker counts it once, however the callers' deadlines fall)."""
+    store = RedisStore(url=own_redis_server.url, key_prefix=key_prefix)
+    batcher = RoundTripBatcher(store._new_connection, connections=2, timeout=0.3, eager_trips=1)
+    try:
+        await batcher.pipeline([("SET", "k", "v")])
+        await asyncio.to_thread(own_redis_server.pause)
+        try:
+            alone = asyncio.ensure_future(batcher.mget([b"k"]))
+            await asyncio.sleep(0.1)
+            first = asyncio.ensure_future(batcher.mget([b"k"]))
+            await asyncio.sleep(0.05)
+            second = asyncio.ensure_future(batcher.mget([b"k"]))
+            await asyncio.sleep(0)
+            assert (batcher.in_flight, batcher.queued) == (1, 2)  # both wait for the lone one
+            results = await asyncio.gather(alone, first, second, return_exceptions=True)
+        finally:
+            await asyncio.to_thread(own_redis_server.resume)
+        assert all(isinstance(r, TimeoutError | RoundTripError) for r in results), results
+        shared = [shared_failure(r) for r in results[1:]]
+        assert isinstance(shared[0], TimeoutError)
+        assert shared[0] is shared[1]
+    finally:
+        await batcher.aclose()
+        await store.aclose()
+
+
+async def test_replies_are_taken_straight_from_the_hiredis_reader_each_in_its_place(
+    store: RedisStore,
+) -> None:
+    """The batcher's connections skip redis-py's per-reply layers (see replies.py) with the
+    redis-py installed here; an error reply is still its own command's answer, in step."""
+    batcher = store._batcher
+    replies = await batcher.pipeline(
+        [("SET", "r:n", "x"), ("INCR", "r:n"), ("GET", "r:n"), ("MGET", "r:n", "r:none")]
+    )
+    assert replies[0] == b"OK"
+    assert isinstance(replies[1], ResponseError)
+    assert replies[2:] == [b"x", [b"x", None]]
+    assert batcher._connections
+    assert all(reads_directly(c) for c in batcher._connections)
+    await batcher.pipeline([("DEL", "r:n")])
 
 
 def hog_the_loop(seconds: float) -> None:

@@ -46,7 +46,7 @@ class Request:
 class InFlightRoundTrip:
     """A round trip on the wire: who runs it, until when, and for whom (None: a lone call)."""
 
-    __slots__ = ("cancelling", "deadline", "expired", "requests", "stalled", "task")
+    __slots__ = ("cancelling", "deadline", "expired", "requests", "stalled", "task", "timeout")
 
     def __init__(
         self, task: asyncio.Task[Any], deadline: float, requests: list[Request] | None
@@ -57,3 +57,5 @@ class InFlightRoundTrip:
         self.cancelling = task.cancelling()
         self.expired = False
         self.stalled = False  # expired by a watchdog that ran late: this process was stalled
+        # The timeout its callers share, made when the first of them (or the trip) expires.
+        self.timeout: TimeoutError | None = None

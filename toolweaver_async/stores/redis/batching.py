@@ -38,16 +38,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, Final
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from .batch_requests import InFlightRoundTrip as _RoundTrip
 from .batch_requests import ReadGroup
 from .batch_requests import Request as _Request
+from .replies import read_replies
 from .resp import RoundTripError, pack_command
 from .resp import own_error as _own_error
 from .resp import pick_values as _pick
@@ -117,10 +118,20 @@ class RoundTripBatcher:
 
     # -- callers ---------------------------------------------------------------------------------
 
-    async def mget(self, keys: Sequence[bytes], group: Hashable = None) -> list[Any]:
+    def mget(self, keys: Sequence[bytes], group: Hashable = None) -> Awaitable[list[Any]]:
         """``MGET keys``: the values in order, ``None`` where absent. Calls naming the same
-        ``group`` may share one ``MGET``."""
+        ``group`` may share one ``MGET``.
+
+        Not a coroutine: a call that joins a shared round trip gets that round trip's future
+        itself, queued at once, which saves the caller a coroutine frame (the busy path); a
+        call that may go out alone gets a coroutine that decides when it runs."""
         self.requests += 1
+        if self._in_flight == 0 and not self._closed:
+            return self._mget_alone(keys, group)
+        return self._enqueue(((group, keys),), b"", 0, False, len(keys))
+
+    async def _mget_alone(self, keys: Sequence[bytes], group: Hashable) -> list[Any]:
+        # Checked again here: a call scheduled as a task runs a turn or more after it was made.
         if self._in_flight == 0 and not self._closed:
             conn = self._take_connection()
             if conn is not None:
@@ -360,8 +371,7 @@ class RoundTripBatcher:
         except asyncio.CancelledError:
             # Ours only if the watchdog cancelled and nobody else did too (as asyncio.timeout).
             if trip.expired and task.uncancel() <= trip.cancelling:
-                timeout = StalledTimeout if trip.stalled else TimeoutError
-                raise timeout(f"no reply from redis within {self._timeout} s") from None
+                raise self._trip_timeout(trip, trip.stalled) from None
             raise
         finally:
             del self._running[conn]
@@ -375,11 +385,7 @@ class RoundTripBatcher:
             # its own connect(), which the implicit connect of a send would skip.
             await conn.connect()  # type: ignore[no-untyped-call]
         await conn.send_packed_command(packed, check_health=False)
-        for _ in range(count):
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as exc:  # the reply itself: the stream is still in step
-                replies.append(exc)
+        await read_replies(conn, count, replies)
 
     # -- deadlines -------------------------------------------------------------------------------
 
@@ -414,16 +420,18 @@ class RoundTripBatcher:
             else:
                 upcoming.append(trip.deadline)
             if trip.requests is not None:
-                upcoming += self._expire(trip.requests, due, stalled)
-        upcoming += self._expire(self._queue, due, stalled)
+                upcoming += self._expire(trip.requests, due, stalled, trip)
+        upcoming += self._expire(self._queue, due, stalled, None)
         if upcoming and not self._closed:
             self._arm_watchdog(min(upcoming))
 
-    def _expire(self, requests: list[_Request], due: float, stalled: bool) -> list[float]:
+    def _expire(
+        self, requests: list[_Request], due: float, stalled: bool, trip: _RoundTrip | None
+    ) -> list[float]:
         """Time out the calls of ``requests`` due by ``due``; the next deadline, if any (calls
         in order of arrival have deadlines in the same order). The calls expired together
-        share one failure (each gets its own error caused by it): one incident, not many."""
-        timeout = StalledTimeout if stalled else TimeoutError
+        share one failure (each gets its own error caused by it): one incident, not many;
+        so do all the calls of one round ``trip``, whenever each of them expires."""
         shared: TimeoutError | None = None
         for request in requests:
             if request.future.done():
@@ -431,6 +439,20 @@ class RoundTripBatcher:
             if request.deadline > due:
                 return [request.deadline]
             if shared is None:
-                shared = timeout(f"no reply from redis within {self._timeout} s")
+                shared = (
+                    self._trip_timeout(trip, stalled)
+                    if trip is not None
+                    else self._timeout_error(stalled)
+                )
             request.future.set_exception(_own_error(shared))
         return []
+
+    def _trip_timeout(self, trip: _RoundTrip, stalled: bool) -> TimeoutError:
+        """The one timeout every caller of ``trip`` fails with (made at its first expiry)."""
+        if trip.timeout is None:
+            trip.timeout = self._timeout_error(stalled)
+        return trip.timeout
+
+    def _timeout_error(self, stalled: bool) -> TimeoutError:
+        timeout = StalledTimeout if stalled else TimeoutError
+        return timeout(f"no reply from redis within {self._timeout} s")

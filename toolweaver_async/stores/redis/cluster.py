@@ -145,10 +145,14 @@ class ClusterEngine(ClusterHousekeeping):
         if not self._started:
             await self.start()
         owner = self._owner(slot)
+        keys = (stripe.gen_key_bytes, used.prefix_bytes + key_bytes)
         try:
-            raw, value = await self._mget(
-                slot, (stripe.gen_key_bytes, used.prefix_bytes + key_bytes)
-            )
+            # The batcher's mget awaited here, not through _mget: one coroutine frame fewer
+            # on the hot path (the redirection case is the same).
+            try:
+                raw, value = await self._batcher(slot).mget(keys, slot)
+            except DRIVER_ERRORS as exc:
+                raw, value = await self._mget_redirected(exc, keys)
             self._settled(slot, owner)
             if self._suspect(namespace, key):
                 raise _held_back(namespace, key)

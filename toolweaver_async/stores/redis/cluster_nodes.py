@@ -79,7 +79,26 @@ class NodeBatcher(RoundTripBatcher):
         self.breaker = breaker
 
     async def mget(self, keys: Sequence[bytes], group: Hashable = None) -> list[Any]:
-        return await self._guarded(super().mget(keys, group))
+        # The hot path of a cluster get, so _guarded is written out here: one coroutine
+        # frame per call instead of three (the batcher's mget is then the round trip's future).
+        breaker = self.breaker
+        if not breaker.allow():
+            raise self._refused()
+        epoch = breaker.epoch
+        try:
+            result = await RoundTripBatcher.mget(self, keys, group)
+        except DRIVER_ERRORS as exc:
+            error = self._failed(exc, epoch)
+            if error is exc:
+                raise
+            raise error from exc
+        except BaseException:
+            if breaker.epoch == epoch:
+                breaker.release()  # cancelled: neither a success nor a failure
+            raise
+        if breaker.epoch == epoch:
+            breaker.record_success()
+        return result
 
     async def mget_groups(self, groups: Sequence[ReadGroup]) -> list[Any]:
         return await self._guarded(super().mget_groups(groups))
@@ -92,21 +111,15 @@ class NodeBatcher(RoundTripBatcher):
         if not breaker.allow():
             if hasattr(call, "close"):
                 call.close()  # never started: no I/O at all
-            raise NodeDown(self.node, f"redis node {self.node}: its circuit breaker is open")
+            raise self._refused()
         epoch = breaker.epoch
         try:
             result = await call
         except DRIVER_ERRORS as exc:
-            if _answered(exc):
-                if breaker.epoch == epoch:
-                    breaker.record_success()
+            error = self._failed(exc, epoch)
+            if error is exc:
                 raise
-            if breaker.epoch == epoch:
-                if _stalled(exc):
-                    breaker.release()  # this process stalled past the deadline, not the node
-                else:
-                    breaker.record_failure(shared_failure(exc))
-            raise NodeDown(self.node, f"redis node {self.node}: {type(exc).__name__}") from exc
+            raise error from exc
         except BaseException:
             if breaker.epoch == epoch:
                 breaker.release()  # cancelled: neither a success nor a failure
@@ -114,6 +127,24 @@ class NodeBatcher(RoundTripBatcher):
         if breaker.epoch == epoch:
             breaker.record_success()
         return result
+
+    def _refused(self) -> NodeDown:
+        return NodeDown(self.node, f"redis node {self.node}: its circuit breaker is open")
+
+    def _failed(self, exc: BaseException, epoch: int) -> BaseException:
+        """Tell the breaker how a call admitted in ``epoch`` failed; the error to raise:
+        ``exc`` itself when the node answered (an error reply), else :class:`NodeDown`."""
+        breaker = self.breaker
+        if _answered(exc):
+            if breaker.epoch == epoch:
+                breaker.record_success()
+            return exc
+        if breaker.epoch == epoch:
+            if _stalled(exc):
+                breaker.release()  # this process stalled past the deadline, not the node
+            else:
+                breaker.record_failure(shared_failure(exc))
+        return NodeDown(self.node, f"redis node {self.node}: {type(exc).__name__}")
 
     @property
     def trusted(self) -> bool:

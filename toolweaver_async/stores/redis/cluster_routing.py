@@ -135,8 +135,13 @@ class ClusterRouting:
         try:
             return await self._batcher(slot).mget(keys, slot)
         except DRIVER_ERRORS as exc:
-            if not _redirected(exc):
-                raise
+            return await self._mget_redirected(exc, keys)
+
+    async def _mget_redirected(self, exc: BaseException, keys: Sequence[bytes]) -> list[Any]:
+        """After ``exc`` failed an ``MGET`` of ``keys``: re-run it through the cluster client
+        when ``exc`` is a redirection (which the client follows), else raise ``exc``."""
+        if not _redirected(exc):
+            raise exc
         self._schedule_refresh()
         reply: list[Any] = await self.client.execute_command("MGET", *keys)
         return reply

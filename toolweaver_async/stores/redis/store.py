@@ -103,7 +103,9 @@ class RedisStore(RedisStoreHousekeeping):
             if not _storable(key):
                 return None
             if self._mode is not _STANDALONE:
-                engine = await self._engine()
+                engine = self._cluster  # known: no coroutine to ask (the cluster hot path)
+                if engine is None or self._closing is not None:
+                    engine = await self._engine()
                 if engine is not None:
                     return await engine.get(namespace, key)
             ns = self._namespace(namespace)
