@@ -231,12 +231,14 @@ async def test_an_item_is_busy_until_every_step_that_may_change_it_has_returned(
     first = lane.run(lambda item: gate(item), "a")
     await _wait_entered(gate)
     queued = [lane.run(lambda item: item, "b"), lane.run(lambda item: item, "b")]
-    assert lane.busy_with("a") and lane.busy_with("b")  # running; queued (twice)
+    assert lane.busy_with("a")
+    assert lane.busy_with("b")
     assert not lane.busy_with("c")
     gate.opened.set()
     assert await first == "a"
     assert await asyncio.gather(*queued) == ["b", "b"]
-    assert not lane.busy_with("a") and not lane.busy_with("b")
+    assert not lane.busy_with("a")
+    assert not lane.busy_with("b")
 
 
 async def test_a_step_of_unknown_reach_makes_every_item_busy(executor: CountingExecutor) -> None:
