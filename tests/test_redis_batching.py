@@ -301,8 +301,9 @@ async def test_the_callers_of_one_timed_out_round_trip_count_once_against_the_br
             answers = await asyncio.gather(*(guard.get(NS, f"k{i}") for i in range(30)))
             assert answers == [FAILED] * 30  # every caller fell back
             assert store._batcher.round_trips - trips_before <= 3
-            # a failure per round trip (and per watchdog sweep of queued calls), not per caller
-            assert guard.breaker.consecutive_failures < 5
+            # one failure per silent round trip (the lone first get's, the shared one's),
+            # not one per caller
+            assert guard.breaker.consecutive_failures <= 2
             assert guard.breaker.state is BreakerState.CLOSED
             for _ in range(10):
                 if guard.breaker.state is BreakerState.OPEN:
