@@ -113,14 +113,9 @@ class WriteBehindFileStore(FileStore):
         # [(key, entry bytes)] of those whose key was not written again since), so the chain
         # counts them and keeps older entries of those keys from being served.
         self.write_failed: Callable[[str, int, Sequence[tuple[str, bytes]]], None] | None = None
-        self._counts = {
-            "flushed": 0,
-            "coalesced": 0,
-            "failed": 0,
-            "retried": 0,
-            "waits": 0,
-            "batches": 0,
-        }
+        self._counts = dict.fromkeys(
+            ("flushed", "coalesced", "failed", "retried", "waits", "batches"), 0
+        )
 
     @classmethod
     def from_config(
@@ -303,12 +298,9 @@ class WriteBehindFileStore(FileStore):
                 for k, entry in taken:
                     del self._queued[k]
                     self._queued_bytes -= entry.size
-                # One lane step per entry, not one per batch: the lane's deadline is per step,
-                # and a batch of 64 writes on a loaded machine (the worker waits for the GIL
-                # after every system call) can take longer than it while still progressing.
-                # Cut short as one step, the whole batch counted as refused: agents then read
-                # misses for values they had just written (a 50-agent failover test saw
-                # thousands). Per step, only a write that itself hangs past the deadline fails.
+                # One lane step per entry: the lane's deadline is per step, and a batch of 64
+                # writes on a loaded machine can outlast it while still progressing (cut short
+                # as one step, all 64 failed). Only a write that itself hangs past it fails.
                 batch = asyncio.gather(
                     *(
                         lane.run(_flush_row, self._ledger, e.folder, k[1], e.data, e.expires_at)
@@ -346,12 +338,11 @@ class WriteBehindFileStore(FileStore):
 
     async def _wait_while_stalled(self, lane: WorkerLane) -> None:
         """Hand the lane no batch while a step in it (any caller's) is stuck past the
-        deadline: it would fail every entry at once, unwritten, and the drain would go
-        through the whole queue that way in a few milliseconds, each write counted refused
-        and its key a miss from then on, although its caller was told it succeeded. A stall
-        that ends within ``step_timeout`` more loses nothing; a disk that stays hung longer
-        gets today's answer (what fails is refused and reported) until its lane recovers, so
-        neither writers waiting for room nor ``aclose`` wait on it for longer than that."""
+        deadline: it would fail every entry at once, unwritten, and the drain would go through
+        the whole queue so in milliseconds, each key a miss from then on although its caller
+        was told the write succeeded. A stall that ends within ``step_timeout`` more loses
+        nothing; on a disk hung longer, writes fail and are reported as refused until the lane
+        recovers, so neither writers waiting for room nor ``aclose`` wait longer than that."""
         if not lane.stalled:
             self._disk_hung = False
             return
