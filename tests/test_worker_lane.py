@@ -1,5 +1,6 @@
 """WorkerLane: concurrent blocking steps share worker-thread hops, in order, each with its own
-result or error; a step past the deadline releases everyone and stalls the lane until it returns.
+result or error; the thread takes hop after hop without the loop, handing results back as a long
+hop goes; a step past the deadline releases everyone and stalls the lane until it returns.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from .polling import eventually
 
 
 class CountingExecutor(ThreadPoolExecutor):
-    """Counts hops: each submit is one trip to a worker thread."""
+    """Counts jobs: each submit is one wake-up of the worker thread by the loop."""
 
     def __init__(self) -> None:
         super().__init__(max_workers=1)
-        self.hops = 0
+        self.jobs = 0
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self.hops += 1
+        self.jobs += 1
         return super().submit(fn, *args, **kwargs)
 
 
@@ -64,10 +65,10 @@ async def _wait_entered(gate: Gate) -> None:
 async def test_a_lone_step_goes_out_at_once_in_one_hop(executor: CountingExecutor) -> None:
     lane = _lane(executor)
     assert await lane.run(lambda a, b: a + b, 2, 3) == 5
-    assert executor.hops == 1
+    assert executor.jobs == 1
 
 
-async def test_steps_asked_during_a_hop_share_the_next_hop_in_order(
+async def test_steps_asked_during_a_hop_run_after_it_in_order_without_another_job(
     executor: CountingExecutor,
 ) -> None:
     lane = _lane(executor)
@@ -76,24 +77,73 @@ async def test_steps_asked_during_a_hop_share_the_next_hop_in_order(
     first = lane.run(gate)
     await _wait_entered(gate)
     later = [lane.run(lambda n=n: order.append(n) or n) for n in range(10)]
-    assert executor.hops == 1  # all ten wait for the hop in flight
     gate.opened.set()
     assert await first == "gate"
     assert await asyncio.gather(*later) == list(range(10))
     assert order == list(range(10))
-    assert executor.hops == 2
+    assert executor.jobs == 1  # the busy thread took them itself
+
+
+@pytest.mark.allow_blocking(reason="blocks the loop on purpose: the thread must not need it")
+async def test_the_thread_takes_the_next_hop_without_waiting_for_the_loop(
+    executor: CountingExecutor,
+) -> None:
+    """A busy lane's thread goes from one hop to the next by itself: with the event loop
+    blocked (it cannot hand anything on), the steps queued behind a hop still run."""
+    lane = _lane(executor)
+    gate = Gate()
+    last_ran = threading.Event()
+    first = lane.run(gate)
+    await _wait_entered(gate)
+    later = [lane.run(lambda: None) for _ in range(3)] + [lane.run(last_ran.set)]
+    gate.opened.set()
+    assert last_ran.wait(timeout=5), "the next hop waited for the loop"  # the loop is blocked
+    await first
+    await asyncio.gather(*later)
+
+
+async def test_a_long_hop_hands_back_the_results_it_has_before_it_ends(
+    executor: CountingExecutor,
+) -> None:
+    """A step done early in a hop is answered while a later step of the hop still runs, not
+    when the whole hop is done. The sleep is the first step's work (a slow write)."""
+    lane = _lane(executor)
+    gate = Gate()
+    go_on = threading.Event()
+    first = lane.run(gate)
+    await _wait_entered(gate)
+    early = lane.run(lambda: time.sleep(0.005) or "early")
+    late = lane.run(lambda: go_on.wait(timeout=10) and "late")
+    gate.opened.set()
+    await first
+    try:
+        assert await asyncio.wait_for(early, 5) == "early"
+        assert not late.done()
+    finally:
+        go_on.set()
+    assert await late == "late"
 
 
 async def test_a_hop_takes_at_most_64_steps(executor: CountingExecutor) -> None:
-    lane = _lane(executor)
-    gate = Gate()
+    """Seen through a step that hangs: the steps of its hop (64 at most) still run once it
+    returns, those still queued behind the hop are dropped when the deadline releases them."""
+    lane = _lane(executor, deadline=0.2)
+    gate, stuck = Gate(), Gate()
     first = lane.run(gate)
     await _wait_entered(gate)
-    later = [lane.run(lambda n=n: n) for n in range(100)]
+    ran: list[int] = []
+    hung = lane.run(stuck)
+    later = [lane.run(lambda n=n: ran.append(n)) for n in range(100)]
     gate.opened.set()
     await first
-    assert await asyncio.gather(*later) == list(range(100))
-    assert executor.hops == 3  # the gate, then 64, then 36
+    await _wait_entered(stuck)
+    with pytest.raises(TimeoutError):
+        await hung
+    outcomes = await asyncio.gather(*later, return_exceptions=True)
+    assert all(isinstance(outcome, TimeoutError) for outcome in outcomes)
+    stuck.opened.set()
+    await eventually(lambda: not lane.stalled, what="the stuck step to return")
+    assert ran == list(range(63))  # the stuck step and 63 more made its hop
 
 
 async def test_a_failing_step_fails_only_its_own_waiter(executor: CountingExecutor) -> None:
@@ -144,12 +194,12 @@ async def test_a_step_past_the_deadline_releases_every_waiter_and_stalls_the_lan
     with pytest.raises(TimeoutError):
         await queued
     assert lane.stalled
-    hops = executor.hops
+    jobs = executor.jobs
     refused = lane.run(lambda: "not run")
     assert refused.done()  # failed at once, no waiting behind the hung step
     with pytest.raises(TimeoutError, match="has been running"):
         await refused
-    assert executor.hops == hops
+    assert executor.jobs == jobs
     gate.opened.set()
     await eventually(lambda: not lane.stalled, what="the stuck step to return")
     assert await lane.run(lambda: "again") == "again"
