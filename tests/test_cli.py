@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,26 @@ def test_demo_and_bench_run(env: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "second call (hit)" in capsys.readouterr().out
     assert main(["bench", "-n", "50"]) == 0
     assert "get p50" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_stats_file_on_a_hung_disk_fails_the_command_clearly_and_the_process_exits(
+    tmp_path: Path,
+) -> None:
+    """A FIFO stands in for a stats file on a dead mount: opening it blocks its reader for
+    ever. The command gives up after file_timeout with a one-line error, and the process
+    exits although the stuck thread never returns (a default-executor thread would be
+    joined at exit and hang it)."""
+    fifo = tmp_path / "stats.jsonl"
+    os.mkfifo(fifo)
+    child = subprocess.run(
+        [sys.executable, "-m", "toolweaver_async", "stats"],
+        env={**os.environ, "TOOLWEAVER_STATS_FILE": str(fifo), "USE_REDIS": "false"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert child.returncode == 2, child.stderr
+    assert "reading the stats file: no answer from the disk within" in child.stderr
+    assert "Traceback" not in child.stderr

@@ -19,14 +19,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import msgspec
 
 from .cache import AsyncToolCache
 from .config import CacheConfig, check_name
-from .errors import CacheError, ConfigError
+from .errors import CacheError, ConfigError, StoreError
 from .stats_file import read_stats_file
+from .stores.worker_lane import in_daemon_thread
 
 __all__ = ["main"]
 
@@ -41,6 +42,25 @@ def _cache(**overrides: Any) -> AsyncToolCache:
     """The environment's cache; its counters stay out of the stats file (a look with the
     command line is not a run of the agent)."""
     return AsyncToolCache.from_env(stats_file=None, **overrides)
+
+
+T = TypeVar("T")
+
+
+async def _on_disk(what: str, config: CacheConfig, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` (file I/O) on a daemon thread, waited for at most ``file_timeout``: a hung
+    disk or dead mount fails the command with a clear error instead of hanging it, and the
+    stuck thread never keeps the process from exiting (``asyncio.to_thread`` would: the
+    default executor is joined when ``asyncio.run`` ends)."""
+    try:
+        async with asyncio.timeout(config.file_timeout):
+            return await in_daemon_thread(f"toolweaver-async cli: {what}", fn, *args)
+    except TimeoutError:
+        raise StoreError(
+            f"{what}: no answer from the disk within file_timeout={config.file_timeout} s "
+            "(a hung disk or network mount?)",
+            store="file",
+        ) from None
 
 
 def _savings(config: CacheConfig) -> dict[str, Any]:
@@ -111,7 +131,8 @@ def command(
 async def _doctor(_: argparse.Namespace) -> int:
     async with _cache() as cache:
         report = await cache.health_check()
-    report["savings"] = await asyncio.to_thread(_savings, CacheConfig.from_env())  # reads a file
+    config = CacheConfig.from_env()
+    report["savings"] = await _on_disk("reading the stats file", config, _savings, config)
     print(_json(report))
     return 0 if all(store["ok"] for store in report["stores"].values()) else 1
 
@@ -157,11 +178,13 @@ async def _stats(_: argparse.Namespace) -> int:
             "no stats file: set TOOLWEAVER_STATS_FILE, and every cache adds its counters to it "
             "when it closes"
         )
-    # The stats file is read in a worker thread: no file I/O on the loop.
-    if not await asyncio.to_thread(config.stats_file.exists):
+    # The stats file is read off the loop, with a bound (see _on_disk).
+    if not await _on_disk("looking for the stats file", config, config.stats_file.exists):
         print(f"no run recorded in {config.stats_file} yet", file=sys.stderr)
         return 1
-    runs, totals = await asyncio.to_thread(read_stats_file, config.stats_file)
+    runs, totals = await _on_disk(
+        "reading the stats file", config, read_stats_file, config.stats_file
+    )
     print(_json({"stats_file": str(config.stats_file), "runs": runs, **totals.to_dict()}))
     return 0
 
@@ -215,12 +238,13 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 @contextlib.asynccontextmanager
 async def _scratch_folder(prefix: str) -> AsyncIterator[str]:
-    """A temporary folder made and removed in a worker thread: never file I/O on the loop."""
-    folder = await asyncio.to_thread(tempfile.mkdtemp, prefix=prefix)
+    """A temporary folder made and removed off the loop, with a bound (see _on_disk)."""
+    config = CacheConfig.from_env()
+    folder = await _on_disk("making a temporary folder", config, tempfile.mkdtemp, "", prefix)
     try:
         yield folder
     finally:
-        await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
+        await _on_disk("removing the temporary folder", config, shutil.rmtree, folder, True)
 
 
 @command("bench", "quick set/get latency of the configured chain", _bench_arguments)
