@@ -42,6 +42,9 @@ class Result:
     baseline: str | None = None
     ratio: float | None = None  # p50 / baseline p50 (lower is better), or see ratio_by
     ratio_by: str = "p50"  # "p50": latency ratio; "ops/s": throughput ratio (higher is better)
+    # Throughput runs: this process's CPU time per operation (median of the slices), in us;
+    # on a CPU-bound loop, ops/s ratios follow the inverse ratio of these.
+    cpu_us: float | None = None
 
 
 @dataclass
@@ -174,13 +177,18 @@ async def interleaved_throughput(
     for contender in contenders:  # warm-up: connections, decoders, the generation counters
         await _hammer(contender.op, contender.concurrency, min(0.1, slice_seconds), None)
     rates: dict[str, list[float]] = {c.name: [] for c in contenders}
+    cpu: dict[str, list[float]] = {c.name: [] for c in contenders}
     latencies: dict[str, list[float]] = {c.name: [] for c in contenders}
     for _ in range(rounds):
         for contender in contenders:
+            cpu_before = time.process_time()
             done = await _hammer(
                 contender.op, contender.concurrency, slice_seconds, latencies[contender.name]
             )
-            rates[contender.name].append(done * contender.per_call / slice_seconds)
+            operations = done * contender.per_call
+            rates[contender.name].append(operations / slice_seconds)
+            if operations:
+                cpu[contender.name].append((time.process_time() - cpu_before) / operations * 1e6)
     results = []
     for contender in contenders:
         values = sorted(latencies[contender.name])
@@ -192,6 +200,8 @@ async def interleaved_throughput(
             statistics.fmean(values),
         )
         result.ops_per_s = round(statistics.median(rates[contender.name]), 1)
+        if cpu[contender.name]:
+            result.cpu_us = round(statistics.median(cpu[contender.name]), 2)
         results.append(result)
     return results
 
@@ -224,6 +234,11 @@ def _result(name: str, group: str, p50: float, p99: float, mean: float) -> Resul
         round(mean, 3),
         round(1e6 / mean if mean else 0.0, 1),
     )
+
+
+def cpu_note(result: Result) -> str:
+    """``", 15.2 us CPU/get"``: this process's CPU per operation, when it was measured."""
+    return "" if result.cpu_us is None else f", {result.cpu_us:.1f} µs CPU/get"
 
 
 def compare(result: Result, baseline: Result) -> Result:

@@ -81,6 +81,22 @@ async def test_concurrent_sets_share_pipelines_and_all_land(
     assert values == [str(i).encode() for i in range(200)]
 
 
+async def test_a_get_joining_a_round_trip_in_flight_is_queued_as_it_is_made(
+    store: RedisStore,
+) -> None:
+    """While a round trip is out, ``mget`` queues the call at once and hands back the future
+    its value will settle: no coroutine between the caller and its reply (each costs every
+    batched get a frame when the reply wakes it)."""
+    batcher = store._batcher
+    first = asyncio.ensure_future(batcher.mget([b"k"]))
+    await asyncio.sleep(0)  # the lone call is on the wire now
+    assert batcher.in_flight == 1
+    second = batcher.mget([b"k"])
+    assert isinstance(second, asyncio.Future)
+    assert batcher.queued == 1
+    assert await asyncio.gather(first, second) == [[None], [None]]  # a raw key nobody wrote
+
+
 async def test_reads_and_writes_of_one_turn_share_a_round_trip_and_each_gets_its_answer(
     store: RedisStore,
 ) -> None:

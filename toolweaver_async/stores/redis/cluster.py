@@ -144,17 +144,28 @@ class ClusterEngine(ClusterHousekeeping):
         value: bytes | None
         if not self._started:
             await self.start()
-        owner = self._owner(slot)
+        # The hot path: the primary found once for both _owner and _batcher, and the checks
+        # after the reply done inline while nothing changed (the slot table, the suspects).
+        table = self.client.nodes_manager.slots_cache
+        owners = table.get(slot)
+        owner = owners[0].name if owners else ""
         keys = (stripe.gen_key_bytes, used.prefix_bytes + key_bytes)
         try:
             # The batcher's mget awaited here, not through _mget: one coroutine frame fewer
             # on the hot path (the redirection case is the same).
             try:
-                raw, value = await self._batcher(slot).mget(keys, slot)
+                batcher = self._batchers.get(owner) if owners else None
+                if batcher is None:
+                    batcher = self._batcher(slot)
+                raw, value = await batcher.mget(keys, slot)
             except DRIVER_ERRORS as exc:
                 raw, value = await self._mget_redirected(exc, keys)
-            self._settled(slot, owner)
-            if self._suspect(namespace, key):
+            table = self.client.nodes_manager.slots_cache
+            now = table.get(slot)  # redis-py may have changed the table, or this slot's list
+            if table is not self._table_seen or not now or now[0].name != owner:
+                self._settled(slot, owner)
+            suspects = self.unreplicated.suspects
+            if suspects and (namespace, key) in suspects:
                 raise _held_back(namespace, key)
             if raw == used.raw:
                 return value
