@@ -1,5 +1,6 @@
 """WorkerLane: concurrent blocking steps share worker-thread hops, in order, each with its own
-result or error; a step past the deadline releases everyone and stalls the lane until it returns.
+result or error; the thread takes hop after hop without the loop, handing results back as a long
+hop goes; a step past the deadline releases everyone and stalls the lane until it returns.
 """
 
 from __future__ import annotations
@@ -15,20 +16,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toolweaver_async.stores.worker_lane import WorkerLane
+from toolweaver_async.stores.worker_lane import Stall, WorkerLane
 
 from .polling import eventually
 
 
 class CountingExecutor(ThreadPoolExecutor):
-    """Counts hops: each submit is one trip to a worker thread."""
+    """Counts jobs: each submit is one wake-up of the worker thread by the loop."""
 
     def __init__(self) -> None:
         super().__init__(max_workers=1)
-        self.hops = 0
+        self.jobs = 0
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self.hops += 1
+        self.jobs += 1
         return super().submit(fn, *args, **kwargs)
 
 
@@ -64,10 +65,10 @@ async def _wait_entered(gate: Gate) -> None:
 async def test_a_lone_step_goes_out_at_once_in_one_hop(executor: CountingExecutor) -> None:
     lane = _lane(executor)
     assert await lane.run(lambda a, b: a + b, 2, 3) == 5
-    assert executor.hops == 1
+    assert executor.jobs == 1
 
 
-async def test_steps_asked_during_a_hop_share_the_next_hop_in_order(
+async def test_steps_asked_during_a_hop_run_after_it_in_order_without_another_job(
     executor: CountingExecutor,
 ) -> None:
     lane = _lane(executor)
@@ -76,24 +77,73 @@ async def test_steps_asked_during_a_hop_share_the_next_hop_in_order(
     first = lane.run(gate)
     await _wait_entered(gate)
     later = [lane.run(lambda n=n: order.append(n) or n) for n in range(10)]
-    assert executor.hops == 1  # all ten wait for the hop in flight
     gate.opened.set()
     assert await first == "gate"
     assert await asyncio.gather(*later) == list(range(10))
     assert order == list(range(10))
-    assert executor.hops == 2
+    assert executor.jobs == 1  # the busy thread took them itself
+
+
+@pytest.mark.allow_blocking(reason="blocks the loop on purpose: the thread must not need it")
+async def test_the_thread_takes_the_next_hop_without_waiting_for_the_loop(
+    executor: CountingExecutor,
+) -> None:
+    """A busy lane's thread goes from one hop to the next by itself: with the event loop
+    blocked (it cannot hand anything on), the steps queued behind a hop still run."""
+    lane = _lane(executor)
+    gate = Gate()
+    last_ran = threading.Event()
+    first = lane.run(gate)
+    await _wait_entered(gate)
+    later = [lane.run(lambda: None) for _ in range(3)] + [lane.run(last_ran.set)]
+    gate.opened.set()
+    assert last_ran.wait(timeout=5), "the next hop waited for the loop"  # the loop is blocked
+    await first
+    await asyncio.gather(*later)
+
+
+async def test_a_long_hop_hands_back_the_results_it_has_before_it_ends(
+    executor: CountingExecutor,
+) -> None:
+    """A step done early in a hop is answered while a later step of the hop still runs, not
+    when the whole hop is done. The sleep is the first step's work (a slow write)."""
+    lane = _lane(executor)
+    gate = Gate()
+    go_on = threading.Event()
+    first = lane.run(gate)
+    await _wait_entered(gate)
+    early = lane.run(lambda: time.sleep(0.005) or "early")
+    late = lane.run(lambda: go_on.wait(timeout=10) and "late")
+    gate.opened.set()
+    await first
+    try:
+        assert await asyncio.wait_for(early, 5) == "early"
+        assert not late.done()
+    finally:
+        go_on.set()
+    assert await late == "late"
 
 
 async def test_a_hop_takes_at_most_64_steps(executor: CountingExecutor) -> None:
-    lane = _lane(executor)
-    gate = Gate()
+    """Seen through a step that hangs: the steps of its hop (64 at most) still run once it
+    returns, those still queued behind the hop are dropped when the deadline releases them."""
+    lane = _lane(executor, deadline=0.2)
+    gate, stuck = Gate(), Gate()
     first = lane.run(gate)
     await _wait_entered(gate)
-    later = [lane.run(lambda n=n: n) for n in range(100)]
+    ran: list[int] = []
+    hung = lane.run(stuck)
+    later = [lane.run(lambda n=n: ran.append(n)) for n in range(100)]
     gate.opened.set()
     await first
-    assert await asyncio.gather(*later) == list(range(100))
-    assert executor.hops == 3  # the gate, then 64, then 36
+    await _wait_entered(stuck)
+    with pytest.raises(TimeoutError):
+        await hung
+    outcomes = await asyncio.gather(*later, return_exceptions=True)
+    assert all(isinstance(outcome, TimeoutError) for outcome in outcomes)
+    stuck.opened.set()
+    await eventually(lambda: not lane.stalled, what="the stuck step to return")
+    assert ran == list(range(63))  # the stuck step and 63 more made its hop
 
 
 async def test_a_failing_step_fails_only_its_own_waiter(executor: CountingExecutor) -> None:
@@ -144,12 +194,12 @@ async def test_a_step_past_the_deadline_releases_every_waiter_and_stalls_the_lan
     with pytest.raises(TimeoutError):
         await queued
     assert lane.stalled
-    hops = executor.hops
+    jobs = executor.jobs
     refused = lane.run(lambda: "not run")
     assert refused.done()  # failed at once, no waiting behind the hung step
     with pytest.raises(TimeoutError, match="has been running"):
         await refused
-    assert executor.hops == hops
+    assert executor.jobs == jobs
     gate.opened.set()
     await eventually(lambda: not lane.stalled, what="the stuck step to return")
     assert await lane.run(lambda: "again") == "again"
@@ -216,6 +266,96 @@ async def test_a_shut_down_executor_fails_the_steps_instead_of_hanging() -> None
         await lane.run(lambda: "never")
     with pytest.raises(RuntimeError):
         await lane.run(lambda: "not stuck behind the first either")
+
+
+def _touches_its_first_argument(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """Steps here take the item they change first; ``None`` first: it may change anything."""
+    return None if args[0] is None else (args[0],)
+
+
+async def test_an_item_is_busy_until_every_step_that_may_change_it_has_returned(
+    executor: CountingExecutor,
+) -> None:
+    lane = WorkerLane(asyncio.get_running_loop(), executor, touches=_touches_its_first_argument)
+    gate = Gate()
+    first = lane.run(lambda item: gate(item), "a")
+    await _wait_entered(gate)
+    queued = [lane.run(lambda item: item, "b"), lane.run(lambda item: item, "b")]
+    assert lane.busy_with("a")
+    assert lane.busy_with("b")
+    assert not lane.busy_with("c")
+    gate.opened.set()
+    assert await first == "a"
+    assert await asyncio.gather(*queued) == ["b", "b"]
+    assert not lane.busy_with("a")
+    assert not lane.busy_with("b")
+
+
+async def test_a_step_of_unknown_reach_makes_every_item_busy(executor: CountingExecutor) -> None:
+    lane = WorkerLane(asyncio.get_running_loop(), executor, touches=_touches_its_first_argument)
+    unknown = lane.run(lambda item: item, None)
+    assert lane.busy_with("anything")
+    await unknown
+    assert not lane.busy_with("anything")
+    plain = WorkerLane(asyncio.get_running_loop(), executor)  # no touches: any step, anything
+    step = plain.run(lambda: "x")
+    assert plain.busy_with("anything")
+    await step
+    assert not plain.busy_with("anything")
+
+
+async def test_a_stuck_step_keeps_its_item_busy_until_it_returns_and_frees_the_queued_ones(
+    executor: CountingExecutor,
+) -> None:
+    """Released waiters do not mean a step is done: the stuck step (and the rest of its hop)
+    still runs once it returns, so a read of its item must still queue behind it. Steps
+    queued behind the hop never run: their items are free at once."""
+    lane = WorkerLane(
+        asyncio.get_running_loop(),
+        executor,
+        deadline=0.05,
+        touches=_touches_its_first_argument,
+    )
+    gate = Gate()
+    stuck = lane.run(lambda item: gate(item), "stuck")
+    await _wait_entered(gate)
+    never = lane.run(lambda item: item, "queued")
+    with pytest.raises(TimeoutError):
+        await stuck
+    with pytest.raises(TimeoutError):
+        await never
+    assert lane.busy_with("stuck")
+    assert not lane.busy_with("queued")
+    gate.opened.set()
+    await eventually(lambda: not lane.busy_with("stuck"), what="the stuck step to return")
+
+
+async def test_lanes_sharing_a_stall_all_refuse_new_steps_while_one_step_is_stuck() -> None:
+    """A dead mount hangs every lane on it: the other lane fails new steps at once too, and
+    both serve again once the stuck step returns."""
+    loop = asyncio.get_running_loop()
+    stall = Stall(loop)
+    stuck_pool, other_pool = CountingExecutor(), CountingExecutor()
+    try:
+        stuck_lane = WorkerLane(loop, stuck_pool, deadline=0.05, stall=stall)
+        other_lane = WorkerLane(loop, other_pool, deadline=0.05, stall=stall)
+        gate = Gate()
+        with pytest.raises(TimeoutError):
+            await stuck_lane.run(gate)
+        assert other_lane.stalled
+        refused = other_lane.run(lambda: "not run")
+        assert refused.done()
+        with pytest.raises(TimeoutError, match="has been running"):
+            await refused
+        recovered = other_lane.recovered()
+        assert not recovered.done()
+        gate.opened.set()
+        await asyncio.wait_for(recovered, 5)
+        assert await other_lane.run(lambda: "again") == "again"
+        assert await stuck_lane.run(lambda: "again") == "again"
+    finally:
+        stuck_pool.shutdown(wait=False)
+        other_pool.shutdown(wait=False)
 
 
 def test_the_deadline_must_be_positive(executor: CountingExecutor) -> None:

@@ -2,16 +2,16 @@
 
 The file name is a hash of the key, so any key is safe and of any length; the file records the
 full key, so a collision or a foreign file reads as a miss, never as someone else's value. Every
-operation is one plain synchronous function run on a worker thread: reads, writes and deletes
-in the store's ``WorkerLane`` (on its own thread; concurrent ones share a hop), the long ones
-(eviction, invalidate, clear) on a thread of their own, so that they never hold up a read. All
-are daemon threads: a step hung on a dead mount never keeps the process from exiting.
+operation is one plain synchronous function run on a worker thread: writes and deletes in the
+store's write lane, reads in its read lane (``file_lanes``: each on its own thread, concurrent
+steps share a hop, a read never overtakes a write of its own entry), the long ones (eviction,
+invalidate, clear) on a thread of their own, so that they never hold up a read. All are daemon
+threads: a step hung on a dead mount never keeps the process from exiting.
 Nothing under ``<root>/<prefix>`` is reached through a symbolic link (see ``file_tree``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import hashlib
@@ -33,6 +33,7 @@ from .file_format import MAGIC as _MAGIC
 from .file_format import O_READ as _O_READ
 from .file_format import TEMP_SUFFIX as _TEMP_SUFFIX
 from .file_format import read_all as _read_all
+from .file_lanes import FileLanes
 from .file_tree import (
     O_NOFOLLOW,
     check_base,
@@ -42,7 +43,7 @@ from .file_tree import (
     remove_tree,
     walk_to,
 )
-from .worker_lane import DaemonWorker, WorkerLane, in_daemon_thread
+from .worker_lane import WorkerLane, in_daemon_thread
 
 __all__ = ["FileStore"]
 
@@ -591,11 +592,29 @@ def _unlink(name: str, folder: int) -> bool:
     return True
 
 
+def _entries_touched(fn: Callable[..., Any], args: tuple[Any, ...]) -> Sequence[Any] | None:
+    """The ``(folder, key)`` entries a write-lane step may change (see ``file_lanes``): none for
+    reads and the probe, the rows of a bulk write, the one entry of a single-entry step (every
+    one takes ``ledger, folder, key`` first: add, delete, a write-behind flush); None (any
+    entry) for a step of another shape, which reads then queue behind."""
+    if fn in _CHANGES_NOTHING:
+        return ()
+    if fn is _write_entries:
+        folder, rows = args[1], args[2]
+        return [(folder, row[0]) for row in rows]
+    if len(args) >= 3 and type(args[0]) is _Ledger and type(args[1]) is type(args[2]) is str:
+        return ((args[1], args[2]),)
+    return None
+
+
 def _probe(base: str) -> None:
     """Whether the folder answers, by reading its metadata only: a read-only ``cache_dir`` is
     still a working store for reads, and a probe that wrote would trip its breaker (writes
     refused there are reported per call instead). A dead mount hangs here like anywhere."""
     check_base(base)
+
+
+_CHANGES_NOTHING = frozenset({_read_entry, _read_entries, _probe, file_listing.read_named_entries})
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -637,8 +656,7 @@ class FileStore:
         self._clock = clock  # wall clock: expiry times are persisted and shared by processes
         self._folders: dict[str, str] = {}
         self._ledger = _Ledger()
-        self._lane: WorkerLane | None = None
-        self._worker: DaemonWorker | None = None  # the lane's thread
+        self._lanes = FileLanes(deadline=step_timeout, touches=_entries_touched)
 
     @classmethod
     def from_config(
@@ -688,15 +706,20 @@ class FileStore:
 
     async def get(self, namespace: str, key: str) -> bytes | None:
         folder = self._folder(namespace)
-        return await self._step("read", _read_entry, self._ledger, folder, key, self._clock())
+        lane = self._lanes.for_reading(folder, (key,))
+        return await self._in(lane, "read", _read_entry, self._ledger, folder, key, self._clock())
 
     async def get_many(self, namespace: str, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
         folder = self._folder(namespace)
         now = self._clock()
-        calls = [(self._ledger, folder, part, now) for part in _chunked(keys)]
-        chunks = await self._steps("read", _read_entries, calls)
+        chunks: list[list[bytes | None]] = []
+        for part in _chunked(keys):  # one step at a time, as in _steps
+            lane = self._lanes.for_reading(folder, part)
+            chunks.append(
+                await self._in(lane, "read", _read_entries, self._ledger, folder, part, now)
+            )
         return chunks[0] if len(chunks) == 1 else [data for chunk in chunks for data in chunk]
 
     async def set(self, namespace: str, key: str, data: bytes, ttl: float | None) -> None:
@@ -738,12 +761,10 @@ class FileStore:
         await self._step("write a probe file", _probe, self._base)
 
     async def aclose(self) -> None:
-        """Stop the lane's worker thread once its last hop is done (without waiting for it:
+        """Stop the lanes' worker threads once their last hop is done (without waiting for it:
         a hop stuck on a dead mount must not hang the caller). No file stays open between
-        calls. A store used after closing starts a new thread."""
-        worker, self._worker, self._lane = self._worker, None, None
-        if worker is not None:
-            worker.shutdown(wait=False)
+        calls. A store used after closing starts new threads."""
+        self._lanes.close()
 
     async def list_entries(self, namespace: str, prefix: str) -> AsyncIterator[EntryPage]:
         """Each entry file of ``namespace`` read once (see :mod:`.file_listing`), one subfolder
@@ -777,10 +798,13 @@ class FileStore:
         return folder
 
     async def _step(self, what: str, fn: Callable[..., T], *args: Any) -> T:
-        """A short step (one entry, or up to ``_ENTRIES_PER_STEP``) in this loop's lane,
+        """A short step (one entry, or up to ``_ENTRIES_PER_STEP``) in this loop's write lane,
         bounded by ``step_timeout``."""
+        return await self._in(self._lane_here(), what, fn, *args)
+
+    async def _in(self, lane: WorkerLane, what: str, fn: Callable[..., T], *args: Any) -> T:
         try:
-            result: T = await self._lane_here().run(fn, *args)
+            result: T = await lane.run(fn, *args)
         except OSError as exc:  # TimeoutError included
             raise self._error(what, exc) from exc
         return result
@@ -795,15 +819,9 @@ class FileStore:
         return [await self._step(what, fn, *args) for args in calls]
 
     def _lane_here(self) -> WorkerLane:
-        """This event loop's lane (a store may serve one loop after another), on the store's
-        own worker thread, started at the first call."""
-        loop = asyncio.get_running_loop()
-        lane = self._lane
-        if lane is None or lane.loop is not loop:
-            if self._worker is None:
-                self._worker = DaemonWorker("toolweaver-file")
-            lane = self._lane = WorkerLane(loop, self._worker, deadline=self.step_timeout)
-        return lane
+        """This event loop's write lane (a store may serve one loop after another), on the
+        store's writer thread, started at the first call; reads have a lane of their own."""
+        return self._lanes.writes()
 
     async def _run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         """A long step (maintenance, invalidate, clear) in a hop of its own, unbounded."""
