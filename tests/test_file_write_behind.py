@@ -519,3 +519,32 @@ async def test_redis_killed_under_50_agents_then_restarted_loses_nothing_and_ser
         async with AsyncToolCache(dataclasses.replace(config, stores=stores)) as reader:
             found = await reader.get_many(list(latest), namespace="results")
         assert found == latest, stores
+
+
+async def test_the_file_queue_keeps_callers_order_when_redis_answers_out_of_order(
+    make_cache: Callable[..., AsyncToolCache], own_redis_server: RedisServer
+) -> None:
+    """At an outage, a first set's Redis call waits out its timeout while a later set of the
+    same key is answered at once by the open breaker (journaled). The file store's queue must
+    keep the callers' order: the later value, never the one whose Redis call ended last."""
+    cache = make_cache(
+        stores=("redis", "file"),
+        use_redis=True,
+        redis_url=own_redis_server.url,
+        redis_command_timeout=0.2,
+        file_write_behind=True,
+    )
+    await cache.set("k", "before")
+    await asyncio.to_thread(own_redis_server.pause)
+    try:
+        first = asyncio.ensure_future(cache.set("k", "first"))
+        await asyncio.sleep(0)  # its Redis write is on the wire, waiting for the paused server
+        redis = next(layer for layer in cache._layers if layer.name == "redis")
+        redis.breaker.trip()  # the outage is known: the next write is journaled at once
+        await cache.set("k", "second")
+        await first
+    finally:
+        await asyncio.to_thread(own_redis_server.resume)
+    await cache.aclose()  # drains the file queue
+    file_only = make_cache(stores=("file",))
+    assert await file_only.get("k") == "second"

@@ -62,11 +62,13 @@ class WritePath:
         self._missed = chain.missed
         self._tracks_missed = any(m is not None for m in chain.missed)
         # Layers whose writes only join a queue (the file store's write-behind): a write needs
-        # no task for them. They are written after the store doing I/O has started, in the
-        # caller's task; a caller cancelled before that still hands them the write.
+        # no task for them. They take the write first, in the caller's task, so their queue
+        # (latest wins) has callers' order: queued after the Redis call ended, a write whose
+        # call timed out at an outage replaced a later caller's write the open breaker had
+        # answered at once, and the file store kept the older value.
         queues = [isinstance(g.store, QueuedWritesStore) for g in chain.layers]
-        self._queue_last: list[int] | None = (
-            sorted(range(len(queues)), key=queues.__getitem__) if any(queues) else None
+        self._queue_first: list[int] | None = (
+            sorted(range(len(queues)), key=lambda i: not queues[i]) if any(queues) else None
         )
         self._queues = queues
         for index, layer in enumerate(chain.layers):
@@ -225,16 +227,16 @@ class WritePath:
         if not layers:
             return []
         calls = [op(g) for g in layers]
-        queue_last = self._queue_last if queueable else None
+        queue_first = self._queue_first if queueable else None
         try:
-            if queue_last is not None and (
+            if queue_first is not None and (
                 sum(
                     not queued and not answered_at_once(call)
                     for queued, call in zip(self._queues, calls, strict=True)
                 )
                 <= 1
             ):
-                answers = await self._queues_last(calls, queue_last)
+                answers = await self._queues_first(calls, queue_first)
             elif sum(not answered_at_once(call) for call in calls) <= 1:
                 # At most one store does I/O (the others journaled the write or were skipped):
                 # it runs in the caller's task, as a lone store's write does.
@@ -271,10 +273,11 @@ class WritePath:
                     counters.errors[layer.name] += 1
         return answers
 
-    async def _queues_last(self, calls: list[Awaitable[Any]], order: list[int]) -> list[Any]:
-        """Await ``calls`` one by one in ``order`` (the queueing stores last): at most one
-        does I/O, so none needs a task. Cancelled meanwhile, the calls not yet awaited still
-        run, in the background: the write reaches every store, as with ``gather``."""
+    async def _queues_first(self, calls: list[Awaitable[Any]], order: list[int]) -> list[Any]:
+        """Await ``calls`` one by one in ``order`` (the queueing stores first, see
+        ``__init__``): at most one does I/O, so none needs a task. Cancelled meanwhile, the
+        calls not yet awaited still run, in the background: the write reaches every store, as
+        with ``gather``."""
         answers: list[Any] = [None] * len(calls)
         for done, index in enumerate(order):
             try:
