@@ -54,6 +54,7 @@ from redis.exceptions import RedisError
 from .batch_requests import InFlightRoundTrip as _RoundTrip
 from .batch_requests import ReadGroup
 from .batch_requests import Request as _Request
+from .expiry import StalledTimeout, expire, trip_timeout
 from .replies import read_replies
 from .resp import RoundTripError, pack_command
 from .resp import own_error as _own_error
@@ -70,11 +71,6 @@ __all__ = [
 
 # A batch stops growing at this many keys plus write commands; the rest go in the next one.
 MAX_BATCH_KEYS: Final = 1000
-
-
-class StalledTimeout(TimeoutError):
-    """No reply by the deadline, but this process was stalled past it (its loop ran the
-    watchdog more than half a timeout late): evidence against this process, not the server."""
 
 
 # Loop turns the watchdog waits before expiring a due call: one to poll the socket, one to wake
@@ -390,7 +386,7 @@ class RoundTripBatcher:
         except asyncio.CancelledError:
             # Ours only if the watchdog cancelled and nobody else did too (as asyncio.timeout).
             if trip.expired and task.uncancel() <= trip.cancelling:
-                raise self._trip_timeout(trip, trip.stalled) from None
+                raise trip_timeout(trip, self._timeout, trip.stalled) from None
             raise
         finally:
             del self._running[conn]
@@ -439,39 +435,7 @@ class RoundTripBatcher:
             else:
                 upcoming.append(trip.deadline)
             if trip.requests is not None:
-                upcoming += self._expire(trip.requests, due, stalled, trip)
-        upcoming += self._expire(self._queue, due, stalled, None)
+                upcoming += expire(trip.requests, due, self._timeout, stalled, trip)
+        upcoming += expire(self._queue, due, self._timeout, stalled, None)
         if upcoming and not self._closed:
             self._arm_watchdog(min(upcoming))
-
-    def _expire(
-        self, requests: list[_Request], due: float, stalled: bool, trip: _RoundTrip | None
-    ) -> list[float]:
-        """Time out the calls of ``requests`` due by ``due``; the next deadline, if any (calls
-        in order of arrival have deadlines in the same order). The calls expired together
-        share one failure (each gets its own error caused by it): one incident, not many;
-        so do all the calls of one round ``trip``, whenever each of them expires."""
-        shared: TimeoutError | None = None
-        for request in requests:
-            if request.future.done():
-                continue
-            if request.deadline > due:
-                return [request.deadline]
-            if shared is None:
-                shared = (
-                    self._trip_timeout(trip, stalled)
-                    if trip is not None
-                    else self._timeout_error(stalled)
-                )
-            request.future.set_exception(_own_error(shared))
-        return []
-
-    def _trip_timeout(self, trip: _RoundTrip, stalled: bool) -> TimeoutError:
-        """The one timeout every caller of ``trip`` fails with (made at its first expiry)."""
-        if trip.timeout is None:
-            trip.timeout = self._timeout_error(stalled)
-        return trip.timeout
-
-    def _timeout_error(self, stalled: bool) -> TimeoutError:
-        timeout = StalledTimeout if stalled else TimeoutError
-        return timeout(f"no reply from redis within {self._timeout} s")
