@@ -638,25 +638,6 @@ async def test_bulk_calls_larger_than_one_step_keep_every_entry_in_order(tmp_pat
     assert await store.get_many("ns", keys) == [b"v%d" % n for n in range(299, -1, -1)] + [None]
 
 
-async def test_aclose_stops_the_worker_thread_and_a_later_call_starts_a_new_one(
-    tmp_path: Path,
-) -> None:
-    def file_workers() -> set[threading.Thread]:
-        return {t for t in threading.enumerate() if t.name.startswith("toolweaver-file")}
-
-    others = file_workers()  # of stores other tests left open
-    store = FileStore(root=tmp_path, key_prefix="p")
-    await store.set("ns", "k", b"v", None)
-    workers = file_workers() - others
-    assert len(workers) == 1
-    await store.aclose()
-    for worker in workers:
-        await asyncio.to_thread(worker.join, 5)
-        assert not worker.is_alive()
-    assert await store.get("ns", "k") == b"v"
-    await store.aclose()
-
-
 @LOOKS_AT_FILES
 async def test_a_bulk_write_does_not_hold_up_other_callers_until_it_is_done(
     tmp_path: Path,

@@ -19,8 +19,9 @@ from redis.exceptions import ResponseError
 
 from ...resilience.breaker import BreakerState, CircuitBreaker
 from .batch_requests import ReadGroup
-from .batching import RoundTripBatcher, StalledTimeout
+from .batching import RoundTripBatcher
 from .client import DRIVER_ERRORS
+from .expiry import stalled
 from .resp import shared_failure
 
 __all__ = ["NodeBatcher", "NodeDown", "failed_node"]
@@ -49,15 +50,6 @@ def _answered(exc: BaseException | None) -> bool:
     """Whether the node answered (an error reply such as MOVED is an answer, not an outage)."""
     while exc is not None:
         if isinstance(exc, ResponseError):
-            return True
-        exc = exc.__cause__
-    return False
-
-
-def _stalled(exc: BaseException | None) -> bool:
-    """Whether the call timed out because this process stalled (see :class:`StalledTimeout`)."""
-    while exc is not None:
-        if isinstance(exc, StalledTimeout):
             return True
         exc = exc.__cause__
     return False
@@ -140,7 +132,7 @@ class NodeBatcher(RoundTripBatcher):
                 breaker.record_success()
             return exc
         if breaker.epoch == epoch:
-            if _stalled(exc):
+            if stalled(exc):
                 breaker.release()  # this process stalled past the deadline, not the node
             else:
                 breaker.record_failure(shared_failure(exc))

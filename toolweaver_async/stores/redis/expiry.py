@@ -11,12 +11,21 @@ from __future__ import annotations
 from .batch_requests import InFlightRoundTrip, Request
 from .resp import own_error
 
-__all__ = ["StalledTimeout", "expire", "timeout_error", "trip_timeout"]
+__all__ = ["StalledTimeout", "expire", "stalled", "timeout_error", "trip_timeout"]
 
 
 class StalledTimeout(TimeoutError):
     """No reply by the deadline, but this process was stalled past it (its loop ran the
     watchdog more than half a timeout late): evidence against this process, not the server."""
+
+
+def stalled(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) is a :class:`StalledTimeout`."""
+    while exc is not None:
+        if isinstance(exc, StalledTimeout):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def timeout_error(seconds: float, stalled: bool) -> TimeoutError:
