@@ -433,6 +433,32 @@ async def test_writes_racing_invalidate_and_clear_never_fail_or_leave_temp_files
     assert await other_process.get(NS, "after") == b"ok"
 
 
+async def test_an_invalidate_whose_folder_was_moved_and_made_again_meanwhile_still_hides_it(
+    store: FileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race of two processes: between our rename failing (another process's clear moved
+    the namespace folder away) and our look, a racing write made the folder again. The
+    invalidate moves the new folder too, instead of failing."""
+    await store.set(NS, "before", b"v", None)
+    real_rename = os.rename
+    raced: list[bool] = []
+
+    def rename(src: str, dst: str, **fds: int) -> None:
+        if src == NS and not raced:
+            raced.append(True)
+            real_rename(src, "moved-by-the-other", **fds)  # the other process's clear ...
+            os.mkdir(NS, dir_fd=fds["src_dir_fd"])  # ... and a racing write's new folder
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", src)
+        real_rename(src, dst, **fds)
+
+    monkeypatch.setattr(file_module.os, "rename", rename)
+    await store.invalidate(NS)
+    assert raced == [True]
+    monkeypatch.undo()
+    assert await store.get(NS, "before") is None
+    assert not await asyncio.to_thread((tmp_path / PREFIX / NS).exists)
+
+
 # --- size bound -----------------------------------------------------------------------------
 
 

@@ -434,17 +434,28 @@ def _trash_folders(ledger: _Ledger, base: str, names: Sequence[str] | None) -> N
             os.close(trash)
 
 
+# Renames tried when the folder to move was replaced between our rename and our look.
+_MOVE_ATTEMPTS = 3
+
+
 def _move_to_trash(top: int, trash: int, name: str) -> str | None:
     """Rename ``name`` (in ``top``) into ``trash``; its new name, or None when there was
     nothing. The trash is held open, so another process emptying it cannot pull it away."""
     target = f"{name}-{secrets.token_hex(6)}"
-    try:
-        os.rename(name, target, src_dir_fd=top, dst_dir_fd=trash)
-    except FileNotFoundError:
-        if not lexists_at(name, top):
-            return None
-        raise
-    return target
+    for attempt in range(_MOVE_ATTEMPTS):
+        try:
+            os.rename(name, target, src_dir_fd=top, dst_dir_fd=trash)
+        except FileNotFoundError:
+            if not lexists_at(name, top):
+                return None
+            # Moved away by a concurrent invalidate or clear (of any process) and made again
+            # by a racing write before we looked: move the new one. A trash that is gone
+            # fails every time and is raised.
+            if attempt == _MOVE_ATTEMPTS - 1:
+                raise
+            continue
+        return target
+    raise AssertionError("unreachable")
 
 
 def _empty_trash(trash: int) -> int:
