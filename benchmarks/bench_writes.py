@@ -5,7 +5,8 @@
 1. Fifty agents, each looping ``set(k, n)`` then ``get(k)`` over 20 keys of its own (namespace
    ``results``, memory + Redis + file, a small value): file writes behind the caller (the
    default) against write-through (``file_write_behind=False``), Redis up, then Redis killed.
-   The two modes run in alternating rounds, so a noisy neighbour slows both alike.
+   With Redis up, write-behind with coherence off too (what re-reading the own-write echo costs).
+   The modes run in alternating rounds, so a noisy neighbour slows them alike.
 2. A memory hit of a str, an int tuple (``type=tuple[int, ...]``) and a frozen msgspec Struct
    against ``cachetools.TTLCache`` and cashews' ``mem://``, timed interleaved.
 3. Redis gets (memory off) at 100 and 1000 coroutines against raw per-call ``redis.asyncio``
@@ -79,19 +80,30 @@ async def _agent_round(cache: AsyncToolCache, seconds: float, latencies: list[fl
 async def agents_phase(
     redis_url: str, label: str, *, rounds: int, seconds: float, root: Path
 ) -> dict[str, Result]:
-    """Write-behind and write-through in alternating rounds; one Result per mode."""
-    modes = {"write-behind": True, "write-through": False}
+    """Write-behind and write-through in alternating rounds; one Result per mode.
+
+    With Redis up, a third mode shows what coherence costs this loop: Redis echoes every
+    write on the invalidation channel, the writer cannot tell its own write from another
+    process's (they coalesce), so it drops its memory copy and the next get reads Redis.
+    ``coherence_window=None`` (one process alone) keeps the copy."""
+    modes: dict[str, tuple[bool, float | None]] = {
+        "write-behind": (True, 1.0),
+        "write-through": (False, 1.0),
+    }
+    if label == "up":
+        modes["write-behind, coherence off"] = (True, None)
     latencies: dict[str, list[float]] = {m: [] for m in modes}
     pairs: dict[str, int] = dict.fromkeys(modes, 0)
     for r in range(rounds):
         order = list(modes.items()) if r % 2 == 0 else list(reversed(modes.items()))
-        for mode, behind in order:
+        for mode, (behind, window) in order:
             config = CacheConfig(
                 use_redis=True,
                 redis_url=redis_url,
                 cache_dir=root / f"{mode}-{label}-{r}",
                 key_prefix="w" + uuid.uuid4().hex[:8],
                 file_write_behind=behind,
+                coherence_window=window,
             )
             async with AsyncToolCache(config) as cache:
                 pairs[mode] += await _agent_round(cache, seconds, latencies[mode])
@@ -107,6 +119,8 @@ async def agents_phase(
             ops_per_s=round(pairs[mode] / (rounds * seconds), 1),
         )
     compare_throughput(out["write-behind"], out["write-through"])
+    if "write-behind, coherence off" in out:
+        compare_throughput(out["write-behind, coherence off"], out["write-through"])
     return out
 
 
@@ -359,7 +373,9 @@ async def main() -> None:
                     behind.p99_us <= 5000 and ratio >= 4,
                     note=(
                         f"floor: raw per-call SET alone, 50 coroutines, {floor.ops_per_s:,.0f}/s, "
-                        f"p99 {floor.p99_us / 1000:.1f} ms"
+                        f"p99 {floor.p99_us / 1000:.1f} ms; coherence off (own-write echo "
+                        f"not re-read): {phase['write-behind, coherence off'].ops_per_s:,.0f} "
+                        f"pairs/s, p99 {phase['write-behind, coherence off'].p99_us / 1000:.1f} ms"
                         if label == "up"
                         else ""
                     ),

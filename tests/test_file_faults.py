@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from toolweaver_async import AsyncToolCache, BreakerSettings, CacheConfig
-from toolweaver_async.stores import file as file_module
+from toolweaver_async.stores import file_writes
 
 from .polling import eventually
 
@@ -303,13 +303,13 @@ async def test_a_backlog_on_a_slow_but_working_disk_does_not_open_the_file_break
     disk, so none is a failure: the breaker stays closed and every value is on disk. (Timing
     whole calls, queue wait included, counted the late ones and opened it; with Redis down
     that is the only durable copy, and its keys then read as misses.)"""
-    write_entry = file_module._write_entry
+    write_entry = file_writes.write_entry
 
     def slow_write(*args: Any) -> Any:
         time.sleep(0.03)
         return write_entry(*args)
 
-    monkeypatch.setattr(file_module, "_write_entry", slow_write)
+    monkeypatch.setattr(file_writes, "write_entry", slow_write)
     cache = await make_cache(cache_dir, stores=("file",), file_timeout=0.1)
     written = {f"agent{n}": n for n in range(20)}
     await asyncio.gather(*(cache.set(key, value) for key, value in written.items()))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from toolweaver_async.stores import file as file_module
+from toolweaver_async.stores import file_writes as file_module
 from toolweaver_async.stores.file import FileStore
 from toolweaver_async.stores.file_behind import WriteBehindFileStore
 
@@ -29,7 +29,7 @@ class SlowDisk:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, slow: set[bytes]) -> None:
         self.entered = threading.Event()
         self.opened = threading.Event()
-        real = file_module._write_new_file
+        real = file_module.write_new_file
 
         def write(name: str, parts: Sequence[bytes], folder: int) -> None:
             if parts[-1] in slow:
@@ -38,7 +38,7 @@ class SlowDisk:
                     raise AssertionError("the slow write was never let go")
             real(name, parts, folder)
 
-        monkeypatch.setattr(file_module, "_write_new_file", write)
+        monkeypatch.setattr(file_module, "write_new_file", write)
 
     async def holding_a_write(self) -> None:
         await eventually(self.entered.is_set, what="the slow write to start")

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from toolweaver_async.errors import StoreError
-from toolweaver_async.stores import file as file_module
+from toolweaver_async.stores import file_eviction
 from toolweaver_async.stores.file import FileStore
+from toolweaver_async.stores.file_ledger import Ledger
 from toolweaver_async.testing import FakeClock
 
 NS = "default"
@@ -195,16 +196,14 @@ def test_eviction_never_deletes_through_a_folder_swapped_for_a_link_after_its_sc
     sub.mkdir(parents=True)
     for n in range(3):
         (sub / f"{n:040x}").write_bytes(b"not an entry: removed first")
-    entries, total = file_module._scan(str(base(tmp_path)))
+    entries, total = file_eviction.scan(str(base(tmp_path)))
     assert len(entries) == 3
     outside = tmp_path / "outside"
     shutil.copytree(folder, outside)
     shutil.rmtree(folder)
     folder.symlink_to(outside, target_is_directory=True)
 
-    file_module._evict(
-        file_module._Ledger(), str(base(tmp_path)), entries, total, target=0, now=0.0
-    )
+    file_eviction.evict(Ledger(), str(base(tmp_path)), entries, total, target=0, now=0.0)
 
     assert sorted(p.name for p in (outside / "ab").iterdir()) == [f"{n:040x}" for n in range(3)]
     assert folder.is_symlink()

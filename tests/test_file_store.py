@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from toolweaver_async.config import CacheConfig
 from toolweaver_async.errors import ConfigError, StoreError
 from toolweaver_async.stores import file as file_module
+from toolweaver_async.stores import file_entries, file_format, file_writes
 from toolweaver_async.stores.base import Store
 from toolweaver_async.stores.file import FileStore
 from toolweaver_async.testing import FakeClock
@@ -194,7 +195,7 @@ async def test_odd_and_long_keys_round_trip_and_stay_inside_the_prefix_folder(
 
 @given(st.text())
 def test_entry_path_is_always_two_levels_under_the_namespace_folder(key: str) -> None:
-    path, key_bytes = file_module._entry_path("/base/ns", key)
+    path, key_bytes = file_entries.entry_path("/base/ns", key)
     folder, name = os.path.split(path)
     assert folder == "/base/ns/" + name[:2]
     assert len(name) == 40
@@ -223,7 +224,7 @@ def _cut_header(blob: bytes) -> bytes:
 
 
 def _cut_key(blob: bytes) -> bytes:
-    return blob[: file_module._HEADER.size + 1]
+    return blob[: file_format.HEADER.size + 1]
 
 
 def _cut_data(blob: bytes) -> bytes:
@@ -283,7 +284,7 @@ async def test_disk_full_raises_store_error_leaves_no_temp_file_and_keeps_the_ol
     store: FileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await store.set(NS, "k", b"old", None)
-    real = file_module._write_new_file
+    real = file_writes.write_new_file
 
     def disk_fills_after_the_first_part(path: str, parts: Sequence[bytes], folder: int) -> None:
         real(
@@ -291,7 +292,7 @@ async def test_disk_full_raises_store_error_leaves_no_temp_file_and_keeps_the_ol
         )  # the temp file exists, partly written, when the kernel says no
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
-    monkeypatch.setattr(file_module, "_write_new_file", disk_fills_after_the_first_part)
+    monkeypatch.setattr(file_writes, "write_new_file", disk_fills_after_the_first_part)
     with pytest.raises(StoreError) as raised:
         await store.set(NS, "k", b"new", None)
     assert raised.value.store == "file"
@@ -307,7 +308,7 @@ async def test_cancelled_set_still_completes_its_write_in_the_worker(
 ) -> None:
     await store.set(NS, "k", b"old", None)
     started, release, finished = threading.Event(), threading.Event(), threading.Event()
-    real = file_module._write_entries
+    real = file_module.write_entries
 
     def held_write(*args: object) -> None:
         started.set()
@@ -317,7 +318,7 @@ async def test_cancelled_set_still_completes_its_write_in_the_worker(
         finally:
             finished.set()
 
-    monkeypatch.setattr(file_module, "_write_entries", held_write)
+    monkeypatch.setattr(file_module, "write_entries", held_write)
     task = asyncio.create_task(store.set(NS, "k", b"new", None))
     assert await asyncio.to_thread(started.wait, 5)
     task.cancel()
@@ -393,7 +394,7 @@ async def test_write_whose_folder_is_invalidated_mid_write_is_ordered_before_it(
     store: FileStore, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await store.set(NS, "k", b"old", None)
-    real = file_module._write_new_file
+    real = file_writes.write_new_file
     moved = tmp_path / "moved-away"
 
     def another_process_invalidates_after_the_temp_is_written(
@@ -403,7 +404,7 @@ async def test_write_whose_folder_is_invalidated_mid_write_is_ordered_before_it(
         (tmp_path / PREFIX / NS).rename(moved)
 
     monkeypatch.setattr(
-        file_module, "_write_new_file", another_process_invalidates_after_the_temp_is_written
+        file_writes, "write_new_file", another_process_invalidates_after_the_temp_is_written
     )
     await store.set(NS, "k", b"new", None)  # no error: set, then invalidated
     monkeypatch.undo()
@@ -451,7 +452,7 @@ async def test_an_invalidate_whose_folder_was_moved_and_made_again_meanwhile_sti
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", src)
         real_rename(src, dst, **fds)
 
-    monkeypatch.setattr(file_module.os, "rename", rename)
+    monkeypatch.setattr(os, "rename", rename)
     await store.invalidate(NS)
     assert raced == [True]
     monkeypatch.undo()
@@ -673,7 +674,7 @@ async def test_a_bulk_write_does_not_hold_up_other_callers_until_it_is_done(
     store = FileStore(root=tmp_path, key_prefix="p")
     await store.set("ns", "other", b"answer", None)
     folder = store._folder("ns")
-    paths = [file_module._entry_path(folder, f"bulk{n}")[0] for n in range(2000)]
+    paths = [file_entries.entry_path(folder, f"bulk{n}")[0] for n in range(2000)]
     bulk = asyncio.ensure_future(
         store.set_many("ns", [(f"bulk{n}", b"x" * 100, None) for n in range(2000)])
     )

@@ -211,7 +211,7 @@ async def test_a_promoted_cluster_replica_missing_the_last_write_never_serves_th
     victim, survivor, _ = healed_cluster.primaries()
     replica = healed_cluster.replica_of(victim)
     cache = make_cache(f"redis://{survivor.address}/0", prefix, stores=("redis",))
-    (key,) = keys_served_by(victim, healed_cluster, prefix, 1)
+    key, probe = keys_served_by(victim, healed_cluster, prefix, 2)
     await cache.set(key, "older")
     run = asyncio.get_running_loop().run_in_executor
     await run(None, wait_replicated, victim, replica)
@@ -227,15 +227,22 @@ async def test_a_promoted_cluster_replica_missing_the_last_write_never_serves_th
         resume(replica)
     await run(None, healed_cluster.wait_promoted, victim)
 
-    async def redis_answers() -> bool:  # Redis alone in the chain: a hit proves it is used
-        await cache.set("probe", 1)
-        return await cache.get("probe") == 1
+    # Redis alone in the chain, and the probe in a slot the victim served: a hit proves the
+    # cache routes those slots to the promoted replica (a failed read is a miss, which would
+    # let the checks below pass without ever asking it).
+    def redis_answers(on: AsyncToolCache) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            await on.set(probe, 1)
+            return bool(await on.get(probe) == 1)
 
-    await eventually(redis_answers, within=10.0, what="the cache uses the promoted replica")
+        return check
+
+    await eventually(redis_answers(cache), within=10.0, what="the cache uses the promoted replica")
     await eventually(
         settled(cache, key), within=10.0, what="the rolled-back key deleted, breaker closed"
     )
     fresh = make_cache(f"redis://{survivor.address}/0", prefix, stores=("redis",))
+    await eventually(redis_answers(fresh), within=10.0, what="a fresh cache uses it too")
     assert await fresh.get(key) in (None, "latest")
     health = await cache.health_check()
     assert health["stores"]["redis"]["topology"]["lost_on_failover"] >= 1
@@ -263,15 +270,19 @@ async def test_a_promoted_sentinel_replica_missing_the_last_write_never_serves_t
         resume(replica)
     await run(None, healed_sentinel.wait_promoted, victim)
 
-    async def redis_answers() -> bool:  # Redis alone in the chain: a hit proves it is used
-        await cache.set("probe", 1)
-        return await cache.get("probe") == 1
+    def redis_answers(on: AsyncToolCache) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:  # Redis alone in the chain: a hit proves it is used
+            await on.set("probe", 1)
+            return bool(await on.get("probe") == 1)
 
-    await eventually(redis_answers, within=10.0, what="the cache uses the promoted replica")
+        return check
+
+    await eventually(redis_answers(cache), within=10.0, what="the cache uses the promoted replica")
     await eventually(
         settled(cache, "k"), within=10.0, what="the rolled-back key deleted, breaker closed"
     )
     fresh = make_cache(healed_sentinel.url(), prefix, stores=("redis",))
+    await eventually(redis_answers(fresh), within=10.0, what="a fresh cache uses it too")
     assert await fresh.get("k") in (None, "latest")
     health = await cache.health_check()
     assert health["stores"]["redis"]["topology"]["lost_on_failover"] >= 1

@@ -6,17 +6,20 @@ entry bytes; the data length catches a file torn after its header.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 
 from .file_tree import O_NOFOLLOW
 
-__all__ = ["HEADER", "MAGIC", "O_READ", "TEMP_SUFFIX", "read_all"]
+__all__ = ["HEADER", "MAGIC", "NEVER", "O_READ", "TEMP_SUFFIX", "read_all"]
 
 # Store-level header: magic, key length, expires_at (wall clock; NaN = never), data length.
-# The data length catches a file torn after its header (we never fsync, see _write_entry).
+# The data length catches a file torn after its header (never fsynced: file_writes).
 HEADER = struct.Struct("<4sIdQ")
 MAGIC = b"TWF1"
+# expires_at of an entry without a ttl: NaN, which every "expires_at <= now" check finds False.
+NEVER = math.nan
 TEMP_SUFFIX = ".tmp"
 # O_NOFOLLOW: an entry file that is a link is never read through (a link is foreign here).
 O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0) | O_NOFOLLOW  # O_BINARY: Windows only
