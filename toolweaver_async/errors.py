@@ -110,7 +110,10 @@ class StoreError(CacheError):
     breaker does not count the call either.
 
     ``incident``: the one failure this call shared with others (a batched round trip that
-    failed fails all its callers), which the breaker counts once; ``None`` when it is its own."""
+    failed fails all its callers), which the breaker counts once; ``None`` when it is its own.
+
+    ``written``: the keys of a multi-key write that did land although the call failed (a store
+    that answers per node, one of which did not), so the caller keeps only the others pending."""
 
     def __init__(
         self,
@@ -126,6 +129,7 @@ class StoreError(CacheError):
         self.refused = refused
         self.stalled = stalled
         self.incident = incident
+        self.written: frozenset[str] = frozenset()
 
 
 class CorruptEntryError(StoreError):

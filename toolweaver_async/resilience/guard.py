@@ -26,7 +26,7 @@ from typing import Any, Final, TypeVar
 from ..errors import StoreError
 from ..stores.base import HousekeepingStore, Store, StoreItem
 from .breaker import BreakerState, CircuitBreaker
-from .journal import JournalOp, OutageJournal
+from .journal import JournalOp, JournalSet, OutageJournal
 from .recovery_watch import RecoveryWatch
 from .replay import JournalReplay
 
@@ -34,6 +34,14 @@ __all__ = ["BUG", "FAILED", "SKIPPED", "GuardedStore", "Unreachable", "answered_
 
 T = TypeVar("T")
 logger = logging.getLogger("toolweaver_async.cache")
+
+
+class _Route(enum.Enum):
+    """Where a write of a journaled key goes (see ``GuardedStore._route``)."""
+
+    JOURNAL = "journal"
+    SEND = "send"
+    WAIT = "wait"
 
 
 class Unreachable(enum.Enum):
@@ -137,6 +145,7 @@ class GuardedStore:
                 self._call,
                 deadline=deadline,
                 is_unreachable=lambda outcome: isinstance(outcome, Unreachable),
+                skipped=SKIPPED,
             )
         self._watch = None
         if watch_interval is not None:
@@ -253,11 +262,29 @@ class GuardedStore:
         journal = self.journal
         if journal is None:
             return self.attempt(self.store.set, namespace, key, data, ttl)
-        if journal.covers(namespace, key) or self._refusing():
-            # Journaled at once, no task: during an outage every write takes this path
-            # (~40 us less per cache.set, issue 3).
-            journal.record_set(namespace, key, data, ttl)
-            return _SKIPPED_NOW
+        return self._set(journal, namespace, key, data, ttl, waited=False)
+
+    def _set(
+        self,
+        journal: OutageJournal,
+        namespace: str,
+        key: str,
+        data: bytes,
+        ttl: float | None,
+        *,
+        waited: bool,
+    ) -> Awaitable[Unreachable | None]:
+        if self._refusing() or journal.covers(namespace, key):
+            route = self._route(journal, namespace, key, waited=waited)
+            if route is _Route.WAIT:
+                return self._after_replay_batch(
+                    lambda: self._set(journal, namespace, key, data, ttl, waited=True)
+                )
+            if route is _Route.JOURNAL:
+                # Journaled at once, no task: during an outage every write takes this path
+                # (~40 us less per cache.set, issue 3).
+                journal.record_set(namespace, key, data, ttl)
+                return _SKIPPED_NOW
         return self._journaled(
             False,
             lambda: (journal.begin_set(namespace, key, data, ttl),),
@@ -283,30 +310,53 @@ class GuardedStore:
     async def _set_many_journaled(
         self, journal: OutageJournal, namespace: str, items: Sequence[StoreItem]
     ) -> Unreachable | None:
+        replay = self.replay
+        if (
+            journal
+            and replay is not None
+            and not self._refusing()
+            and any(journal.on_wire(namespace, item[0]) for item in items)
+        ):
+            await replay.batch_ended()
+        refusing = self._refusing()
         direct: list[StoreItem] = []
         for item in items:
-            if journal.covers(namespace, item[0]):
+            if refusing or (
+                journal.covers(namespace, item[0])
+                and self._route(journal, namespace, item[0], waited=True) is not _Route.SEND
+            ):
                 journal.record_set(namespace, *item)
             else:
                 direct.append(item)
         if not direct:
             return SKIPPED
-
         return await self._journaled(
-            self._refusing(),
+            False,
             lambda: [journal.begin_set(namespace, *item) for item in direct],
             self.store.set_many,
             (namespace, direct),
             self.deadline,
+            partial=True,
         )
 
     def delete(self, namespace: str, key: str) -> Awaitable[bool | Unreachable]:
         journal = self.journal
         if journal is None:
             return self.attempt(self.store.delete, namespace, key)
-        if journal.covers(namespace, key) or self._refusing():
-            journal.record_delete(namespace, key)
-            return _SKIPPED_NOW
+        return self._delete(journal, namespace, key, waited=False)
+
+    def _delete(
+        self, journal: OutageJournal, namespace: str, key: str, *, waited: bool
+    ) -> Awaitable[bool | Unreachable]:
+        if self._refusing() or journal.covers(namespace, key):
+            route = self._route(journal, namespace, key, waited=waited)
+            if route is _Route.WAIT:
+                return self._after_replay_batch(
+                    lambda: self._delete(journal, namespace, key, waited=True)
+                )
+            if route is _Route.JOURNAL:
+                journal.record_delete(namespace, key)
+                return _SKIPPED_NOW
         return self._journaled(
             False,
             lambda: (journal.begin_delete(namespace, key),),
@@ -314,6 +364,23 @@ class GuardedStore:
             (namespace, key),
             self.deadline,
         )
+
+    def _route(self, journal: OutageJournal, namespace: str, key: str, *, waited: bool) -> _Route:
+        """Where a write of a key goes while the guard refuses calls or the journal holds the
+        key: the journal, or straight to the store, overtaking the journaled operation once
+        the store is back (see ``journal/handoff.py``), or after the replay batch that is
+        carrying the key's older value now (once: if it is on the wire again, the journal)."""
+        if self.breaker.state is not _CLOSED:
+            return _Route.JOURNAL
+        if journal.on_wire(namespace, key):
+            return _Route.JOURNAL if waited or self.replay is None else _Route.WAIT
+        return _Route.SEND if journal.may_overtake(namespace, key) else _Route.JOURNAL
+
+    async def _after_replay_batch(self, write: Callable[[], Awaitable[T]]) -> T:
+        """``write()`` once the replay batch on the wire has ended (a few milliseconds)."""
+        assert self.replay is not None
+        await self.replay.batch_ended()
+        return await write()
 
     def invalidate(self, namespace: str) -> Awaitable[Unreachable | None]:
         journal = self.journal
@@ -348,25 +415,37 @@ class GuardedStore:
         fn: Callable[..., Awaitable[T]],
         args: tuple[Any, ...],
         deadline: float | None,
+        *,
+        partial: bool = False,
     ) -> T | Unreachable:
         """Send a write, or journal it: when ``queue`` (it must stay behind journaled ones, so
         only the replay may deliver it, or the guard refuses calls now), when the call fails,
         and when the caller is cancelled mid-call (it may or may not have landed; replaying it
         again is harmless). ``begin`` numbers the write as the caller makes it, so the journal
-        keeps callers' order whatever order their failures are noticed in."""
+        keeps callers' order whatever order their failures are noticed in. Of a ``partial``
+        write (several keys) that failed, the keys the store says it wrote anyway landed."""
         journal = self.journal
         assert journal is not None
         ops = begin()
-        failed = True
+        outcome: Any = FAILED  # cancelled mid-call: it may still land
+        written: list[frozenset[str]] = []
         try:
             if queue:
+                outcome = SKIPPED
                 return SKIPPED
-            outcome = await self._call(fn, args, deadline)
-            failed = isinstance(outcome, Unreachable)
-            return outcome
+            outcome = await self._call(
+                _noting_written(fn, written) if partial else fn, args, deadline
+            )
+            return outcome  # type: ignore[no-any-return]
         finally:
+            failed = isinstance(outcome, Unreachable)
+            sent = outcome is not SKIPPED  # skipped: refused without I/O, nothing can land
+            landed = written[0] if written else frozenset()
             for op in ops:
-                journal.settle(op, failed=failed)
+                if landed and isinstance(op, JournalSet) and op.key in landed:
+                    journal.settle(op, failed=False)
+                else:
+                    journal.settle(op, failed=failed, sent=sent)
 
     # -- the replay ------------------------------------------------------------------------
 
@@ -415,3 +494,19 @@ class GuardedStore:
         if self.journal is not None:
             info["journal"] = self.journal.describe()
         return info
+
+
+def _noting_written(
+    fn: Callable[..., Awaitable[T]], written: list[frozenset[str]]
+) -> Callable[..., Awaitable[T]]:
+    """``fn``, noting in ``written`` the keys a failed multi-key write wrote anyway."""
+
+    async def call(*args: Any) -> T:
+        try:
+            return await fn(*args)
+        except StoreError as exc:
+            if exc.written:
+                written.append(exc.written)
+            raise
+
+    return call

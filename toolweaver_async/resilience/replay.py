@@ -2,19 +2,29 @@
 
 The task sends a batch per call through the store's breaker (the guard's own call path), so the
 replay itself is the half-open probe when no caller comes; while the breaker is open it sleeps
-until the next probe is due, or until the breaker changes state.
+until the next probe is due, or until the breaker changes state. A batch the store took only in
+part (a cluster with one primary down) keeps only what failed: the rest is forgotten at once,
+so a dead node's operations at the head never hold back the other nodes' keys.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
+from ..errors import StoreError
 from ..stores.base import Store, StoreItem
 from .breaker import BreakerState, CircuitBreaker
-from .journal import JournalClear, JournalDelete, JournalInvalidate, JournalOp, OutageJournal
+from .journal import (
+    JournalClear,
+    JournalDelete,
+    JournalInvalidate,
+    JournalOp,
+    JournalSet,
+    OutageJournal,
+)
 
 __all__ = ["JournalReplay"]
 
@@ -39,8 +49,11 @@ class JournalReplay:
         "_call",
         "_closed",
         "_deadline",
+        "_idle",
+        "_in_flight",
         "_is_unreachable",
         "_journal",
+        "_skipped",
         "_store",
         "_task",
         "_wake",
@@ -55,6 +68,7 @@ class JournalReplay:
         *,
         deadline: float | None,
         is_unreachable: Callable[[Any], bool],
+        skipped: object,
     ) -> None:
         self._journal = journal
         self._store = store
@@ -62,10 +76,14 @@ class JournalReplay:
         self._call = call
         self._deadline = deadline
         self._is_unreachable = is_unreachable
+        self._skipped = skipped  # the outcome of a call refused without I/O
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        self._in_flight: asyncio.Event | None = None  # set when the batch on the wire ended
+        self._idle = False  # waiting for writes that overtook the journal to settle
         self._closed = False
         journal.on_pending = self.start
+        journal.on_overtaken = self._overtaken
         breaker.add_listener(self._breaker_changed)
 
     @property
@@ -96,8 +114,17 @@ class JournalReplay:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
+    async def batch_ended(self) -> None:
+        """Wait until the replay batch on the wire now (if any) has landed or failed."""
+        if self._in_flight is not None:
+            await self._in_flight.wait()
+
     def _breaker_changed(self, _name: str, _old: BreakerState, _new: BreakerState) -> None:
         if self._wake is not None:
+            self._wake.set()
+
+    def _overtaken(self) -> None:
+        if self._idle and self._wake is not None:
             self._wake.set()
 
     async def _replay(self) -> None:
@@ -111,40 +138,61 @@ class JournalReplay:
                 await self._sleep(breaker.snapshot()["seconds_until_probe"])
                 continue
             batch = journal.next_batch()
-            outcome = await self._deliver(batch)
-            if self._is_unreachable(outcome):
+            if not batch:
+                # Only operations that newer writes are overtaking are left: wait for those.
+                self._idle = True
+                try:
+                    await self._sleep(_REPLAY_RETRY_SECONDS)
+                finally:
+                    self._idle = False
+                continue
+            landed: list[JournalOp] = []
+            journal.sending(batch)
+            self._in_flight = in_flight = asyncio.Event()
+            try:
+                outcome = await self._deliver(batch, landed)
+            finally:
+                self._in_flight = None
+                in_flight.set()
+            failed = self._is_unreachable(outcome)
+            # Skipped: refused without I/O, nothing of it can land later.
+            journal.delivered(batch, landed if failed else batch, sent=outcome is not self._skipped)
+            if failed:
                 await self._sleep(_REPLAY_RETRY_SECONDS)
-            else:
-                journal.landed(batch)
         logger.info("%s store: outage journal replayed", name)
 
-    def _deliver(self, batch: list[JournalOp]) -> Awaitable[Any]:
+    def _deliver(self, batch: list[JournalOp], landed: list[JournalOp]) -> Awaitable[Any]:
         first = batch[0]
         store = self._store
         if isinstance(first, JournalClear):
             return self._call(store.clear, (), None)
         if isinstance(first, JournalInvalidate):
             return self._call(store.invalidate, (first.namespace,), self._deadline)
-        return self._call(self._write_batch, (batch,), self._deadline)
+        return self._call(self._write_batch, (batch, landed), self._deadline)
 
-    async def _write_batch(self, batch: list[JournalOp]) -> None:
+    async def _write_batch(self, batch: list[JournalOp], landed: list[JournalOp]) -> None:
         """One pipelined ``set_many`` per namespace; deletes (and sets that expired while
-        journaled: the store may still hold an older, longer-lived value) concurrently."""
-        sets: dict[str, list[StoreItem]] = {}
-        deletes: list[tuple[str, str]] = []
+        journaled: the store may still hold an older, longer-lived value) concurrently. What
+        reached the store is added to ``landed`` as it lands, even when the batch fails."""
+        sets: dict[str, tuple[list[JournalSet], list[StoreItem]]] = {}
+        deletes: list[JournalSet | JournalDelete] = []
         for op in batch:
             if isinstance(op, JournalDelete):
-                deletes.append((op.namespace, op.key))
+                deletes.append(op)
                 continue
-            assert not isinstance(op, JournalClear | JournalInvalidate)
+            assert isinstance(op, JournalSet)
             ttl = self._journal.remaining_ttl(op)
             if ttl is not None and ttl <= 0:
-                deletes.append((op.namespace, op.key))
+                deletes.append(op)
             else:
-                sets.setdefault(op.namespace, []).append((op.key, op.data, ttl))
+                ops, items = sets.setdefault(op.namespace, ([], []))
+                ops.append(op)
+                items.append((op.key, op.data, ttl))
         store = self._store
-        calls: list[Awaitable[Any]] = [store.set_many(ns, items) for ns, items in sets.items()]
-        calls += [store.delete(ns, key) for ns, key in deletes]
+        calls = [
+            _noting(store.set_many, (ns, items), ops, landed) for ns, (ops, items) in sets.items()
+        ]
+        calls += [_noting(store.delete, (op.namespace, op.key), [op], landed) for op in deletes]
         for result in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(result, BaseException):
                 raise result
@@ -159,3 +207,20 @@ class JournalReplay:
                 await wake.wait()
         except TimeoutError:
             pass
+
+
+async def _noting(
+    write: Callable[..., Awaitable[Any]],
+    args: tuple[Any, ...],
+    ops: Sequence[JournalSet | JournalDelete],
+    landed: list[JournalOp],
+) -> None:
+    """``write(*args)`` (of ``ops``); add to ``landed`` what reached the store: all of them,
+    or when it failed, those the store says it wrote anyway (``StoreError.written``)."""
+    try:
+        await write(*args)
+    except StoreError as exc:
+        if exc.written:
+            landed += [op for op in ops if op.key in exc.written]
+        raise
+    landed += ops

@@ -15,8 +15,14 @@ namespace, so Redis forgets every older value of it instead of serving one (a mi
 safe, a stale hit is not). When only namespace invalidations are left, they collapse into one
 clear; while a clear is pending, nothing else needs recording (Redis will hold nothing older).
 
+**Overtaken.** Once the store is back, a new write of a journaled key goes straight to it
+instead of queueing behind the replay (the journaled operation is held back, then forgotten once
+the newer write has landed), unless an invalidation or clear of its namespace is pending or an
+older value of the key may still be on its way there (see :mod:`.handoff`).
+
 Layout: :mod:`.records` (the operations and their framing), :mod:`.ledger` (the rules above, no
-I/O), :mod:`.log` (one slot file per process), :mod:`.outage` (the ledger kept in that log).
+I/O), :mod:`.handoff` (replay batches and overtaking writes), :mod:`.log` (one slot file per
+process), :mod:`.outage` (the ledger kept in that log).
 
 **Persistent.** With a folder, the journal is an append-only log of msgpack records, each framed
 by its length and CRC32, beside the file store (not inside its prefix folder, which ``clear``
@@ -34,6 +40,7 @@ into Redis. Loaded operations are then all removals, which commute, so journals 
 processes merge in any order.
 """
 
+from .handoff import ReplayLedger
 from .ledger import JournalLedger
 from .log import SLOTS
 from .outage import OutageJournal
@@ -48,4 +55,5 @@ __all__ = [
     "JournalOp",
     "JournalSet",
     "OutageJournal",
+    "ReplayLedger",
 ]

@@ -353,47 +353,6 @@ class JournalLedger:
         self._cleared = False
         self._live_bytes = 0
 
-    # -- replay --------------------------------------------------------------------------------
-
-    def next_batch(
-        self, *, max_ops: int = 64, max_deletes: int = 16, max_bytes: int = 256 * 1024
-    ) -> list[JournalOp]:
-        """The oldest operations to replay next, in order: one invalidation or clear on its own,
-        or a run of key operations (they touch distinct keys, so any order among them is fine).
-
-        Small batches: building a pipeline runs on the event loop (~5 us a command), so a
-        replay of thousands of writes must not hold the loop for milliseconds at a time."""
-        batch: list[JournalOp] = []
-        size = deletes = 0
-        for op in self._ops.values():
-            if isinstance(op, JournalInvalidate | JournalClear):
-                if not batch:
-                    batch.append(op)
-                break
-            if isinstance(op, JournalDelete) or (
-                op.expires_at is not None and op.expires_at <= self._clock()
-            ):
-                deletes += 1
-            size += size_of(op)
-            batch.append(op)
-            if len(batch) >= max_ops or deletes >= max_deletes or size >= max_bytes:
-                break
-        return batch
-
-    def remaining_ttl(self, op: JournalSet) -> float | None:
-        """Seconds ``op``'s value may still live; <= 0 means it expired while journaled, and
-        must be replayed as a delete (the store may still hold an older, longer-lived value)."""
-        return None if op.expires_at is None else op.expires_at - self._clock()
-
-    def landed(self, ops: list[JournalOp]) -> None:
-        """``ops`` reached the store: forget each one unless a newer write replaced it meanwhile."""
-        for op in ops:
-            slot = slot_of(op)
-            if self._ops.get(slot) is op:
-                self._remove(slot)
-                self.replayed += 1
-                self._persist(Landed(op.seq))
-
 
 def live_operations(
     records: Iterable[Record], *, clock: Callable[[], float], name: str

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from ...stores.worker_lane import DaemonWorker
-from .ledger import UNBOUNDED, JournalLedger, live_operations
+from .handoff import ReplayLedger
+from .ledger import UNBOUNDED, live_operations
 from .log import JournalFile
 from .records import (
     JournalClear,
@@ -50,7 +51,7 @@ _COMPACT_AFTER: Final = 256 * 1024
 _FLUSH_EVERY: Final = 0.01
 
 
-class OutageJournal(JournalLedger):
+class OutageJournal(ReplayLedger):
     """Operations one store missed, latest per key, in order, bounded, optionally on disk.
 
     ``clock`` is the wall clock the cache stamps entries with (expiry survives restarts).
@@ -258,6 +259,7 @@ class OutageJournal(JournalLedger):
             "clear_pending": self._cleared,
             "recorded": self.recorded,
             "replayed": self.replayed,
+            "overtaken": self.overtaken,
             "overflows": self.overflows,
             "path": None if self.path is None else str(self.path),
             "last_error": self.last_error,

@@ -239,7 +239,9 @@ class ClusterEngine(ClusterHousekeeping):
         self, operation: str, namespace: str, entries: Sequence[Entry], *, only_new: bool
     ) -> list[bool]:
         """SET each entry; per stripe one pipeline ending in ``GET <counter>`` that proves the
-        entries landed in the live generation (else they are moved into it, as standalone)."""
+        entries landed in the live generation (else they are moved into it, as standalone).
+        When some stripes fail (their primary is down), the others' entries still land, and
+        the :class:`StoreError` raised names them in ``written``."""
         striped = self._namespace(namespace)
         by_stripe: dict[int, list[int]] = {}
         for position, entry in enumerate(entries):
@@ -249,6 +251,7 @@ class ClusterEngine(ClusterHousekeeping):
         if not self._started:
             await self.start()
         misplaced: dict[int, list[str]] = {}
+        failures: list[BaseException] = []
         try:
             for attempt in range(2):
                 used = {index: striped.stripes[index].generation for index in pending}
@@ -268,10 +271,18 @@ class ClusterEngine(ClusterHousekeeping):
                     commands.append(("GET", striped.stripes[index].gen_key))
                     groups.append((striped.slots[index], commands))
                 owners = [self._owner(group[0]) for group in groups]
-                replies = await self._pipelines(groups)
+                replies = await self._pipelines(groups, per_node=True)
                 moved = []
                 for index, reply, owner in zip(pending, replies, owners, strict=True):
-                    reply = raise_first_error(reply)
+                    try:
+                        if isinstance(reply, BaseException):
+                            raise reply
+                        reply = raise_first_error(reply)
+                    except DRIVER_ERRORS as exc:
+                        failures.append(exc)  # the other stripes' entries still count
+                        for position in by_stripe[index]:
+                            stored[position] = False  # (a first try's are misplaced)
+                        continue
                     sets = reply[1 if misplaced.get(index) else 0 : -1]
                     for position, ok in zip(by_stripe[index], sets, strict=True):
                         stored[position] = bool(ok)
@@ -297,8 +308,13 @@ class ClusterEngine(ClusterHousekeeping):
                 if not moved:
                     break
                 pending = moved
+            if failures:
+                raise failures[0]
         except DRIVER_ERRORS as exc:
-            raise self._failure(operation, exc) from exc
+            error = self._failure(operation, exc)
+            if isinstance(error, StoreError):
+                error.written = frozenset(e[0] for e, ok in zip(entries, stored, strict=True) if ok)
+            raise error from exc
         return stored
 
     async def delete(self, namespace: str, key: str) -> bool:

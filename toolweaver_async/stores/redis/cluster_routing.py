@@ -182,19 +182,32 @@ class ClusterRouting:
         return results
 
     async def _pipeline(self, slot: int, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        return (await self._pipelines([(slot, commands)]))[0]
+        reply: list[Any] = (await self._pipelines([(slot, commands)]))[0]
+        return reply
 
     async def _pipelines(
-        self, groups: Sequence[tuple[int, Sequence[tuple[Any, ...]]]]
-    ) -> list[list[Any]]:
+        self, groups: Sequence[tuple[int, Sequence[tuple[Any, ...]]]], *, per_node: bool = False
+    ) -> list[Any]:
         """Each group's commands (all in one slot), one pipeline per node, all nodes at once;
-        a group answered with a redirection is run again through the cluster client."""
+        a group answered with a redirection is run again through the cluster client.
+        ``per_node``: a node's failure becomes the reply of each of its groups (the others'
+        replies are kept) instead of failing the whole call."""
         if not self._started:
             await self.start()
         by_node, batchers = self._by_node(groups)
         results: list[Any] = [None] * len(groups)
 
         async def on_node(node: int) -> None:
+            try:
+                await run_on_node(node)
+            except DRIVER_ERRORS as exc:
+                if not per_node:
+                    raise
+                for position in by_node[node]:
+                    if results[position] is None:
+                        results[position] = exc
+
+        async def run_on_node(node: int) -> None:
             positions = by_node[node]
             commands = [command for p in positions for command in groups[p][1]]
             replies = await batchers[node].pipeline(commands)
