@@ -13,6 +13,7 @@ steps themselves live beside it, one concept each: where an entry lives and how 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -31,6 +32,7 @@ from .file_lanes import FileLanes
 from .file_ledger import Ledger
 from .file_trash import trash_folders
 from .file_tree import check_base
+from .file_withdrawal import withdraw_entries
 from .file_writes import (
     add_entry,
     delete_entry,
@@ -71,6 +73,9 @@ def _entries_touched(fn: Callable[..., Any], args: tuple[Any, ...]) -> Sequence[
     if fn is write_entries:
         folder, rows = args[1], args[2]
         return [(folder, row[0]) for row in rows]
+    if fn is withdraw_entries:
+        folder, keys = args
+        return [(folder, key) for key in keys]
     if len(args) >= 3 and type(args[0]) is Ledger and type(args[1]) is type(args[2]) is str:
         return ((args[1], args[2]),)
     return None
@@ -193,7 +198,7 @@ class FileStore:
         folder = self._folder(namespace)
         now = self._clock()
         chunks: list[list[bytes | None]] = []
-        for part in _chunked(keys):  # one step at a time, as in _steps
+        for part in _chunked(keys):  # one step at a time, as in set_many
             lane = self._lanes.for_reading(folder, part)
             chunks.append(
                 await self._in(lane, "read", read_entries, self._ledger, folder, part, now)
@@ -220,8 +225,21 @@ class FileStore:
         folder = self._folder(namespace)
         now = self._clock()
         rows = [(key, data, NEVER if ttl is None else now + ttl) for key, data, ttl in items]
-        calls = [(self._ledger, folder, part) for part in _chunked(rows)]
-        await self._steps("write", write_entries, calls)
+        parts = _chunked(rows)
+        # One step at a time, not all queued at once: the lane is first come, first served,
+        # and a set_many of thousands of entries must not hold up every other caller's read
+        # for seconds. A read asked meanwhile waits for one step (64 entries) at most.
+        for index, part in enumerate(parts):
+            try:
+                await self._step("write", write_entries, self._ledger, folder, part)
+            except StoreError:
+                # The step withdrew its own rows from the failed one on; the steps after it
+                # never ran, and no process may serve what their rows were replacing either.
+                rest = [row[0] for later in parts[index + 1 :] for row in later]
+                if rest:
+                    with contextlib.suppress(StoreError):  # best effort: the error is the news
+                        await self._step("write", withdraw_entries, folder, rest)
+                raise
         await self._keep_bounded()
 
     async def delete(self, namespace: str, key: str) -> bool:
@@ -286,15 +304,6 @@ class FileStore:
         except OSError as exc:  # TimeoutError included
             raise self._error(what, exc) from exc
         return result
-
-    async def _steps(
-        self, what: str, fn: Callable[..., T], calls: Sequence[tuple[Any, ...]]
-    ) -> list[T]:
-        """``fn`` once per argument tuple, one step after the other; the first error ends the
-        call. One at a time, not all queued at once: the lane is first come, first served, and
-        a ``set_many`` of thousands of entries must not hold up every other caller's read for
-        seconds. A read asked meanwhile waits for one step (64 entries) at most."""
-        return [await self._step(what, fn, *args) for args in calls]
 
     def _lane_here(self) -> WorkerLane:
         """This event loop's write lane (a store may serve one loop after another), on the

@@ -32,7 +32,6 @@ from .base import EntryPage, StoreItem
 from .file import (
     _NEVER,
     FileStore,
-    _delete_entry,
     _entry_head,
     _Ledger,
     _publish_replacing,
@@ -325,9 +324,9 @@ class WriteBehindFileStore(FileStore):
                 self._counts["flushed"] += sum(
                     not isinstance(outcome, BaseException) for outcome in outcomes
                 )
-                refused = self._report(taken, failed)
-                if refused:
-                    await self._remove_refused(refused)
+                # A refused flush withdrew the key's older entry itself, in its step (only
+                # while it was still that file: a newer one another process wrote stays).
+                self._report(taken, failed)
                 await self._keep_bounded_quietly()
         finally:
             self._in_flight = None
@@ -365,14 +364,13 @@ class WriteBehindFileStore(FileStore):
 
     def _report(
         self, taken: list[tuple[tuple[str, str], _Queued]], failed: list[tuple[int, str]]
-    ) -> list[tuple[str, str]]:
-        """Count and log refused writes, tell ``write_failed``; the (folder, key) of each
-        refused entry whose key was not written again since."""
+    ) -> None:
+        """Count and log refused writes, tell ``write_failed``."""
         if not failed:
             if self._failing:
                 self._failing = False
                 logger.info("file store writes land again")
-            return []
+            return
         self._counts["failed"] += len(failed)
         if not self._failing:
             self._failing = True
@@ -380,29 +378,15 @@ class WriteBehindFileStore(FileStore):
         # A key written again since is queued once more: that newer write decides what the
         # disk may be trusted with (its caller already cleared the key's mark).
         by_namespace: dict[str, tuple[list[int], list[tuple[str, bytes]]]] = {}
-        refused: list[tuple[str, str]] = []
         for index, _error in failed:
             (namespace, key), entry = taken[index]
             count, entries = by_namespace.setdefault(namespace, ([0], []))
             count[0] += 1
             if (namespace, key) not in self._queued:
                 entries.append((key, entry.data))
-                refused.append((entry.folder, key))
         if self.write_failed is not None:
             for namespace, (count, entries) in by_namespace.items():
                 self.write_failed(namespace, count[0], entries)
-        return refused
-
-    async def _remove_refused(self, refused: list[tuple[str, str]]) -> None:
-        """Remove the older entries of refused writes (removing works on a full disk): the
-        caller was told the write succeeded, so no process, and no restart of this one, may
-        serve the value before it. In the lane, before the next batch: a later write of the
-        key lands after this. Best effort: where it fails, this process's mark still holds."""
-        lane = self._lane_here()
-        await asyncio.gather(
-            *(lane.run(_delete_entry, self._ledger, folder, key) for folder, key in refused),
-            return_exceptions=True,
-        )
 
     async def _keep_bounded_quietly(self) -> None:
         try:

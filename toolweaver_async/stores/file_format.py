@@ -12,11 +12,23 @@ import struct
 
 from .file_tree import O_NOFOLLOW
 
-__all__ = ["HEADER", "MAGIC", "NEVER", "O_READ", "TEMP_SUFFIX", "read_all"]
+__all__ = [
+    "EXPIRES_AT",
+    "EXPIRES_AT_OFFSET",
+    "HEADER",
+    "MAGIC",
+    "NEVER",
+    "O_READ",
+    "TEMP_SUFFIX",
+    "read_all",
+]
 
 # Store-level header: magic, key length, expires_at (wall clock; NaN = never), data length.
 # The data length catches a file torn after its header (never fsynced: file_writes).
 HEADER = struct.Struct("<4sIdQ")
+# Where expires_at sits in the header, for expiring an entry in place (see file_writes).
+EXPIRES_AT = struct.Struct("<d")
+EXPIRES_AT_OFFSET = struct.calcsize("<4sI")
 MAGIC = b"TWF1"
 # expires_at of an entry without a ttl: NaN, which every "expires_at <= now" check finds False.
 NEVER = math.nan

@@ -4,7 +4,8 @@ A write goes to a unique temp file beside the entry, then takes the entry's name
 (or one hard link, when it may only add): readers and concurrent writers of any process see a
 whole old or a whole new entry, never a torn one. Folders are opened one by one without
 following links (``file_tree``) and every file is reached relative to the last one, so nothing
-lands outside the cache's tree.
+lands outside the cache's tree. A replace or delete that fails withdraws the entry it found
+(``file_withdrawal``), so that no other process serves the value it was replacing.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .file_entries import (
 from .file_format import HEADER, MAGIC, TEMP_SUFFIX
 from .file_ledger import Ledger
 from .file_tree import O_NOFOLLOW, lexists_at, open_folder
+from .file_withdrawal import expire_in_place, found_at, withdraw_at, withdraw_entries
 
 __all__ = [
     "add_entry",
@@ -38,10 +40,16 @@ _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | getattr(os, "O_CLOE
 
 
 def write_entries(ledger: Ledger, folder: str, items: Sequence[tuple[str, bytes, float]]) -> None:
-    """Write each ``(key, data, expires_at)`` over whatever entry the key has."""
-    for key, data, expires_at in items:
+    """Write each ``(key, data, expires_at)`` over whatever entry the key has. The first
+    failure ends the step: the rows after it are not tried, and their entries are withdrawn
+    as the failed one's is (``file_withdrawal``) before the error is raised."""
+    for index, (key, data, expires_at) in enumerate(items):
         path, head = entry_head(folder, key, data, expires_at)
-        grown = write_entry(path, head, data, publish_replacing)
+        try:
+            grown = write_entry(path, head, data, publish_replacing)
+        except OSError:
+            withdraw_entries(folder, [row[0] for row in items[index + 1 :]])
+            raise
         ledger.grow(grown or 0)  # never None: replacing always publishes
 
 
@@ -79,6 +87,9 @@ def write_entry(
     which orders the write just before that call: valid for two concurrent calls (likewise
     when the folder is deleted from the trash under the write).
 
+    A replacing write that fails withdraws the entry it found there before it started (never
+    one written since): no process may serve the value this write was replacing.
+
     No fsync: this is a cache; a file torn by a crash fails the header check and is dropped.
     """
     base, parts, name = entry_place(path)
@@ -89,6 +100,8 @@ def write_entry(
     assert folder is not None  # create=True makes what is missing
     temp = f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
     try:
+        # Adding never withdraws: it writes only where no fresh entry is.
+        older = found_at(name, folder) if publish is publish_replacing else None
         try:
             write_new_file(temp, (head, data), folder)
             old_size = publish(temp, name, folder)
@@ -98,6 +111,10 @@ def write_entry(
             # and retrying could chase a stream of invalidations.
             remove_quietly(temp, folder)
             return None
+        except OSError:
+            remove_quietly(temp, folder)
+            withdraw_at(folder, name, older)
+            raise
         except BaseException:
             remove_quietly(temp, folder)
             raise
@@ -154,18 +171,25 @@ def write_new_file(name: str, parts: Sequence[bytes], folder: int) -> None:
 
 def delete_entry(ledger: Ledger, folder: str, key: str) -> bool:
     """Unlink ``key``'s file, reached through real folders only (a link on the way means
-    nothing of ours is there)."""
+    nothing of ours is there). A folder that refuses the unlink gets the entry expired in place
+    instead (``file_withdrawal``), so no process serves it; the refusal is still raised."""
     path, _ = entry_path(folder, key)
     base, parts, name = entry_place(path)
     subfolder = open_folder(base, parts, create=False)
     if subfolder is None:
         return False
     try:
-        size = os.stat(name, dir_fd=subfolder, follow_symlinks=False).st_size
-        os.unlink(name, dir_fd=subfolder)
+        found = os.stat(name, dir_fd=subfolder, follow_symlinks=False)
+        try:
+            os.unlink(name, dir_fd=subfolder)
+        except FileNotFoundError:
+            raise
+        except OSError:
+            expire_in_place(subfolder, name, (found.st_ino, found.st_dev))
+            raise
     except FileNotFoundError:
         return False
     finally:
         os.close(subfolder)
-    ledger.grow(-size)
+    ledger.grow(-found.st_size)
     return True
