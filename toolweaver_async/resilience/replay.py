@@ -238,13 +238,15 @@ async def _noting(
 ) -> None:
     """``write(*args)`` (of ``ops``), noting in ``delivery`` what reached the store: all of
     them, or when it failed, those the store says it wrote anyway (``StoreError.written``);
-    when only part of the store refused (``StoreError.refused``), the others are parked."""
+    when the failure concerns only part of the store (it says what landed, and refused the
+    rest), the others are parked. A store that refused everything (out of memory, say) is
+    retried from the head after a pause instead: every retry of it is real I/O."""
     try:
         await write(*args)
     except StoreError as exc:
         written = [op for op in ops if op.key in exc.written] if exc.written else []
         delivery.landed += written
-        if exc.refused:
+        if exc.refused and exc.written is not None:
             delivery.parked += [op for op in ops if op not in written]
         raise
     delivery.landed += ops
