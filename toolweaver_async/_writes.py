@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ._chain import Chain
-from ._read_tracker import ReadTracker
+from ._read_tracker import ReadTracker, Writing
 from .config import NamespacePolicy
 from .errors import InvalidTTLError
 from .keys import check_key
@@ -126,19 +126,26 @@ class WritePath:
     ) -> Awaitable[list[Any]]:
         """The part of ``set`` that happens at once (checks, the one encode, memory); returns
         the writes to the slower stores, still to be awaited."""
+        return self._set_now(key, value, namespace, ttl)[0]
+
+    def _set_now(
+        self, key: str, value: Any, namespace: str, ttl: float | None
+    ) -> tuple[Awaitable[list[Any]], Writing]:
         key = check_key(key)
         self._check_namespace(namespace)
         data, store_ttl = self.encode(namespace, key, value, ttl)
-        self._tracker.wrote(namespace, key)
+        writing = self._tracker.writing(namespace, (key,))
         self._stats.counters(namespace).sets += 1
         if self.memory is not None:
             self.memory.put(namespace, key, data, store_ttl)
-        return self.on_every_layer(
+        writes = self.on_every_layer(
             lambda g: g.set(namespace, key, data, store_ttl),
             namespace,
             (namespace, ((key, data),)),
             queueable=True,
+            writing=writing,
         )
+        return writes, writing
 
     async def set_many(self, mapping: Mapping[str, Any], namespace: str, ttl: float | None) -> None:
         """Every item, all encoded first, so one bad value writes nothing."""
@@ -152,9 +159,9 @@ class WritePath:
         if not items:
             return
         self._stats.counters(namespace).sets += len(items)
-        for key, data, store_ttl in items:
-            self._tracker.wrote(namespace, key)
-            if self.memory is not None:
+        writing = self._tracker.writing(namespace, [key for key, _data, _ttl in items])
+        if self.memory is not None:
+            for key, data, store_ttl in items:
                 self.memory.put(namespace, key, data, store_ttl)
         written = [(key, data) for key, data, _ttl in items]
         await self.on_every_layer(
@@ -162,30 +169,45 @@ class WritePath:
             namespace,
             (namespace, written),
             queueable=True,
+            writing=writing,
         )
 
     async def delete(self, namespace: str, key: str) -> bool:
         """Remove ``key`` from every store (callers made way first, see :meth:`make_way`)."""
-        self._tracker.wrote(namespace, key)
-        self._stats.counters(namespace).deletes += 1
-        removed = self.memory.discard(namespace, key) if self.memory is not None else False
-        answers = await self.on_every_layer(
-            lambda g: g.delete(namespace, key), namespace, (namespace, ((key, None),))
-        )
-        if self._copy_targets:
-            await self._remove_again_from_copies(lambda g: g.delete(namespace, key), answers)
+        tracker = self._tracker
+        writing = tracker.writing(namespace, (key,))  # until the second pass is done too
+        try:
+            self._stats.counters(namespace).deletes += 1
+            removed = self.memory.discard(namespace, key) if self.memory is not None else False
+            answers = await self.on_every_layer(
+                lambda g: g.delete(namespace, key),
+                namespace,
+                (namespace, ((key, None),)),
+                writing=tracker.writing(namespace, (key,)),
+            )
+            if self._copy_targets:
+                await self._remove_again_from_copies(lambda g: g.delete(namespace, key), answers)
+        finally:
+            self._tracker.written(writing)
         return removed or any(a is True for a in answers)
 
     async def invalidate(self, namespace: str) -> None:
         """Make every entry of ``namespace`` unreadable in every store (after make_way)."""
-        self._tracker.wrote_everything()
-        if self.memory is not None:
-            self.memory.discard_namespace(namespace)
-        answers = await self.on_every_layer(
-            lambda g: g.invalidate(namespace), namespace, (namespace, None)
-        )
-        if self._copy_targets:
-            await self._remove_again_from_copies(lambda g: g.invalidate(namespace), answers)
+        tracker = self._tracker
+        writing = tracker.writing_everything()  # until the second pass is done too
+        try:
+            if self.memory is not None:
+                self.memory.discard_namespace(namespace)
+            answers = await self.on_every_layer(
+                lambda g: g.invalidate(namespace),
+                namespace,
+                (namespace, None),
+                writing=tracker.writing_everything(),
+            )
+            if self._copy_targets:
+                await self._remove_again_from_copies(lambda g: g.invalidate(namespace), answers)
+        finally:
+            self._tracker.written(writing)
 
     async def _remove_again_from_copies(
         self, op: Callable[[GuardedStore], Awaitable[Any]], answers: list[Any]
@@ -203,10 +225,10 @@ class WritePath:
 
     async def clear(self) -> None:
         """Remove every entry of this cache from every store (after make_way)."""
-        self._tracker.wrote_everything()
+        writing = self._tracker.writing_everything()
         if self.memory is not None:
             self.memory.discard_all()
-        await self.on_every_layer(lambda g: g.clear(), None, (None, None))
+        await self.on_every_layer(lambda g: g.clear(), None, (None, None), writing=writing)
 
     async def on_every_layer(
         self,
@@ -215,6 +237,7 @@ class WritePath:
         scope: WriteScope,
         *,
         queueable: bool = False,
+        writing: Writing | None = None,
     ) -> list[Any]:
         """Run ``op`` on every remote layer concurrently; failures are counted, not raised.
 
@@ -222,12 +245,17 @@ class WritePath:
         the old: one layer's write runs in the caller's own task, so it has started (a Redis
         write cut short is journaled, a file write finishes in its thread); several run
         shielded and finish in the background (aclose still stops them). ``queueable``: a
-        write, which stores that queue writes take without I/O (no task for them)."""
+        write, which stores that queue writes take without I/O (no task for them).
+        ``writing`` (from the read tracker) ends once every store got the write: when this
+        returns, or when the writes a cancelled caller left running have finished."""
         layers = self.layers
         if not layers:
+            if writing is not None:
+                self._tracker.written(writing)
             return []
         calls = [op(g) for g in layers]
         queue_first = self._queue_first if queueable else None
+        left_running: list[asyncio.Future[Any]] = []  # by a cancelled caller
         try:
             if queue_first is not None and (
                 sum(
@@ -236,7 +264,7 @@ class WritePath:
                 )
                 <= 1
             ):
-                answers = await self._queues_first(calls, queue_first)
+                answers = await self._queues_first(calls, queue_first, left_running)
             elif sum(not answered_at_once(call) for call in calls) <= 1:
                 # At most one store does I/O (the others journaled the write or were skipped):
                 # it runs in the caller's task, as a lone store's write does.
@@ -249,6 +277,7 @@ class WritePath:
                     answers = list(await asyncio.shield(writes))
                 except asyncio.CancelledError:
                     if not writes.done():
+                        left_running.append(writes)
                         self._adopt(asyncio.ensure_future(_settle(writes)))
                     raise
         except BaseException:
@@ -259,6 +288,9 @@ class WritePath:
                 if missed is not None:
                     missed.save_soon()
             raise
+        finally:
+            if writing is not None:
+                self._written_when_landed(writing, left_running)
         if self._tracks_missed:
             self._note_missed(scope, answers)
             for missed in self._missed:
@@ -273,20 +305,42 @@ class WritePath:
                     counters.errors[layer.name] += 1
         return answers
 
-    async def _queues_first(self, calls: list[Awaitable[Any]], order: list[int]) -> list[Any]:
+    async def _queues_first(
+        self,
+        calls: list[Awaitable[Any]],
+        order: list[int],
+        left_running: list[asyncio.Future[Any]],
+    ) -> list[Any]:
         """Await ``calls`` one by one in ``order`` (the queueing stores first, see
         ``__init__``): at most one does I/O, so none needs a task. Cancelled meanwhile, the
-        calls not yet awaited still run, in the background: the write reaches every store, as
-        with ``gather``."""
+        calls not yet awaited still run, in the background (added to ``left_running``): the
+        write reaches every store, as with ``gather``."""
         answers: list[Any] = [None] * len(calls)
         for done, index in enumerate(order):
             try:
                 answers[index] = await calls[index]
             except asyncio.CancelledError:
                 for rest in order[done + 1 :]:
-                    self._adopt(asyncio.ensure_future(calls[rest]))
+                    task = asyncio.ensure_future(calls[rest])
+                    self._adopt(task)
+                    left_running.append(task)
                 raise
         return answers
+
+    def _written_when_landed(
+        self, writing: Writing, left_running: list[asyncio.Future[Any]]
+    ) -> None:
+        """End ``writing`` now, or once the writes a cancelled caller left running are done:
+        until then a read may still find the value they replace below."""
+        if not left_running:
+            self._tracker.written(writing)
+            return
+        landed = (
+            left_running[0]
+            if len(left_running) == 1
+            else asyncio.gather(*left_running, return_exceptions=True)
+        )
+        landed.add_done_callback(lambda _landed: self._tracker.written(writing))
 
     def _note_missed(self, scope: WriteScope, answers: list[Any] | None) -> None:
         """Record, per store without a journal, whether the write of ``scope`` reached it:
@@ -324,19 +378,22 @@ class WritePath:
         """Cache a loaded value. With a memory layer it is readable in this process at once:
         the writes to the slower stores land in the background, tracked in ``landing``, and
         ``None`` is returned. Without one, the writes are returned, still to be awaited."""
-        remote_writes = self.set_now(key, value, namespace=namespace, ttl=ttl)
+        remote_writes, writing = self._set_now(key, value, namespace, ttl)
         if self.memory is None:
             return remote_writes
         flight = (namespace, key)
         landing = asyncio.ensure_future(remote_writes)
         self._adopt(landing)
         self.landing[flight] = landing
-        landing.add_done_callback(lambda done: self._landed(flight, done))
+        landing.add_done_callback(lambda done: self._landed(flight, done, writing))
         return None
 
-    def _landed(self, flight: FlightKey, done: asyncio.Task[Any]) -> None:
+    def _landed(self, flight: FlightKey, done: asyncio.Task[Any], writing: Writing) -> None:
         if self.landing.get(flight) is done:
             del self.landing[flight]
+        if done.cancelled():
+            # Cancelled before it began (aclose), the write never ended its own tracking.
+            self._tracker.written(writing)
 
     async def make_way(self, namespace: str | None = None, key: str | None = None) -> None:
         """Before a write of ``key`` (of all of ``namespace``, of everything): reads in flight
