@@ -55,16 +55,16 @@ async def cache(cache_dir: Path, key_prefix: str, proxy: TcpProxy) -> AsyncItera
 
 
 def read_in_another_process(
-    redis_url: str, key_prefix: str, cache_dir: Path
+    redis_url: str, key_prefix: str, cache_dir: Path, keys: list[str] = KEYS
 ) -> Awaitable[dict[str, Any]]:
-    """What a spawned process reads from Redis alone for every key (off the event loop)."""
+    """What a spawned process reads from Redis alone for ``keys`` (off the event loop)."""
 
     def run() -> dict[str, Any]:
         spawn = multiprocessing.get_context("spawn")
         results = spawn.Queue()
         reader = spawn.Process(
             target=_replay_processes.read_from_redis,
-            args=(redis_url, key_prefix, cache_dir, KEYS, results),
+            args=(redis_url, key_prefix, cache_dir, keys, results),
         )
         reader.start()
         try:
@@ -116,7 +116,6 @@ async def test_the_journal_drains_while_agents_keep_rewriting_its_keys(
         stop.set()
         await asyncio.gather(*agents)
     assert not journal
-    assert journal.overtaken > 0  # writes went straight to Redis, past the journaled ones
     # Another process, reading Redis alone, finds the newest value of every key.
     found = await read_in_another_process(redis_url, key_prefix, tmp_path / "elsewhere")
     assert found == latest
