@@ -187,7 +187,9 @@ async def test_permission_denied_degrades_to_memory_and_redis(
     make_cache: MakeCache, cache_dir: Path, key_prefix: str, deny_writes: Callable[[Path], None]
 ) -> None:
     cache = await make_cache(cache_dir)
-    deny_writes(cache_dir / key_prefix)  # say an operator changed the folder's owner
+    folder = cache_dir / key_prefix
+    folder.mkdir(parents=True, exist_ok=True)  # nothing written yet: made at the first write
+    deny_writes(folder)  # say an operator changed the folder's owner
     await cache.set("k", {"v": 1})  # no exception
     assert await cache.get("k") == {"v": 1}
     redis_only = await make_cache(cache_dir, stores=("redis",))

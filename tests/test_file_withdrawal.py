@@ -28,6 +28,7 @@ from toolweaver_async import AsyncToolCache, CacheConfig
 
 NS = "default"
 BIG = "big" * 20_000  # ~60 KB encoded: over the writer's file-size limit
+HOLD = "hold-me:"  # a value starting so waits in the writer's write step once it is told "hold"
 LIMIT = 16 * 1024
 BULK = [f"bulk{n}" for n in range(150)]  # three steps of a set_many (64 rows a step)
 
@@ -38,14 +39,16 @@ def writer(
     cache_dir: Path,
     key_prefix: str,
     write_behind: bool,
+    file_timeout: float,
     commands: Queue[Any],
     answers: Queue[Any],
     paused: Event,
     go: Event,
 ) -> None:
     """A cache on ``cache_dir`` (file store only) doing what ``commands`` say, one answer each.
-    Once told ``hold``, a write of ``BIG`` first waits for ``go`` (having set ``paused``), so
-    that another process can write in between."""
+    Once told ``hold``, a write of a value starting with ``HOLD`` first waits for ``go``
+    (having set ``paused``): another process can write in between, or the step can hang past
+    the writer's ``file_timeout``."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG for the write, not death
     from toolweaver_async.stores import file_writes
 
@@ -53,19 +56,20 @@ def writer(
     held: list[bool] = []
 
     def write_new_file(name: str, parts: Sequence[bytes], folder: int) -> None:
-        if held and b"bigbig" in parts[-1]:
+        if held and HOLD.encode() in parts[-1]:
             paused.set()
             go.wait(30)
         real(name, parts, folder)
 
     file_writes.write_new_file = write_new_file  # type: ignore[assignment]
-    asyncio.run(_serve(cache_dir, key_prefix, write_behind, commands, answers, held))
+    asyncio.run(_serve(cache_dir, key_prefix, write_behind, file_timeout, commands, answers, held))
 
 
 async def _serve(
     cache_dir: Path,
     key_prefix: str,
     write_behind: bool,
+    file_timeout: float,
     commands: Queue[Any],
     answers: Queue[Any],
     held: list[bool],
@@ -77,7 +81,7 @@ async def _serve(
         cache_dir=cache_dir,
         key_prefix=key_prefix,
         file_write_behind=write_behind,
-        file_timeout=30.0,  # a paused write must not time out: the refusal is the subject
+        file_timeout=file_timeout,
     )
     async with AsyncToolCache(config) as cache:
         while True:
@@ -92,6 +96,11 @@ async def _serve(
                 elif command == "limit":
                     _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
                     resource.setrlimit(resource.RLIMIT_FSIZE, (args[0], hard))
+                    answers.put(None)
+                elif command == "settle":  # until the hung step has returned
+                    store: Any = next(s for s in cache._chain.stores if s.name == "file")
+                    while store._lane_here().stalled:
+                        await asyncio.sleep(0.005)
                     answers.put(None)
                 elif command == "get":
                     answers.put(await cache.get_many(args[0]))
@@ -125,7 +134,9 @@ async def _write(cache: AsyncToolCache, command: str, args: list[Any]) -> None:
 class Writer:
     """The test's handle on the writer process."""
 
-    def __init__(self, cache_dir: Path, key_prefix: str, write_behind: bool) -> None:
+    def __init__(
+        self, cache_dir: Path, key_prefix: str, write_behind: bool, file_timeout: float
+    ) -> None:
         spawn = multiprocessing.get_context("spawn")
         self.commands: Queue[Any] = spawn.Queue()
         self.answers: Queue[Any] = spawn.Queue()
@@ -137,6 +148,7 @@ class Writer:
                 cache_dir,
                 key_prefix,
                 write_behind,
+                file_timeout,
                 self.commands,
                 self.answers,
                 self.paused,
@@ -169,11 +181,12 @@ class Writer:
 
 
 @pytest.fixture
-def start_writer(cache_dir: Path, key_prefix: str) -> Iterator[Callable[[bool], Writer]]:
+def start_writer(cache_dir: Path, key_prefix: str) -> Iterator[Callable[..., Writer]]:
     writers: list[Writer] = []
 
-    def start(write_behind: bool) -> Writer:
-        writers.append(Writer(cache_dir, key_prefix, write_behind))
+    def start(write_behind: bool, file_timeout: float = 30.0) -> Writer:
+        # By default a paused write must not time out: the refusal is the subject.
+        writers.append(Writer(cache_dir, key_prefix, write_behind, file_timeout))
         return writers[-1]
 
     yield start
@@ -241,7 +254,7 @@ WAYS = [pytest.param(False, id="write_through"), pytest.param(True, id="write_be
 @pytest.mark.slow
 @pytest.mark.parametrize("write_behind", WAYS)
 def test_writes_the_disk_refuses_leave_no_older_value_for_another_live_process(
-    start_writer: Callable[[bool], Writer], cache_dir: Path, key_prefix: str, write_behind: bool
+    start_writer: Callable[..., Writer], cache_dir: Path, key_prefix: str, write_behind: bool
 ) -> None:
     """The writer stays alive (its marks are its own, not adopted): the other process reads
     the folder itself. A refused set withdraws the key's older entry; a set_many that a refused
@@ -273,7 +286,7 @@ def test_writes_the_disk_refuses_leave_no_older_value_for_another_live_process(
 @pytest.mark.allow_blocking(reason="takes write permission away from entry folders")
 @pytest.mark.parametrize("write_behind", WAYS)
 def test_a_write_or_delete_a_read_only_folder_refuses_leaves_no_older_value_elsewhere(
-    start_writer: Callable[[bool], Writer],
+    start_writer: Callable[..., Writer],
     cache_dir: Path,
     key_prefix: str,
     read_only: Callable[[Path], None],
@@ -300,7 +313,7 @@ def test_a_write_or_delete_a_read_only_folder_refuses_leaves_no_older_value_else
 @pytest.mark.slow
 @pytest.mark.parametrize("write_behind", WAYS)
 def test_a_refused_write_spares_a_newer_entry_another_process_wrote_meanwhile(
-    start_writer: Callable[[bool], Writer], cache_dir: Path, key_prefix: str, write_behind: bool
+    start_writer: Callable[..., Writer], cache_dir: Path, key_prefix: str, write_behind: bool
 ) -> None:
     """Between the refused write looking at the key's entry and failing, another process
     writes the key: that entry is newer than the one the write was replacing, and stays."""
@@ -308,9 +321,30 @@ def test_a_refused_write_spares_a_newer_entry_another_process_wrote_meanwhile(
     writer.do("set", "k", "v1")
     writer.do("limit", LIMIT)
     writer.do("hold")
-    writer.send("set", "k", BIG)
+    writer.send("set", "k", HOLD + BIG)
     assert writer.paused.wait(30), "the writer never reached its write"
     write(cache_dir, key_prefix, "k", "v3")
     writer.go.set()
     assert writer.answer() is None
     assert read(cache_dir, key_prefix, ["k"]) == {"k": "v3"}
+
+
+@pytest.mark.slow
+def test_a_write_hung_past_the_timeout_leaves_no_older_value_and_never_lands_late(
+    start_writer: Callable[..., Writer], cache_dir: Path, key_prefix: str
+) -> None:
+    """The write step hangs (as on a lock or mount that answers nothing) and its caller is
+    released after file_timeout: the older entry is withdrawn from another thread meanwhile,
+    and the step, when it comes back, publishes nothing over what was written since."""
+    writer = start_writer(False, file_timeout=0.3)
+    writer.do("set_many", {"k": "v1", "later": "v1"})
+    writer.do("hold")
+    writer.do("set_many", {"k": HOLD + "v2", "later": "v2"})  # returns after ~0.3 s
+    assert writer.paused.is_set()
+    assert read(cache_dir, key_prefix, ["k", "later"]) == {}  # never "v1"
+    write(cache_dir, key_prefix, "k", "v3")
+    writer.go.set()
+    writer.do("settle")
+    assert read(cache_dir, key_prefix, ["k", "later"]) == {"k": "v3"}
+    # The writer's own mark trusts only the bytes of the write it missed: a miss, never "v1".
+    assert writer.do("get", ["k"]) == {}

@@ -104,6 +104,22 @@ async def test_a_write_of_a_key_whose_replay_is_on_the_wire_goes_out_after_it(
     assert store.data[("ns", "k1")] == b"new"
 
 
+async def test_a_write_cancelled_while_waiting_for_its_keys_batch_is_still_delivered(
+    store: PartialStore,
+) -> None:
+    guard = guarded(store)
+    await replay_held(store, guard, keys=100)
+    write = asyncio.ensure_future(guard.set("ns", "k1", b"new", None))  # k1 is on the wire
+    await asyncio.sleep(0)  # one loop turn: the write is now waiting for the batch
+    write.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await write
+    assert store.gate is not None
+    store.gate.set()
+    await drained(guard)
+    assert store.data[("ns", "k1")] == b"new"  # made all the same, never the older value
+
+
 async def test_the_replay_skips_a_journaled_value_while_a_newer_write_of_it_is_on_the_wire(
     store: PartialStore,
 ) -> None:

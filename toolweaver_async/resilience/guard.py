@@ -1,31 +1,37 @@
-"""A store behind its circuit breaker: the one place where store failures are absorbed.
+"""A store behind its circuit breaker, with its outage journal: what callers of a store use.
 
-Every call either returns the store's answer or one of three markers: :data:`SKIPPED` (no I/O
-happened: the breaker refused, or the outage journal holds a newer write of that key),
-:data:`FAILED` (an outage: the store raised :class:`~toolweaver_async.errors.StoreError` or
-missed its deadline; the breaker counted it) or :data:`BUG` (the store raised anything else: a
-bug, absorbed for the caller but logged once per exception type at ERROR with its traceback and
-counted in ``bugs``, never as an outage). The coordinator never sees a store exception.
+The calls themselves go through :class:`~.guarded_calls.GuardedCalls` (the breaker, the markers
+:data:`SKIPPED`, :data:`FAILED` and :data:`BUG`: the coordinator never sees a store exception).
 
 A guarded store may carry an :class:`~toolweaver_async.resilience.journal.OutageJournal` (Redis
 does): writes it could not deliver are journaled, reads of journaled keys skip it, and
 :class:`~toolweaver_async.resilience.replay.JournalReplay` replays the journal in order as soon
 as the breaker lets a call through, the replay itself serving as the half-open probe when no
-caller does.
+caller does. Once the store is back, a new write of a journaled key goes straight to it,
+overtaking the journaled operation (see ``journal/handoff.py``), so the journal drains even
+while agents keep rewriting the same keys.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import Any, Final, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from ..errors import StoreError
 from ..stores.base import HousekeepingStore, Store, StoreItem
 from .breaker import BreakerState, CircuitBreaker
+from .guarded_calls import (
+    BUG,
+    FAILED,
+    SKIPPED,
+    SKIPPED_NOW,
+    GuardedCalls,
+    Unreachable,
+    answered_at_once,
+)
 from .journal import JournalOp, JournalSet, OutageJournal
 from .recovery_watch import RecoveryWatch
 from .replay import JournalReplay
@@ -33,7 +39,8 @@ from .replay import JournalReplay
 __all__ = ["BUG", "FAILED", "SKIPPED", "GuardedStore", "Unreachable", "answered_at_once"]
 
 T = TypeVar("T")
-logger = logging.getLogger("toolweaver_async.cache")
+
+_CLOSED = BreakerState.CLOSED
 
 
 class _Route(enum.Enum):
@@ -44,75 +51,16 @@ class _Route(enum.Enum):
     WAIT = "wait"
 
 
-class Unreachable(enum.Enum):
-    """Why a guarded call has no answer."""
-
-    SKIPPED = "skipped"
-    FAILED = "failed"
-    BUG = "bug"
-
-
-_CLOSED, _OPEN = BreakerState.CLOSED, BreakerState.OPEN  # enum lookups cost ~60 ns on 3.11
-
-SKIPPED = Unreachable.SKIPPED
-FAILED = Unreachable.FAILED
-BUG = Unreachable.BUG
-# What an outage looks like: a store's own translated error, or no answer in time.
-_OUTAGES: Final = (StoreError, TimeoutError)
-
-
-class _Now:
-    """An awaitable that is already done: ``await _Now(x)`` is ``x`` without a coroutine."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self.value
-        yield  # a generator function, so each await gets a fresh, finished iterator
-
-
-_SKIPPED_NOW: Final = _Now(SKIPPED)
-
-
-def answered_at_once(call: Awaitable[Any]) -> bool:
-    """Whether a guarded call was answered without I/O (breaker open, write journaled): awaiting
-    it returns at once, so it needs no task of its own."""
-    return isinstance(call, _Now)
-
-
-class GuardedStore:
-    """Wraps one store with its breaker (and optionally an outage journal); records outcomes
-    and the last error for health.
+class GuardedStore(GuardedCalls):
+    """Wraps one store with its breaker (see :class:`GuardedCalls`) and optionally an outage
+    journal.
 
     ``watch_interval``, when set, pings the store that often while the breaker is open and
-    ends the open period at the first answer (see ``recovery_watch.py``).
-
-    ``deadline``, when set, bounds every call but ``clear`` (a scan that may legitimately take
-    longer), for stores that do not bound their calls themselves (``RedisStore`` does, with one
-    shared timer, cheaper than an ``asyncio.timeout`` per call).
-
-    ``clock`` times calls for the breaker's slow-call limit; give it the breaker's own clock.
+    ends the open period at the first answer (see ``recovery_watch.py``). ``deadline`` bounds
+    every call but ``clear`` (a scan that may legitimately take longer).
     """
 
-    __slots__ = (
-        "_bug_types",
-        "_clock",
-        "_closed",
-        "_housekeeping",
-        "_watch",
-        "breaker",
-        "bugs",
-        "deadline",
-        "failures",
-        "journal",
-        "last_error",
-        "name",
-        "replay",
-        "store",
-    )
+    __slots__ = ("_closed", "_housekeeping", "_watch", "journal", "replay")
 
     def __init__(
         self,
@@ -124,15 +72,7 @@ class GuardedStore:
         watch_interval: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.store = store
-        self.breaker = breaker
-        self.name = store.name
-        self.last_error: str | None = None
-        self.failures = 0
-        self.bugs = 0  # exceptions that are not outages (see module doc)
-        self._bug_types: set[type[BaseException]] = set()
-        self._clock = clock
-        self.deadline = deadline
+        super().__init__(store, breaker, deadline=deadline, clock=clock)
         self.journal = journal
         self._housekeeping = store if isinstance(store, HousekeepingStore) else None
         self._closed = False
@@ -155,82 +95,12 @@ class GuardedStore:
 
     # -- the one seam ----------------------------------------------------------------------
 
-    def attempt(self, fn: Callable[..., Awaitable[T]], *args: Any) -> Awaitable[T | Unreachable]:
-        """Run ``fn(*args)`` if the breaker allows it; never raises what the store raised.
-        A store the breaker refuses is answered at once, without a coroutine."""
-        if self._refusing():
-            return _SKIPPED_NOW
-        return self._call(fn, args, self.deadline)
-
-    async def _call(
-        self,
-        fn: Callable[..., Awaitable[T]],
-        args: tuple[Any, ...],
-        deadline: float | None,
-    ) -> T | Unreachable:
-        """The call itself, if the breaker admits it (callers asked ``_refusing`` first)."""
-        breaker = self.breaker
-        if not breaker.allow():
-            return SKIPPED
-        # An outcome that arrives after the breaker changed state (a call admitted before a
-        # trip, answering during the half-open probe) must not count as the probe.
-        epoch = breaker.epoch
-        clock = self._clock
-        started = clock()
-        try:
-            if deadline is None:
-                result = await fn(*args)
-            else:
-                async with asyncio.timeout(deadline):
-                    result = await fn(*args)
-        except _OUTAGES as exc:
-            if breaker.epoch == epoch:
-                if getattr(exc, "refused", False):
-                    breaker.release()  # the store answered, refusing this call: not down
-                elif getattr(exc, "stalled", False):
-                    breaker.release()  # this process stalled past the deadline, not the store
-                else:
-                    breaker.record_failure(getattr(exc, "incident", None))
-            self.failures += 1
-            if isinstance(exc, TimeoutError) and not str(exc):
-                self.last_error = f"TimeoutError: no answer within {deadline} s"
-            else:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-            logger.debug("%s store call failed: %s", self.name, self.last_error)
-            return FAILED
-        except Exception as exc:
-            if breaker.epoch == epoch:
-                breaker.release()  # a bug says nothing about the store being up or down
-            self._bug(exc)
-            return BUG
-        except BaseException:
-            if breaker.epoch == epoch:
-                breaker.release()  # cancelled: neither a success nor a failure
-            raise
-        if breaker.epoch == epoch:
-            breaker.record_success(clock() - started)
-        return result
-
-    def _bug(self, exc: Exception) -> None:
-        """Count a store exception that is not an outage; log its first of each type."""
-        self.bugs += 1
-        kind = type(exc)
-        if kind not in self._bug_types:
-            self._bug_types.add(kind)
-            logger.error(
-                "%s store raised %s, which is a bug, not an outage: the call counts as a miss, "
-                "the breaker ignores it (logged once per exception type)",
-                self.name,
-                kind.__name__,
-                exc_info=exc,
-            )
-
     # -- reads -----------------------------------------------------------------------------
 
     def get(self, namespace: str, key: str) -> Awaitable[bytes | Unreachable | None]:
         journal = self.journal
         if journal is not None and journal.covers(namespace, key):
-            return _SKIPPED_NOW  # the store may hold an older value than the journaled write
+            return SKIPPED_NOW  # the store may hold an older value than the journaled write
         return self.attempt(self.store.get, namespace, key)
 
     def get_many(
@@ -278,13 +148,14 @@ class GuardedStore:
             route = self._route(journal, namespace, key, waited=waited)
             if route is _Route.WAIT:
                 return self._after_replay_batch(
-                    lambda: self._set(journal, namespace, key, data, ttl, waited=True)
+                    lambda: self._set(journal, namespace, key, data, ttl, waited=True),
+                    lambda: journal.record_set(namespace, key, data, ttl),
                 )
             if route is _Route.JOURNAL:
                 # Journaled at once, no task: during an outage every write takes this path
                 # (~40 us less per cache.set, issue 3).
                 journal.record_set(namespace, key, data, ttl)
-                return _SKIPPED_NOW
+                return SKIPPED_NOW
         return self._journaled(
             False,
             lambda: (journal.begin_set(namespace, key, data, ttl),),
@@ -298,7 +169,7 @@ class GuardedStore:
     ) -> Awaitable[bool | Unreachable]:
         journal = self.journal
         if journal is not None and journal.covers(namespace, key):
-            return _SKIPPED_NOW  # promotion must not race the replay of a newer write
+            return SKIPPED_NOW  # promotion must not race the replay of a newer write
         return self.attempt(self.store.add, namespace, key, data, ttl)
 
     def set_many(self, namespace: str, items: Sequence[StoreItem]) -> Awaitable[Unreachable | None]:
@@ -317,7 +188,12 @@ class GuardedStore:
             and not self._refusing()
             and any(journal.on_wire(namespace, item[0]) for item in items)
         ):
-            await replay.batch_ended()
+            try:
+                await replay.batch_ended()  # the older values must land first (see _route)
+            except asyncio.CancelledError:
+                for item in items:
+                    journal.record_set(namespace, *item)  # made all the same
+                raise
         refusing = self._refusing()
         direct: list[StoreItem] = []
         for item in items:
@@ -352,11 +228,12 @@ class GuardedStore:
             route = self._route(journal, namespace, key, waited=waited)
             if route is _Route.WAIT:
                 return self._after_replay_batch(
-                    lambda: self._delete(journal, namespace, key, waited=True)
+                    lambda: self._delete(journal, namespace, key, waited=True),
+                    lambda: journal.record_delete(namespace, key),
                 )
             if route is _Route.JOURNAL:
                 journal.record_delete(namespace, key)
-                return _SKIPPED_NOW
+                return SKIPPED_NOW
         return self._journaled(
             False,
             lambda: (journal.begin_delete(namespace, key),),
@@ -376,10 +253,18 @@ class GuardedStore:
             return _Route.JOURNAL if waited or self.replay is None else _Route.WAIT
         return _Route.SEND if journal.may_overtake(namespace, key) else _Route.JOURNAL
 
-    async def _after_replay_batch(self, write: Callable[[], Awaitable[T]]) -> T:
-        """``write()`` once the replay batch on the wire has ended (a few milliseconds)."""
+    async def _after_replay_batch(
+        self, write: Callable[[], Awaitable[T]], record: Callable[[], None]
+    ) -> T:
+        """``write()`` once the replay batch on the wire has ended (a few milliseconds). A
+        caller cancelled meanwhile has made its write all the same: ``record()`` journals it
+        (else the journal's older value would be replayed after the newer one went elsewhere)."""
         assert self.replay is not None
-        await self.replay.batch_ended()
+        try:
+            await self.replay.batch_ended()
+        except asyncio.CancelledError:
+            record()
+            raise
         return await write()
 
     def invalidate(self, namespace: str) -> Awaitable[Unreachable | None]:
@@ -464,14 +349,10 @@ class GuardedStore:
         if self.journal is not None:
             await self.journal.aclose()
 
-    def _refusing(self) -> bool:
-        """Whether a call would be skipped now without I/O (breaker open, or the replay is the
-        half-open probe), so a write can be journaled at once, with no task."""
-        state = self.breaker.state
-        if state is _CLOSED:  # the hot path: one property read
-            return False
+    def _probing(self) -> bool:
+        """While a replay is pending, it alone probes a half-open store (see ``replay.py``)."""
         replay = self.replay
-        return state is _OPEN or (replay is not None and replay.probing())
+        return replay is not None and replay.probing()
 
     # -- health ----------------------------------------------------------------------------
 

@@ -13,9 +13,11 @@ steps themselves live beside it, one concept each: where an entry lives and how 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -140,6 +142,8 @@ class FileStore:
         self._folders: dict[str, str] = {}
         self._ledger = Ledger()
         self._lanes = FileLanes(deadline=step_timeout, touches=_entries_touched)
+        # The withdrawal beside a hung write (see _withdraw_beside): one thread at most.
+        self._withdrawal: asyncio.Future[None] | None = None
 
     @classmethod
     def from_config(
@@ -229,14 +233,20 @@ class FileStore:
         # One step at a time, not all queued at once: the lane is first come, first served,
         # and a set_many of thousands of entries must not hold up every other caller's read
         # for seconds. A read asked meanwhile waits for one step (64 entries) at most.
+        abandoned = threading.Event()
         for index, part in enumerate(parts):
             try:
-                await self._step("write", write_entries, self._ledger, folder, part)
-            except StoreError:
-                # The step withdrew its own rows from the failed one on; the steps after it
-                # never ran, and no process may serve what their rows were replacing either.
+                await self._step("write", write_entries, self._ledger, folder, part, abandoned)
+            except StoreError as exc:
+                # No process may serve what the rows not written were replacing. A step that
+                # failed withdrew its own from the failed row on; the steps after it never ran.
                 rest = [row[0] for later in parts[index + 1 :] for row in later]
-                if rest:
+                if isinstance(exc.__cause__, TimeoutError):
+                    # Hung (or refused behind a hung one): it publishes nothing more, and the
+                    # lane is stuck behind it, so its rows and the rest go from another thread.
+                    abandoned.set()
+                    await self._withdraw_beside(folder, [row[0] for row in part] + rest)
+                elif rest:
                     with contextlib.suppress(StoreError):  # best effort: the error is the news
                         await self._step("write", withdraw_entries, folder, rest)
                 raise
@@ -244,7 +254,12 @@ class FileStore:
 
     async def delete(self, namespace: str, key: str) -> bool:
         folder = self._folder(namespace)
-        return await self._step("delete", delete_entry, self._ledger, folder, key)
+        try:
+            return await self._step("delete", delete_entry, self._ledger, folder, key)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, TimeoutError):  # as in set_many
+                await self._withdraw_beside(folder, [key])
+            raise
 
     async def invalidate(self, namespace: str) -> None:
         self._folder(namespace)
@@ -304,6 +319,19 @@ class FileStore:
         except OSError as exc:  # TimeoutError included
             raise self._error(what, exc) from exc
         return result
+
+    async def _withdraw_beside(self, folder: str, keys: list[str]) -> None:
+        """Withdraw the entries of ``keys`` on a thread of their own, beside a write lane stuck
+        on a hung step, waiting for it at most ``step_timeout`` more. At most one such thread:
+        while the last one is stuck too, the disk is hung for this process and this is skipped
+        (other processes' reads of it hang as well)."""
+        last = self._withdrawal
+        if last is not None and not last.done() and last.get_loop() is asyncio.get_running_loop():
+            return
+        self._withdrawal = asyncio.ensure_future(
+            in_daemon_thread("toolweaver-file-withdraw", withdraw_entries, folder, keys)
+        )
+        await asyncio.wait([self._withdrawal], timeout=self.step_timeout)
 
     def _lane_here(self) -> WorkerLane:
         """This event loop's write lane (a store may serve one loop after another), on the

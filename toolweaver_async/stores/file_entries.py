@@ -29,6 +29,7 @@ __all__ = [
     "read_entries",
     "read_entry",
     "remove_quietly",
+    "same_file",
 ]
 
 _SEP = os.sep
@@ -124,7 +125,7 @@ def _read_entry_at(
 def discard_quietly(subfolder: int, name: str, judged: os.stat_result) -> bool:
     """:func:`discard_at` as a best effort: a miss is already the right answer."""
     try:
-        return discard_at(subfolder, name, (judged.st_ino, judged.st_dev))
+        return discard_at(subfolder, name, judged)
     except OSError:
         return False
 
@@ -134,7 +135,21 @@ def _count_corrupt_read(ledger: Ledger, folder: str) -> None:
         ledger.count_corrupt_read(os.path.basename(folder))
 
 
-def discard_at(folder: int, name: str, judged: tuple[int, int]) -> bool:
+def same_file(found: os.stat_result, judged: os.stat_result) -> bool:
+    """Whether ``found`` is the very file ``judged`` was, not a later one. The inode number
+    alone is not enough: a file system hands a freed one to the next new file at once (an
+    entry removed, then written again by another process). Its size and modification time
+    go with it (a rename changes neither; two entries alike in all four would have to be
+    written within one clock tick)."""
+    return (
+        found.st_ino == judged.st_ino
+        and found.st_dev == judged.st_dev
+        and found.st_size == judged.st_size
+        and found.st_mtime_ns == judged.st_mtime_ns
+    )
+
+
+def discard_at(folder: int, name: str, judged: os.stat_result) -> bool:
     """Remove ``name`` (in ``folder``) only if it is still the very file we judged, never one
     a writer put there since (in this process or another): True when removed.
 
@@ -144,12 +159,12 @@ def discard_at(folder: int, name: str, judged: tuple[int, int]) -> bool:
     miss in between, never an older value.
     """
     current = os.stat(name, dir_fd=folder, follow_symlinks=False)
-    if (current.st_ino, current.st_dev) != judged:
+    if not same_file(current, judged):
         return False  # replaced since: the common race, settled without touching it
     grave = f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"  # swept by maintenance if we die
     os.rename(name, grave, src_dir_fd=folder, dst_dir_fd=folder)
     moved = os.stat(grave, dir_fd=folder, follow_symlinks=False)
-    if (moved.st_ino, moved.st_dev) == judged:
+    if same_file(moved, judged):
         os.unlink(grave, dir_fd=folder)
         return True
     # A writer replaced the entry between the check and the rename: put its file back,

@@ -18,7 +18,7 @@ import contextlib
 import os
 from collections.abc import Sequence
 
-from .file_entries import discard_at, entry_path, entry_place
+from .file_entries import discard_at, entry_path, entry_place, same_file
 from .file_format import EXPIRES_AT, EXPIRES_AT_OFFSET
 from .file_tree import O_NOFOLLOW, open_folder
 
@@ -43,19 +43,18 @@ def withdraw_at(folder: int, name: str, judged: os.stat_result | None) -> bool:
     by a newer entry, which stays); False when it stays readable."""
     if judged is None:
         return True
-    identity = (judged.st_ino, judged.st_dev)
     try:
-        discard_at(folder, name, identity)  # removes it only while it is still that file
+        discard_at(folder, name, judged)  # removes it only while it is still that file
     except FileNotFoundError:
         return True
     except OSError:  # the folder refuses renames and unlinks: the file itself may take a write
-        return expire_in_place(folder, name, identity)
+        return expire_in_place(folder, name, judged)
     return True
 
 
-def expire_in_place(folder: int, name: str, identity: tuple[int, int]) -> bool:
+def expire_in_place(folder: int, name: str, judged: os.stat_result) -> bool:
     """Set the ``expires_at`` of ``name`` (in ``folder``) to 0 when it is still the file
-    ``identity``: True when done or when that file is gone, False when it cannot be written.
+    ``judged``: True when done or when that file is gone, False when it cannot be written.
     The data stays as it was, so a reader racing the write sees the old entry or a miss."""
     try:
         fd = os.open(name, _O_EXPIRE, dir_fd=folder)
@@ -65,7 +64,7 @@ def expire_in_place(folder: int, name: str, identity: tuple[int, int]) -> bool:
         return False
     try:
         found = os.fstat(fd)
-        if (found.st_ino, found.st_dev) != identity:
+        if not same_file(found, judged):
             return True  # replaced since: the newer entry stays
         if found.st_size >= EXPIRES_AT_OFFSET + EXPIRES_AT.size:  # shorter: no entry anyway
             os.pwrite(fd, _EXPIRED, EXPIRES_AT_OFFSET)

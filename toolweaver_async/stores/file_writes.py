@@ -10,8 +10,10 @@ lands outside the cache's tree. A replace or delete that fails withdraws the ent
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import threading
 from collections.abc import Callable, Sequence
 
 from .file_entries import (
@@ -39,16 +41,24 @@ __all__ = [
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-def write_entries(ledger: Ledger, folder: str, items: Sequence[tuple[str, bytes, float]]) -> None:
+def write_entries(
+    ledger: Ledger,
+    folder: str,
+    items: Sequence[tuple[str, bytes, float]],
+    abandoned: threading.Event | None = None,
+) -> None:
     """Write each ``(key, data, expires_at)`` over whatever entry the key has. The first
     failure ends the step: the rows after it are not tried, and their entries are withdrawn
-    as the failed one's is (``file_withdrawal``) before the error is raised."""
+    as the failed one's is (``file_withdrawal``) before the error is raised. Once its caller
+    has given up on it (``abandoned``: it hung past the deadline), the step publishes nothing
+    more: a late write would land over whatever was written since."""
     for index, (key, data, expires_at) in enumerate(items):
         path, head = entry_head(folder, key, data, expires_at)
         try:
-            grown = write_entry(path, head, data, publish_replacing)
+            grown = write_entry(path, head, data, publish_replacing, abandoned)
         except OSError:
-            withdraw_entries(folder, [row[0] for row in items[index + 1 :]])
+            if abandoned is None or not abandoned.is_set():  # else its caller withdrew them
+                withdraw_entries(folder, [row[0] for row in items[index + 1 :]])
             raise
         ledger.grow(grown or 0)  # never None: replacing always publishes
 
@@ -75,7 +85,11 @@ def entry_head(folder: str, key: str, data: bytes, expires_at: float) -> tuple[s
 
 
 def write_entry(
-    path: str, head: bytes, data: bytes, publish: Callable[[str, str, int], int | None]
+    path: str,
+    head: bytes,
+    data: bytes,
+    publish: Callable[[str, str, int], int | None],
+    abandoned: threading.Event | None = None,
 ) -> int | None:
     """Write a unique temp file beside ``path``, then ``publish`` it there in one atomic step:
     readers and concurrent writers see a whole old or a whole new entry, never a torn one.
@@ -88,7 +102,8 @@ def write_entry(
     when the folder is deleted from the trash under the write).
 
     A replacing write that fails withdraws the entry it found there before it started (never
-    one written since): no process may serve the value this write was replacing.
+    one written since): no process may serve the value this write was replacing. So does one
+    whose caller gave up on it (``abandoned``) before it published.
 
     No fsync: this is a cache; a file torn by a crash fails the header check and is dropped.
     """
@@ -104,6 +119,8 @@ def write_entry(
         older = found_at(name, folder) if publish is publish_replacing else None
         try:
             write_new_file(temp, (head, data), folder)
+            if abandoned is not None and abandoned.is_set():
+                raise TimeoutError(errno.ETIMEDOUT, "the write's caller gave up on it", path)
             old_size = publish(temp, name, folder)
         except FileNotFoundError:
             # The folder (or our temp file in it) was deleted from the trash while we wrote:
@@ -185,7 +202,7 @@ def delete_entry(ledger: Ledger, folder: str, key: str) -> bool:
         except FileNotFoundError:
             raise
         except OSError:
-            expire_in_place(subfolder, name, (found.st_ino, found.st_dev))
+            expire_in_place(subfolder, name, found)
             raise
     except FileNotFoundError:
         return False
