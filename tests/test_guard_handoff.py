@@ -193,6 +193,23 @@ async def test_a_replay_batch_the_store_took_in_part_keeps_only_what_failed(
     assert store.data[("ns", "dead0")] == b"v"
 
 
+async def test_a_dead_nodes_writes_filling_whole_batches_never_hold_back_the_others(
+    store: PartialStore,
+) -> None:
+    guard = guarded(store, failure_threshold=100)
+    dead = [f"dead{n}" for n in range(80)]  # more than a replay batch holds (64)
+    store.down = set(dead)
+    journal = journal_of(guard)
+    for key in [*dead, "live"]:
+        journal.record_set("ns", key, b"v", None)
+    await eventually(lambda: not journal.covers("ns", "live"), within=2)
+    assert await guard.get("ns", "live") == b"v"
+    assert all(journal.covers("ns", key) for key in dead)
+    store.down.clear()
+    await drained(guard)
+    assert all(store.data[("ns", key)] == b"v" for key in dead)
+
+
 async def test_a_set_many_the_store_took_in_part_journals_only_what_failed(
     store: PartialStore,
 ) -> None:

@@ -99,7 +99,9 @@ actions = st.lists(
         st.tuples(st.just("delete"), slots),
         st.tuples(st.just("invalidate"), st.sampled_from("xy")),
         st.tuples(st.just("take")),  # the replayer puts the next batch on the wire
-        st.tuples(st.just("land"), st.integers(0, 2)),  # it lands: all, part or none of it
+        # it lands: all, part or none of it; the rest refused by a node that is down (parked)
+        st.tuples(st.just("land"), st.integers(0, 2), st.booleans()),
+        st.tuples(st.just("unpark")),
         st.tuples(st.just("settle"), st.integers(0, 9), st.booleans()),  # a direct write ends
         st.tuples(st.just("late")),  # a failed write lands after all
     ),
@@ -178,8 +180,11 @@ def test_overtaking_writes_never_leave_redis_older_than_the_newest_write(
             for op in landed:
                 apply(op)
             late += [op for op in on_wire if op not in landed]
-            j.delivered(on_wire, landed, sent=True)
+            refused = [op for op in on_wire if op not in landed] if action[2] else []
+            j.delivered(on_wire, landed, sent=True, parked=refused)
             on_wire = []
+        elif kind == "unpark":
+            j.unpark()
         elif kind == "settle" and direct:
             op = direct.pop(action[1] % len(direct))
             if action[2]:
@@ -206,7 +211,7 @@ def test_overtaking_writes_never_leave_redis_older_than_the_newest_write(
     for op in on_wire:
         apply(op)
     j.delivered(on_wire, on_wire)
-    while batch := j.next_batch():
+    while (batch := j.next_batch()) or (j.unpark() and (batch := j.next_batch())):
         j.sending(batch)
         for op in batch:
             apply(op)

@@ -112,8 +112,10 @@ class StoreError(CacheError):
     ``incident``: the one failure this call shared with others (a batched round trip that
     failed fails all its callers), which the breaker counts once; ``None`` when it is its own.
 
-    ``written``: the keys of a multi-key write that did land although the call failed (a store
-    that answers per node, one of which did not), so the caller keeps only the others pending."""
+    ``written``: when the store answers per node (a cluster) and only part of it failed, the
+    keys of a multi-key write that did land all the same (empty: none); ``None`` when the store
+    cannot tell. The caller keeps only the others pending, and may go on with other keys.
+    """
 
     def __init__(
         self,
@@ -129,7 +131,7 @@ class StoreError(CacheError):
         self.refused = refused
         self.stalled = stalled
         self.incident = incident
-        self.written: frozenset[str] = frozenset()
+        self.written: frozenset[str] | None = None
 
 
 class CorruptEntryError(StoreError):

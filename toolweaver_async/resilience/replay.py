@@ -4,7 +4,9 @@ The task sends a batch per call through the store's breaker (the guard's own cal
 replay itself is the half-open probe when no caller comes; while the breaker is open it sleeps
 until the next probe is due, or until the breaker changes state. A batch the store took only in
 part (a cluster with one primary down) keeps only what failed: the rest is forgotten at once,
-so a dead node's operations at the head never hold back the other nodes' keys.
+and what the down part refused is parked (later batches go past it; it is retried after a
+pause once nothing else is left), so a dead node's operations at the head, however many, never
+hold back the other nodes' keys.
 """
 
 from __future__ import annotations
@@ -139,6 +141,10 @@ class JournalReplay:
                 continue
             batch = journal.next_batch()
             if not batch:
+                if journal.unpark():
+                    # Only keys of the part of the store that is down are left: retry them soon.
+                    await self._sleep(_REPLAY_RETRY_SECONDS)
+                    continue
                 # Only operations that newer writes are overtaking are left: wait for those.
                 self._idle = True
                 try:
@@ -146,34 +152,38 @@ class JournalReplay:
                 finally:
                     self._idle = False
                 continue
-            landed: list[JournalOp] = []
+            delivery = _Delivery()
             journal.sending(batch)
             self._in_flight = in_flight = asyncio.Event()
             try:
-                outcome = await self._deliver(batch, landed)
+                outcome = await self._deliver(batch, delivery)
             finally:
                 self._in_flight = None
                 in_flight.set()
             failed = self._is_unreachable(outcome)
-            # Skipped: refused without I/O, nothing of it can land later.
-            journal.delivered(batch, landed if failed else batch, sent=outcome is not self._skipped)
-            if failed:
-                await self._sleep(_REPLAY_RETRY_SECONDS)
+            journal.delivered(
+                batch,
+                delivery.landed if failed else batch,
+                sent=outcome is not self._skipped,  # skipped: refused without I/O
+                parked=delivery.parked,
+            )
+            if failed and len(delivery.landed) + len(delivery.parked) < len(batch):
+                await self._sleep(_REPLAY_RETRY_SECONDS)  # else: go on with the other keys
         logger.info("%s store: outage journal replayed", name)
 
-    def _deliver(self, batch: list[JournalOp], landed: list[JournalOp]) -> Awaitable[Any]:
+    def _deliver(self, batch: list[JournalOp], delivery: _Delivery) -> Awaitable[Any]:
         first = batch[0]
         store = self._store
         if isinstance(first, JournalClear):
             return self._call(store.clear, (), None)
         if isinstance(first, JournalInvalidate):
             return self._call(store.invalidate, (first.namespace,), self._deadline)
-        return self._call(self._write_batch, (batch, landed), self._deadline)
+        return self._call(self._write_batch, (batch, delivery), self._deadline)
 
-    async def _write_batch(self, batch: list[JournalOp], landed: list[JournalOp]) -> None:
+    async def _write_batch(self, batch: list[JournalOp], delivery: _Delivery) -> None:
         """One pipelined ``set_many`` per namespace; deletes (and sets that expired while
         journaled: the store may still hold an older, longer-lived value) concurrently. What
-        reached the store is added to ``landed`` as it lands, even when the batch fails."""
+        reached the store is noted in ``delivery`` as it lands, even when the batch fails."""
         sets: dict[str, tuple[list[JournalSet], list[StoreItem]]] = {}
         deletes: list[JournalSet | JournalDelete] = []
         for op in batch:
@@ -190,9 +200,9 @@ class JournalReplay:
                 items.append((op.key, op.data, ttl))
         store = self._store
         calls = [
-            _noting(store.set_many, (ns, items), ops, landed) for ns, (ops, items) in sets.items()
+            _noting(store.set_many, (ns, items), ops, delivery) for ns, (ops, items) in sets.items()
         ]
-        calls += [_noting(store.delete, (op.namespace, op.key), [op], landed) for op in deletes]
+        calls += [_noting(store.delete, (op.namespace, op.key), [op], delivery) for op in deletes]
         for result in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(result, BaseException):
                 raise result
@@ -209,18 +219,34 @@ class JournalReplay:
             pass
 
 
+class _Delivery:
+    """What became of a replayed batch's key operations: ``landed`` in the store, or
+    ``parked``: refused by the part of the store that is down (a dead cluster node)."""
+
+    __slots__ = ("landed", "parked")
+
+    def __init__(self) -> None:
+        self.landed: list[JournalOp] = []
+        self.parked: list[JournalOp] = []
+
+
 async def _noting(
     write: Callable[..., Awaitable[Any]],
     args: tuple[Any, ...],
     ops: Sequence[JournalSet | JournalDelete],
-    landed: list[JournalOp],
+    delivery: _Delivery,
 ) -> None:
-    """``write(*args)`` (of ``ops``); add to ``landed`` what reached the store: all of them,
-    or when it failed, those the store says it wrote anyway (``StoreError.written``)."""
+    """``write(*args)`` (of ``ops``), noting in ``delivery`` what reached the store: all of
+    them, or when it failed, those the store says it wrote anyway (``StoreError.written``);
+    when the failure concerns only part of the store (it says what landed, and refused the
+    rest), the others are parked. A store that refused everything (out of memory, say) is
+    retried from the head after a pause instead: every retry of it is real I/O."""
     try:
         await write(*args)
     except StoreError as exc:
-        if exc.written:
-            landed += [op for op in ops if op.key in exc.written]
+        written = [op for op in ops if op.key in exc.written] if exc.written else []
+        delivery.landed += written
+        if exc.refused and exc.written is not None:
+            delivery.parked += [op for op in ops if op not in written]
         raise
-    landed += ops
+    delivery.landed += ops

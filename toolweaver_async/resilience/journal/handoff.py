@@ -51,6 +51,9 @@ class ReplayLedger(JournalLedger):
         # or a write of them was sent and failed without saying whether it landed.
         self._in_doubt: set[Slot] = set()
         self._on_wire: frozenset[Slot] = frozenset()
+        # Keys the store refused in part of a batch (their cluster node is down): later batches
+        # skip them until :meth:`unpark`, so they never hold back the other nodes' keys.
+        self._parked: set[Slot] = set()
         # Called when a write that overtook a journaled operation has settled (the replayer
         # may have been waiting for it, with nothing else to send).
         self.on_overtaken: Callable[[], None] | None = None
@@ -103,7 +106,8 @@ class ReplayLedger(JournalLedger):
     ) -> list[JournalOp]:
         """The oldest operations to replay next, in order: one invalidation or clear on its own,
         or a run of key operations (they touch distinct keys, so any order among them is fine).
-        Operations a newer write is overtaking are left out (empty when only those are left).
+        Operations a newer write is overtaking, and parked ones, are left out (key operations
+        of distinct keys commute); empty when only those are left.
 
         Small batches: building a pipeline runs on the event loop (~5 us a command), so a
         replay of thousands of writes must not hold the loop for milliseconds at a time."""
@@ -117,6 +121,8 @@ class ReplayLedger(JournalLedger):
                     batch.append(op)
                 break
             if self._open_writes and self._held_back(op):
+                continue
+            if self._parked and slot_of(op) in self._parked:
                 continue
             if isinstance(op, JournalDelete) or (
                 op.expires_at is not None and op.expires_at <= self._clock()
@@ -140,21 +146,37 @@ class ReplayLedger(JournalLedger):
         self._in_doubt.update(self._on_wire)
 
     def delivered(
-        self, batch: Sequence[JournalOp], landed: Sequence[JournalOp], *, sent: bool = True
+        self,
+        batch: Sequence[JournalOp],
+        landed: Sequence[JournalOp],
+        *,
+        sent: bool = True,
+        parked: Sequence[JournalOp] = (),
     ) -> None:
         """The replay of ``batch`` ended: ``landed`` (all of it, part of it on a store that
-        answers per node, or none) reached the store; ``sent`` False: nothing went out."""
+        answers per node, or none) reached the store; ``sent`` False: nothing went out;
+        ``parked``: refused by the part of the store that is down (see ``_parked``)."""
         self._on_wire = frozenset()
         if not sent:
             self._in_doubt.difference_update(slot_of(op) for op in batch)
         for op in landed:
             slot = slot_of(op)
             self._in_doubt.discard(slot)
+            self._parked.discard(slot)
             if self._ops.get(slot) is op:
                 self._forget(slot, op)
                 self.replayed += 1
+        self._parked.update(slot_of(op) for op in parked if self._ops.get(slot_of(op)) is op)
         if not self._ops:
             self._in_doubt.clear()  # nothing is journaled: every write goes straight out
+            self._parked.clear()
+
+    def unpark(self) -> bool:
+        """Let parked operations be replayed again; whether there were any."""
+        if not self._parked:
+            return False
+        self._parked.clear()
+        return True
 
     def landed(self, ops: list[JournalOp]) -> None:
         """``ops`` reached the store: forget each one unless a newer write replaced it meanwhile."""
@@ -165,3 +187,4 @@ class ReplayLedger(JournalLedger):
         self._persist(Landed(op.seq))
         if not self._ops:
             self._in_doubt.clear()
+            self._parked.clear()

@@ -79,6 +79,7 @@ class ClusterEngine(ClusterHousekeeping):
         node = failed_node(exc)
         if node is not None and isinstance(error, StoreError) and self._another_trusted(node):
             error.refused = True
+            error.written = frozenset()  # of a multi-key write: none, unless write() says
         return error
 
     def _another_trusted(self, node: str) -> bool:
@@ -241,7 +242,7 @@ class ClusterEngine(ClusterHousekeeping):
         """SET each entry; per stripe one pipeline ending in ``GET <counter>`` that proves the
         entries landed in the live generation (else they are moved into it, as standalone).
         When some stripes fail (their primary is down), the others' entries still land, and
-        the :class:`StoreError` raised names them in ``written``."""
+        the :class:`StoreError` raised names them in ``written`` (see errors.py)."""
         striped = self._namespace(namespace)
         by_stripe: dict[int, list[int]] = {}
         for position, entry in enumerate(entries):
@@ -312,7 +313,7 @@ class ClusterEngine(ClusterHousekeeping):
                 raise failures[0]
         except DRIVER_ERRORS as exc:
             error = self._failure(operation, exc)
-            if isinstance(error, StoreError):
+            if isinstance(error, StoreError) and (error.written is not None or any(stored)):
                 error.written = frozenset(e[0] for e, ok in zip(entries, stored, strict=True) if ok)
             raise error from exc
         return stored
