@@ -21,7 +21,10 @@ own redis-server on a free loopback port (it kills it).
 ``--agents N`` runs N agent coroutines instead of 50; ``--memory`` puts the memory layer in
 front (``stores=("memory", "redis", "file")``). Every run also counts stale reads (a get
 answered with an older version than one whose write had returned before the get started) and
-the p99 of gets started from 0.5 s into each outage until it ends.
+the p99 of gets started from 0.5 s into each outage until it ends. Once the cache has closed it
+reads every key written back from Redis alone and from the file store alone: a key whose newest
+acknowledged value is in neither is lost (Redis runs without persistence, so what it held
+before the SIGKILL is missing there by design; the file store has it).
 """
 
 from __future__ import annotations
@@ -104,6 +107,10 @@ class Run:
     # (key, version) -> (set started, set returned or inf while in flight), perf_counter time
     set_calls: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
     outage_keys: set[str] = field(default_factory=set)  # keys written while Redis was away
+    # After the cache closed (write-behind queue drained): keys whose newest acknowledged
+    # version is in neither store, and those missing from each store.
+    lost: list[str] = field(default_factory=list)
+    missing: dict[str, int] = field(default_factory=dict)
 
 
 Get = Callable[[str], Awaitable[Any]]
@@ -284,7 +291,33 @@ async def run_ours(
                 # (with the memory layer, "reader" has none: this reads Redis itself)
                 found += value is not None and value["version"] == run_.written[key]
         run_.read_back = (found, len(run_.outage_keys))
+    await _find_lost(config, run_)
     return run_
+
+
+def _holds(run_: Run, key: str, value: Any) -> bool:
+    """Whether ``value`` is the newest acknowledged version of ``key``, or one written by a
+    set that overlapped it (either may have landed last)."""
+    if not isinstance(value, dict):
+        return False
+    got, newest = value.get("version", -1), run_.written[key]
+    return bool(got == newest or (got < newest and _overlapped(run_, key, got, newest)))
+
+
+async def _find_lost(config: CacheConfig, run_: Run) -> None:
+    """Read every key written during the run back from Redis alone and from the file store
+    alone (as a restarted process would: what the file store missed is held back), once the
+    cache has closed: a key whose value is in neither is lost."""
+    keys = sorted(run_.written)
+    holding: dict[str, set[str]] = {}
+    for store in ("redis", "file"):
+        found: dict[str, Any] = {}
+        async with AsyncToolCache(config.with_changes(stores=(store,))) as alone:
+            for start in range(0, len(keys), 500):
+                found.update(await alone.get_many(keys[start : start + 500], namespace="results"))
+        holding[store] = {key for key in keys if _holds(run_, key, found.get(key))}
+        run_.missing[store] = len(keys) - len(holding[store])
+    run_.lost = [key for key in keys if not any(key in held for held in holding.values())]
 
 
 async def run_file_alone(scratch: Path, seconds: float) -> Run:
@@ -513,6 +546,18 @@ async def main() -> None:
             f"{base.stale} stale ({base.overlapped} by an overlapping write)",
             None,
             ours.stale == 0,
+        )
+    )
+    targets.append(
+        Target(
+            "nothing lost: each key's newest acknowledged value is in Redis or the file store "
+            "once the cache has closed",
+            f"{len(ours.lost)} lost of {len(ours.written):,} keys written (missing or older: "
+            f"{ours.missing.get('redis', 0)} in Redis, {ours.missing.get('file', 0)} in the "
+            "file store)",
+            "—",
+            None,
+            not ours.lost,
         )
     )
     found, outage_writes = ours.read_back
