@@ -289,7 +289,7 @@ async def run_ours(
             for key in run_.outage_keys:
                 value = await reader.get(key, namespace="results")
                 # (with the memory layer, "reader" has none: this reads Redis itself)
-                found += value is not None and value["version"] == run_.written[key]
+                found += _holds(run_, key, value)
         run_.read_back = (found, len(run_.outage_keys))
     await _find_lost(config, run_)
     return run_
