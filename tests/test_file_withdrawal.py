@@ -103,7 +103,14 @@ async def _serve(
                         await asyncio.sleep(0.005)
                     answers.put(None)
                 elif command == "get":
-                    answers.put(await cache.get_many(args[0]))
+                    namespace = args[1] if args[1:] else NS
+                    answers.put(await cache.get_many(args[0], namespace=namespace))
+                elif command == "invalidate":
+                    await cache.invalidate(args[0])
+                    answers.put(None)
+                elif command == "clear":
+                    await cache.clear()
+                    answers.put(None)
                 else:
                     await _write(cache, command, args)
                     answers.put(None)
@@ -119,7 +126,7 @@ async def _write(cache: AsyncToolCache, command: str, args: list[Any]) -> None:
         await cache.set(args[0], args[1])
         count = 1
     elif command == "set_many":
-        await cache.set_many(args[0])
+        await cache.set_many(args[0], namespace=args[1] if args[1:] else NS)
         count = len(args[0])
     else:
         await cache.delete(args[0])
@@ -194,13 +201,13 @@ def start_writer(cache_dir: Path, key_prefix: str) -> Iterator[Callable[..., Wri
         each.stop()
 
 
-def read(cache_dir: Path, key_prefix: str, keys: list[str]) -> dict[str, Any]:
+def read(cache_dir: Path, key_prefix: str, keys: list[str], namespace: str = NS) -> dict[str, Any]:
     """What this process (another one than the writer, with no marks) reads from the folder."""
 
     async def get_many() -> dict[str, Any]:
         config = CacheConfig(stores=("file",), cache_dir=cache_dir, key_prefix=key_prefix)
         async with AsyncToolCache(config) as reader:
-            return await reader.get_many(keys)
+            return await reader.get_many(keys, namespace=namespace)
 
     return asyncio.run(get_many())
 
@@ -348,3 +355,26 @@ def test_a_write_hung_past_the_timeout_leaves_no_older_value_and_never_lands_lat
     assert read(cache_dir, key_prefix, ["k", "later"]) == {"k": "v3"}
     # The writer's own mark trusts only the bytes of the write it missed: a miss, never "v1".
     assert writer.do("get", ["k"]) == {}
+
+
+@pytest.mark.slow
+@pytest.mark.allow_blocking(reason="takes write permission away from the prefix folder")
+def test_an_invalidate_or_clear_a_read_only_folder_refuses_leaves_nothing_to_serve_elsewhere(
+    start_writer: Callable[..., Writer],
+    cache_dir: Path,
+    key_prefix: str,
+    read_only: Callable[[Path], None],
+) -> None:
+    """The prefix folder refuses renames, so no namespace folder can be moved into the trash:
+    the entries they hold are expired in place instead, and no process serves them."""
+    writer = start_writer(False)
+    writer.do("set_many", {"k": "v1", "j": "v1"})
+    writer.do("set_many", {"k": "kept until the clear"}, "tools")
+    read_only(cache_dir / key_prefix)
+
+    writer.do("invalidate", NS)
+    assert read(cache_dir, key_prefix, ["k", "j"]) == {}  # never "v1"
+    assert read(cache_dir, key_prefix, ["k"], "tools") == {"k": "kept until the clear"}
+    writer.do("clear")
+    assert read(cache_dir, key_prefix, ["k"], "tools") == {}
+    assert writer.do("get", ["k"], "tools") == {}

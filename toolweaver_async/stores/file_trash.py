@@ -2,7 +2,9 @@
 
 One rename hides a whole namespace from every process at once, however many entries it holds;
 deleting what was moved is housekeeping that may fail and is finished by the next clear or
-maintenance pass. '~' is not allowed in namespace names (``config.check_name``), so no
+maintenance pass. A folder that cannot be moved (a read-only or immutable prefix folder) has
+its entries expired in place instead (``file_withdrawal``), so no process serves them; the
+refusal is still raised. '~' is not allowed in namespace names (``config.check_name``), so no
 namespace can be the trash.
 """
 
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 
 from .file_ledger import Ledger
 from .file_tree import lexists_at, open_base, open_folder, remove_tree
+from .file_withdrawal import expire_tree
 
 __all__ = ["TRASH", "empty_trash", "trash_folders"]
 
@@ -44,19 +47,28 @@ def trash_folders(ledger: Ledger, base: str, names: Sequence[str] | None) -> Non
                 if trash is not None:
                     ledger.grow(-empty_trash(trash))
         moved: list[str] = []
+        refused: OSError | None = None
         for name in names:
             if not lexists_at(name, top):
                 continue
-            if trash is None:
-                trash = open_folder(base, (TRASH,), create=True)
-            assert trash is not None
-            target = _move_to_trash(top, trash, name)
+            try:
+                if trash is None:
+                    trash = open_folder(base, (TRASH,), create=True)
+                assert trash is not None
+                target = _move_to_trash(top, trash, name)
+            except OSError as exc:
+                # Not hidden by a move: no process may serve what it holds all the same.
+                expire_tree(top, name)
+                refused = refused or exc
+                continue
             if target is not None:
                 moved.append(target)
         for target in moved:
             assert trash is not None
             with contextlib.suppress(OSError):
                 ledger.grow(-remove_tree(trash, target))
+        if refused is not None:
+            raise refused
     finally:
         os.close(top)
         if trash is not None:

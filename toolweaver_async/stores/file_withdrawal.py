@@ -9,7 +9,9 @@ an entry another process wrote meanwhile is newer and stays. A folder that refus
 in place (its header's ``expires_at`` set to 0), which every reader, listing and eviction
 treats as gone. Only where the file cannot be written either (a read-only file system, a
 read-only file) does the older entry stay readable to other processes: until its ttl ends or a
-later write or delete of the key lands. The size estimate catches up at the next scan.
+later write or delete of the key lands. An ``invalidate`` or ``clear`` whose folder refuses to
+be moved expires the entries it covers the same way (``expire_tree``). The size estimate
+catches up at the next scan.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .file_entries import discard_at, entry_path, entry_place, same_file
 from .file_format import EXPIRES_AT, EXPIRES_AT_OFFSET
 from .file_tree import O_NOFOLLOW, open_folder
 
-__all__ = ["expire_in_place", "found_at", "withdraw_at", "withdraw_entries"]
+__all__ = ["expire_in_place", "expire_tree", "found_at", "withdraw_at", "withdraw_entries"]
 
 # O_NONBLOCK: a FIFO standing where an entry belongs never holds the step up.
 _O_EXPIRE = os.O_WRONLY | O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -52,9 +54,10 @@ def withdraw_at(folder: int, name: str, judged: os.stat_result | None) -> bool:
     return True
 
 
-def expire_in_place(folder: int, name: str, judged: os.stat_result) -> bool:
+def expire_in_place(folder: int, name: str, judged: os.stat_result | None) -> bool:
     """Set the ``expires_at`` of ``name`` (in ``folder``) to 0 when it is still the file
-    ``judged``: True when done or when that file is gone, False when it cannot be written.
+    ``judged`` (any file when None): True when done or when that file is gone, False when it
+    cannot be written.
     The data stays as it was, so a reader racing the write sees the old entry or a miss."""
     try:
         fd = os.open(name, _O_EXPIRE, dir_fd=folder)
@@ -64,7 +67,7 @@ def expire_in_place(folder: int, name: str, judged: os.stat_result) -> bool:
         return False
     try:
         found = os.fstat(fd)
-        if not same_file(found, judged):
+        if judged is not None and not same_file(found, judged):
             return True  # replaced since: the newer entry stays
         if found.st_size >= EXPIRES_AT_OFFSET + EXPIRES_AT.size:  # shorter: no entry anyway
             os.pwrite(fd, _EXPIRED, EXPIRES_AT_OFFSET)
@@ -73,6 +76,19 @@ def expire_in_place(folder: int, name: str, judged: os.stat_result) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def expire_tree(parent: int, name: str) -> None:
+    """Expire in place every entry file below ``name`` (in ``parent``): a namespace folder
+    that an ``invalidate`` or ``clear`` could not move into the trash. Links are never
+    followed, temp files of writers in flight are left alone (they are not entries yet).
+    Best effort, never raises: the refused move is what the caller hears."""
+    with contextlib.suppress(OSError):
+        walk = os.fwalk(name, topdown=True, follow_symlinks=False, dir_fd=parent)
+        for _path, _dirs, files, folder in walk:
+            for file in files:
+                if not file.startswith("."):
+                    expire_in_place(folder, file, None)
 
 
 def withdraw_entries(folder: str, keys: Sequence[str]) -> None:
