@@ -19,6 +19,8 @@ from toolweaver_async import AsyncToolCache
 from toolweaver_async._read_tracker import ReadTracker
 from toolweaver_async.testing import FakeClock
 
+from .polling import eventually
+
 MakeCache = Callable[..., AsyncToolCache]
 
 
@@ -64,6 +66,26 @@ async def test_a_read_during_a_write_whose_memory_copy_expired_never_outlives_th
     go.set()
     await writing
     assert await _read(cache, how) == "v2"
+
+
+async def test_a_read_while_the_writer_waits_for_room_in_the_write_behind_queue(
+    make_cache: MakeCache, clock: FakeClock
+) -> None:
+    """The interleaving traced in bench_failover: the write-behind queue is full, so the file
+    store has not taken the write yet and still serves the older entry from disk."""
+    cache = make_cache(file_write_behind=True, file_queue_max_entries=1)
+    store = _file_store(cache)
+    between_batches, go = _gate(store, "_keep_bounded_quietly")  # holds the drain after a batch
+    await cache.set("k", "v1")
+    await between_batches.wait()  # v1 is on disk; the drain takes no new batch
+    await cache.set("filler", 0)  # the queue is full
+    writing = asyncio.create_task(cache.set("k", "v2"))
+    await eventually(lambda: bool(store._room), what="the writer waiting for room")
+    clock.advance(cache.config.coherence_window or 0)  # memory's copy of v2 expires
+    assert await cache.get("k") in ("v1", "v2")
+    go.set()
+    await writing
+    assert await cache.get("k") == "v2"
 
 
 @pytest.mark.parametrize("removal", ["delete", "invalidate", "clear"])
