@@ -2,9 +2,9 @@
 
 A read asks the in-process memory first (synchronously: no locks, tasks or awaits), then each
 slower store in order; the first usable entry is copied into the faster stores (promotion,
-never overwriting) unless a write of that key happened while it was being read
-(:class:`ReadTracker`). ``AsyncToolCache.get`` inlines the memory hit itself; everything else
-about reading lives here.
+never overwriting) unless a write of that key overlapped the read, begun during it or still
+reaching the slower stores when it began (:class:`ReadTracker`). ``AsyncToolCache.get``
+inlines the memory hit itself; everything else about reading lives here.
 """
 
 from __future__ import annotations
