@@ -343,10 +343,10 @@ def test_a_write_hung_past_the_timeout_leaves_no_older_value_and_never_lands_lat
     """The write step hangs (as on a lock or mount that answers nothing) and its caller is
     released after file_timeout: the older entry is withdrawn from another thread meanwhile,
     and the step, when it comes back, publishes nothing over what was written since."""
-    writer = start_writer(False, file_timeout=0.3)
+    writer = start_writer(False, file_timeout=1.0)
     writer.do("set_many", {"k": "v1", "later": "v1"})
     writer.do("hold")
-    writer.do("set_many", {"k": HOLD + "v2", "later": "v2"})  # returns after ~0.3 s
+    writer.do("set_many", {"k": HOLD + "v2", "later": "v2"})  # returns after ~1 s
     assert writer.paused.is_set()
     assert read(cache_dir, key_prefix, ["k", "later"]) == {}  # never "v1"
     write(cache_dir, key_prefix, "k", "v3")

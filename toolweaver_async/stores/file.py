@@ -6,9 +6,10 @@ thread, concurrent steps share a hop, a read never overtakes a write of its own 
 ones (eviction, invalidate, clear) on a thread of their own, so that they never hold up a read.
 All are daemon threads: a step hung on a dead mount never keeps the process from exiting. The
 steps themselves live beside it, one concept each: where an entry lives and how it is read
-(``file_entries``), written and deleted (``file_writes``), invalidate and clear
-(``file_trash``), the size bound (``file_eviction``), listing (``file_listing``). Nothing under
-``<root>/<prefix>`` is reached through a symbolic link (see ``file_tree``).
+(``file_entries``), written and deleted (``file_writes``), what a failed one leaves for other
+processes (``file_withdrawal``), invalidate and clear (``file_trash``), the size bound
+(``file_eviction``), listing (``file_listing``). Nothing under ``<root>/<prefix>`` is reached
+through a symbolic link (see ``file_tree``).
 """
 
 from __future__ import annotations
