@@ -253,10 +253,10 @@ class WritePath:
             if writing is not None:
                 self._tracker.written(writing)
             return []
-        calls = [op(g) for g in layers]
         queue_first = self._queue_first if queueable else None
         left_running: list[asyncio.Future[Any]] = []  # by a cancelled caller
         try:
+            calls = [op(g) for g in layers]
             if queue_first is not None and (
                 sum(
                     not queued and not answered_at_once(call)
