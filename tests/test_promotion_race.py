@@ -7,32 +7,20 @@ Each test holds one step of the race at a gate (events, no sleeps): the promotin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from toolweaver_async import AsyncToolCache
 
+from ._gates import gate
+
 MakeCache = Callable[..., AsyncToolCache]
 
 
 def _store(cache: AsyncToolCache, name: str) -> Any:
     return next(g.store for g in cache._chain.layers if g.name == name)
-
-
-def _gate(store: Any, method: str) -> tuple[asyncio.Event, asyncio.Event]:
-    """Hold ``store.method`` calls until ``go`` is set; ``reached`` says one is waiting."""
-    reached, go = asyncio.Event(), asyncio.Event()
-    real: Callable[..., Awaitable[Any]] = getattr(store, method)
-
-    async def gated(*args: Any) -> Any:
-        reached.set()
-        await go.wait()
-        return await real(*args)
-
-    setattr(store, method, gated)
-    return reached, go
 
 
 async def _settled(cache: AsyncToolCache) -> None:
@@ -55,7 +43,7 @@ async def test_a_promotion_landing_after_another_process_removed_the_key_is_take
     reader, deleter, redis_only = pair
     await reader.set("k", "v1")
     await _store(reader, "redis").delete("default", "k")  # Redis lost it: the file has it
-    promoting, go = _gate(_store(reader, "redis"), "add")
+    promoting, go = gate(_store(reader, "redis"), "add")
     assert await reader.get("k") == "v1"  # found in the file store; its copy-up waits
     await promoting.wait()
     if removal == "delete":
@@ -74,8 +62,8 @@ async def test_a_promotion_landing_between_the_deleters_redis_and_file_steps_is_
     reader, deleter, redis_only = pair
     await reader.set("k", "v1")
     await _store(reader, "redis").delete("default", "k")
-    promoting, go = _gate(_store(reader, "redis"), "add")
-    file_step, file_go = _gate(_store(deleter, "file"), "delete")
+    promoting, go = gate(_store(reader, "redis"), "add")
+    file_step, file_go = gate(_store(deleter, "file"), "delete")
     redis_step_done = asyncio.Event()
     deleter_redis = _store(deleter, "redis")
     real_delete = deleter_redis.delete

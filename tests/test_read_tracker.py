@@ -10,7 +10,7 @@ Each test holds the slower store's step at a gate (events, no sleeps) and reads 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from toolweaver_async import AsyncToolCache
 from toolweaver_async._read_tracker import ReadTracker
 from toolweaver_async.testing import FakeClock
 
+from ._gates import gate
 from .polling import eventually
 
 MakeCache = Callable[..., AsyncToolCache]
@@ -26,20 +27,6 @@ MakeCache = Callable[..., AsyncToolCache]
 
 def _file_store(cache: AsyncToolCache) -> Any:
     return next(g.store for g in cache._chain.layers if g.name == "file")
-
-
-def _gate(store: Any, method: str) -> tuple[asyncio.Event, asyncio.Event]:
-    """Hold ``store.method`` calls until ``go`` is set; ``reached`` says one is waiting."""
-    reached, go = asyncio.Event(), asyncio.Event()
-    real: Callable[..., Awaitable[Any]] = getattr(store, method)
-
-    async def gated(*args: Any) -> Any:
-        reached.set()
-        await go.wait()
-        return await real(*args)
-
-    setattr(store, method, gated)
-    return reached, go
 
 
 async def _read(cache: AsyncToolCache, how: str) -> Any:
@@ -55,7 +42,7 @@ async def test_a_read_during_a_write_whose_memory_copy_expired_never_outlives_th
 ) -> None:
     cache = make_cache()  # memory + file: memory entries live at most the coherence window
     await cache.set("k", "v1")
-    reached, go = _gate(_file_store(cache), write)
+    reached, go = gate(_file_store(cache), write)
     if write == "set":
         writing = asyncio.create_task(cache.set("k", "v2"))
     else:
@@ -75,7 +62,7 @@ async def test_a_read_while_the_writer_waits_for_room_in_the_write_behind_queue(
     store has not taken the write yet and still serves the older entry from disk."""
     cache = make_cache(file_write_behind=True, file_queue_max_entries=1)
     store = _file_store(cache)
-    between_batches, go = _gate(store, "_keep_bounded_quietly")  # holds the drain after a batch
+    between_batches, go = gate(store, "_keep_bounded_quietly")  # holds the drain after a batch
     await cache.set("k", "v1")
     await between_batches.wait()  # v1 is on disk; the drain takes no new batch
     await cache.set("filler", 0)  # the queue is full
@@ -94,7 +81,7 @@ async def test_a_read_during_a_removal_never_brings_the_removed_value_back(
 ) -> None:
     cache = make_cache()
     await cache.set("k", "v1")
-    reached, go = _gate(_file_store(cache), removal)
+    reached, go = gate(_file_store(cache), removal)
     if removal == "delete":
         removing = asyncio.create_task(cache.delete("k"))
     elif removal == "invalidate":
