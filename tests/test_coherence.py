@@ -268,9 +268,10 @@ async def test_a_peer_cache_hears_of_a_write_and_its_writer_of_its_own(
 
         await eventually(sees_v2, within=3, what="reader hears of the write")
         assert reader.stats().coherence["invalidations"] >= 1
-        # The writer's own write comes back too (no NOLOOP): it drops its memory copy and reads
-        # its own value from Redis once.
+        # The writer's own write does not come back (its write lane is tracked with NOLOOP):
+        # it keeps serving its memory copy. test_write_lane.py has the details.
         assert await writer.get("k") == "v2"
+        assert writer.stats().overall.hits == {"memory": 1, "redis": 0}
 
 
 async def test_a_paused_redis_ends_the_channel_by_heartbeat(

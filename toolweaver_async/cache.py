@@ -98,7 +98,7 @@ class AsyncToolCache(ToolShapedHelpers):
         )
         # What the memory layer may trust while other processes write (see coherence.py).
         self._coherence = coherence_for(
-            self.config, chain.memory, reader.tracker, [g.name for g in chain.layers]
+            self.config, chain.memory, reader.tracker, [g.store for g in chain.layers]
         )
         # The read hot path, bound once: get() inlines the memory hit against these.
         self._namespace_reads = reader.namespaces

@@ -29,6 +29,7 @@ from typing import Any
 
 from .config import CacheConfig
 from .invalidation import ChangeSink, InvalidationChannel, ReadTracker
+from .stores.base import LaneWritingStore, Store
 from .stores.memory import MemoryStore
 from .stores.redis.channels import RedisChannels
 
@@ -203,13 +204,16 @@ def coherence_for(
     config: CacheConfig,
     memory: MemoryStore | None,
     reads: ReadTracker,
-    store_names: Sequence[str],
+    stores: Sequence[Store],
 ) -> MemoryCoherence:
-    """The coherence of a chain: a Redis invalidation channel when Redis is in it, the window
-    when another shared store (files) is, nothing to do for memory alone."""
+    """The coherence of a chain: a Redis invalidation channel when Redis is in it (tracking
+    for the Redis store's write lane, if it has one), the window when another shared store
+    (files) is, nothing to do for memory alone."""
+    store_names = [store.name for store in stores]
     channels: list[InvalidationChannel] = []
     if memory is not None and config.coherence_window is not None and "redis" in store_names:
-        channels.append(RedisChannels(config))
+        lane = next((s.write_lane for s in stores if isinstance(s, LaneWritingStore)), None)
+        channels.append(RedisChannels(config, lane=lane))
     return MemoryCoherence(
         memory,
         reads,

@@ -13,7 +13,10 @@ checks them once, when it is built (``_chain.py``); nothing later asks which sto
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .redis.write_lane import WriteLane
 
 __all__ = [
     "ConditionalDeleteStore",
@@ -23,6 +26,7 @@ __all__ = [
     "HousekeepingStore",
     "KeyListingStore",
     "KeyLock",
+    "LaneWritingStore",
     "LockingStore",
     "RemoteStore",
     "SelfBoundedStore",
@@ -201,3 +205,12 @@ class TopologyReportingStore(Protocol):
     topology for ``health_check()``: ``mode`` and ``nodes`` with each node's state."""
 
     async def describe(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class LaneWritingStore(Protocol):
+    """A store that sends its own writes through one connection the invalidation channel can
+    track with ``NOLOOP`` (Redis), so that this process is not told of its own writes."""
+
+    @property
+    def write_lane(self) -> WriteLane: ...

@@ -27,6 +27,7 @@ from redis.asyncio.connection import AbstractConnection
 from ...config import CacheConfig, redact_url
 from ...invalidation import ChangeSink, InvalidationChannel
 from .tracking import CHANNEL_ERRORS, RedisInvalidationChannel, connector, heartbeat_for
+from .write_lane import WriteLane
 
 __all__ = ["RedisChannels", "cluster_primaries"]
 
@@ -63,9 +64,11 @@ class RedisChannels:
         self,
         config: CacheConfig,
         *,
+        lane: WriteLane | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
+        self._lane = lane  # the store's write lane, tracked by a single server's channel
         self._clock = clock
         window = config.coherence_window
         self._refresh_every = heartbeat_for(1.0 if window is None else window)[0]
@@ -91,7 +94,7 @@ class RedisChannels:
         if self.cluster:
             self._follow_cluster()
         else:
-            self._seed = RedisInvalidationChannel.from_config(self._config)
+            self._seed = RedisInvalidationChannel.from_config(self._config, lane=self._lane)
             self._seed.start(self)
 
     async def aclose(self) -> None:

@@ -263,13 +263,14 @@ class RedisStore(RedisStoreHousekeeping):
                 args += ("NX",)
             commands.append(args)
         commands.append(("GET", gen_key))
-        replies = await self._batcher.pipeline(commands)
+        writes = self._writes()
+        replies = await writes.pipeline(commands)
         if not only_new:
             # Out of memory (noeviction), Redis refuses a SET but still takes UNLINK: the older
             # value goes, so no other process reads it while the journal holds the newer one.
             full = [c[1] for c, r in zip(commands, replies, strict=True) if _refused_as_full(r)]
             if full:
-                await self._batcher.pipeline([(self._unlink_command, *full)])
+                await writes.pipeline([(self._unlink_command, *full)])
         _raise_first_error(replies)
         first = 1 if unlink else 0
         return [bool(r) for r in replies[first:-1]], replies[-1]
@@ -284,7 +285,7 @@ class RedisStore(RedisStoreHousekeeping):
                 return await engine.delete(namespace, key)
         ns = self._namespace(namespace)
         used = ns.generation
-        pipeline = self._batcher.pipeline
+        pipeline = self._writes().pipeline
         epoch = self._primary_epoch
         try:
             unlink = self._unlink_command
@@ -363,7 +364,7 @@ class RedisStore(RedisStoreHousekeeping):
             except StoreError as exc:
                 return {"mode": "cluster", "nodes": [], "error": str(exc)}
             return await engine.describe()
-        report: dict[str, Any] = {"mode": self.mode}
+        report: dict[str, Any] = {"mode": self.mode, "write_lane": self.write_lane.describe()}
         refused = sorted(self._refused | ({"EVAL"} if self._locks.scripts_refused else set()))
         if refused:
             report["refused_commands"] = refused  # by the server's ACL: done without them

@@ -30,6 +30,7 @@ from .keyspace import Namespace as _Namespace
 from .lock import LockPolicy
 from .resp import RoundTripError
 from .unreplicated import ROLL_BACK_IF_OLDER, UnreplicatedWrites
+from .write_lane import WriteLane
 
 __all__ = ["RedisStoreCore", "refused_as_full", "server_identity", "storable"]
 
@@ -92,6 +93,9 @@ class RedisStoreCore:
             timeout=command_timeout,
             eager_trips=_EAGER_TRIPS,
         )
+        # Sets and deletes travel this one connection once the invalidation channel tracks it,
+        # so that they do not come back to this process as changes (see write_lane.py).
+        self.write_lane = WriteLane(self._new_connection, timeout=command_timeout)
         self._namespaces: dict[str, _Namespace] = {}
         self._stale_patterns: list[str] = []
         self._cleaner: asyncio.Task[None] | None = None
@@ -162,6 +166,11 @@ class RedisStoreCore:
             self._namespaces[namespace] = ns
         return ns
 
+    def _writes(self) -> RoundTripBatcher:
+        """Where sets and deletes go: the write lane once tracked, else the shared batcher."""
+        lane = self.write_lane
+        return lane.batcher if lane.attached else self._batcher
+
     def _new_connection(self) -> AbstractConnection:
         """A connection of the batcher's own, like the pool's but without redis-py's per-read
         socket timeout (the batcher bounds each whole round trip instead)."""
@@ -225,6 +234,7 @@ class RedisStoreCore:
         if self._unreplicated is not None:
             await self._unreplicated.aclose()
         await self._batcher.aclose()
+        await self.write_lane.aclose()
         if self._cluster is not None:
             await self._cluster.aclose()
         if self._owns_client:

@@ -13,9 +13,14 @@ connection redirects to itself, so tracking and subscription live and die togeth
 not an explicit PUBLISH beside each write: it costs writers nothing (Redis sends one message per
 event-loop turn for all keys changed in it), it also sees writers that are not us (an operator's
 DEL, FLUSHDB, expiry, eviction), and a lost connection is detected instead of silently missing
-messages. Our own writes come back too: without NOLOOP (which would need tracking on every
-connection that writes) the writer drops its own memory copy when the echo arrives and re-reads it
-once from Redis; that is the price of never mistaking another client's write for an echo.
+messages.
+
+Our own writes: given the store's :class:`~.write_lane.WriteLane`, the tracking is turned on for
+that lane instead (with ``NOLOOP``, redirected here), so the store's own sets and deletes do not
+come back and the writer keeps its memory copy; the lane's liveness is then checked at every
+heartbeat too (see that module). Without a lane (a cluster node, a store that has none) the
+connection tracks for itself and our writes come back: the writer drops its memory copy when the
+echo arrives and re-reads it once from Redis.
 
 Liveness: a PING every ``heartbeat`` seconds travels the same connection as the invalidations,
 so its PONG proves every change made before it has been delivered. A PING unanswered for
@@ -45,6 +50,7 @@ from redis.exceptions import RedisError
 from ...config import CacheConfig, redact_url
 from ...invalidation import ChangeSink
 from .store import build_client
+from .write_lane import LaneHeartbeat, WriteLane, run_id_of
 
 __all__ = ["RedisInvalidationChannel"]
 
@@ -107,9 +113,11 @@ class RedisInvalidationChannel:
         window: float,
         open_timeout: float = 1.0,
         cluster_node: bool = False,
+        lane: WriteLane | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._connect = connect
+        self._lane = lane if not cluster_node else None
         self._cluster_node = cluster_node
         self._prefix = f"{key_prefix}:".encode()
         self._address = address
@@ -129,10 +137,13 @@ class RedisInvalidationChannel:
 
     @classmethod
     def from_config(
-        cls, config: CacheConfig, node: tuple[str, int] | None = None
+        cls,
+        config: CacheConfig,
+        node: tuple[str, int] | None = None,
+        lane: WriteLane | None = None,
     ) -> RedisInvalidationChannel:
         """A channel to ``config.redis_url`` (or to one cluster ``node``, a primary) with the
-        cache's credentials, TLS and timeouts."""
+        cache's credentials, TLS and timeouts, tracking for ``lane`` when one is given."""
         window = config.coherence_window
         address = redact_url(config.redis_url) if node is None else f"{node[0]}:{node[1]}"
         return cls(
@@ -142,6 +153,7 @@ class RedisInvalidationChannel:
             window=1.0 if window is None else window,
             open_timeout=config.redis_connect_timeout + 4 * config.redis_command_timeout,
             cluster_node=node is not None,
+            lane=lane,
         )
 
     # -- lifetime -------------------------------------------------------------------------------
@@ -166,6 +178,7 @@ class RedisInvalidationChannel:
             "sessions": self.sessions,
             "server_restarts": self.server_restarts,
             "last_error": self.last_error,
+            "own_writes": "left out (NOLOOP lane)" if self._lane is not None else "echoed",
         }
 
     # -- sessions -------------------------------------------------------------------------------
@@ -224,34 +237,58 @@ class RedisInvalidationChannel:
                 role = await connection.read_response()
                 if not role or role[0] != b"master":
                     raise RedisError(f"{self._address} is not a primary")
-            await connection.send_command(
-                "CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST", "PREFIX", self._prefix
-            )
-            await connection.read_response()
+            if self._lane is None:
+                tracking = ("CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST", "PREFIX")
+                await connection.send_command(*tracking, self._prefix)
+                await connection.read_response()
             await connection.send_command("SUBSCRIBE", CHANNEL)
             await connection.read_response()
+            if self._lane is not None:
+                # After subscribing: what the lane's tracking reports from now on is read.
+                await self._lane.track(client_id, self._prefix, self.run_id)
             self._vouched_at = self._clock()
 
     def _note_run_id(self, info: Any) -> None:
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        for line in text.splitlines():
-            if line.startswith("run_id:"):
-                run_id = line.partition(":")[2].strip()
-                if self.run_id is not None and run_id != self.run_id:
-                    self.server_restarts += 1
-                self.run_id = run_id
-                return
+        run_id = run_id_of(info)
+        if run_id is not None:
+            if self.run_id is not None and run_id != self.run_id:
+                self.server_restarts += 1
+            self.run_id = run_id
 
     async def _listen(self, connection: AbstractConnection, sink: ChangeSink) -> None:
         """Deliver invalidations until the connection fails or a PONG is overdue."""
+        started = self._clock() if self._vouched_at is None else self._vouched_at
+        lane = (
+            None
+            if self._lane is None
+            else LaneHeartbeat(self._lane, deadline=self._heartbeat_timeout, started=started)
+        )
+        try:
+            await self._listen_until_lost(connection, sink, lane, started)
+        finally:
+            if lane is not None:
+                await lane.aclose()
+
+    async def _listen_until_lost(
+        self,
+        connection: AbstractConnection,
+        sink: ChangeSink,
+        lane: LaneHeartbeat | None,
+        channel_vouched: float,
+    ) -> None:
         pings: deque[float] = deque()
         clock = self._clock
         next_ping = clock()
         while True:
             now = clock()
+            if lane is not None:
+                lane.check(now)
+                self._vouched_at = min(channel_vouched, lane.vouched_at)
             if now >= next_ping:
                 await connection.send_command("PING")
                 pings.append(now)
+                if lane is not None:
+                    lane.ping(now)
                 next_ping = now + self._heartbeat
             overdue = bool(pings) and now - pings[0] > self._heartbeat_timeout
             # When overdue, one short read first: after the loop was starved, a PONG may sit
@@ -268,7 +305,10 @@ class RedisInvalidationChannel:
             if kind == b"message":
                 self._deliver(reply[2], sink)
             elif kind == b"pong":
-                self._vouched_at = pings.popleft()
+                channel_vouched = pings.popleft()
+                self._vouched_at = (
+                    channel_vouched if lane is None else min(channel_vouched, lane.vouched_at)
+                )
 
     def _deliver(self, keys: list[bytes] | None, sink: ChangeSink) -> None:
         """``<prefix>:<ns>:<generation>:<key>`` names an entry, ``<prefix>:<ns>:gen`` a
