@@ -351,6 +351,7 @@ async def test_cache_set_many_and_get_many_take_one_redis_round_trip_each(
     config = CacheConfig(
         use_redis=True, redis_url=redis_url, key_prefix=key_prefix, cache_dir=cache_dir,
         stores=("memory", "redis"),
+        coherence_window=None,  # no channel: the sets share the batcher (no write lane)
     )  # fmt: skip
     async with AsyncToolCache(config) as writer:
         writer_store = writer._layers[0].store
