@@ -112,6 +112,51 @@ def test_failure_rate_below_threshold_keeps_breaker_closed(clock: FakeClock) -> 
     assert breaker.snapshot()["failure_rate"] == pytest.approx(3 / 8)
 
 
+def test_after_a_full_window_of_successes_failures_count_as_ever(clock: FakeClock) -> None:
+    """Once the window holds nothing but successes, another success changes nothing (the
+    breaker skips its bookkeeping then); failures must still count from a full window."""
+    breaker = make_breaker(
+        clock, failure_threshold=3, window_size=4, minimum_calls=4, failure_rate_threshold=0.5
+    )
+    for _ in range(9):  # more than a window: the later ones take the quiet path
+        breaker.record_success()
+    assert breaker.snapshot()["window_calls"] == 4
+    breaker.record_failure()
+    breaker.record_success()
+    breaker.record_failure()  # 2 of the last 4: the rate is reached, not the streak
+    assert breaker.state is OPEN
+
+    breaker.reset()
+    for _ in range(9):
+        breaker.record_success()
+    breaker.record_failure()
+    breaker.record_success()  # the window is not quiet now: this success is counted
+    breaker.record_success()
+    breaker.record_success()
+    breaker.record_success()  # the failure has left the window
+    assert breaker.snapshot()["failure_rate"] == 0.0
+    breaker.record_failure()
+    assert breaker.state is CLOSED  # 1 of 4
+
+
+def test_admit_and_succeeded_pair_like_allow_epoch_and_record_success(clock: FakeClock) -> None:
+    breaker = make_breaker(clock, failure_threshold=1, half_open_max_calls=1)
+    epoch = breaker.admit()
+    assert epoch == breaker.epoch
+    breaker.record_failure()  # opens: the call admitted before is from an older epoch
+    assert breaker.admit() is None  # open: refused
+    breaker.succeeded(epoch)  # its late success changes nothing
+    assert breaker.state is OPEN
+
+    clock.advance(breaker.current_recovery_timeout)
+    probe = breaker.admit()
+    assert probe is not None
+    assert breaker.state is HALF_OPEN
+    assert breaker.admit() is None  # the one probe slot is taken
+    breaker.succeeded(probe)
+    assert breaker.state is CLOSED
+
+
 def test_failure_rate_window_forgets_outcomes_older_than_window_size(clock: FakeClock) -> None:
     breaker = make_breaker(
         clock, failure_threshold=100, window_size=4, minimum_calls=4, failure_rate_threshold=0.5

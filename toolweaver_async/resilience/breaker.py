@@ -156,6 +156,7 @@ class CircuitBreaker:
         self._epoch = 0
         self._consecutive_failures = 0
         self._window = [False] * settings.window_size  # ring of outcomes, True = failure
+        self._window_size = settings.window_size
         self._window_next = 0
         self._window_count = 0
         self._window_failures = 0
@@ -205,6 +206,12 @@ class CircuitBreaker:
         return self._epoch
 
     @property
+    def slow_call_timeout(self) -> float | None:
+        """Seconds after which a success counts as a failure; ``None``: no limit, so a caller
+        need not time its calls."""
+        return self._slow_call_timeout
+
+    @property
     def current_recovery_timeout(self) -> float:
         """Length of the current (or, when closed, the next base) open period in seconds."""
         return self._open_period
@@ -238,6 +245,19 @@ class CircuitBreaker:
         self._probes_in_flight += 1
         return True
 
+    def admit(self) -> int | None:
+        """``allow()`` and ``epoch`` in one call: the epoch a call is admitted in (pass it to
+        :meth:`succeeded`), or ``None`` when refused (nothing to record then)."""
+        if self._state is _CLOSED or self.allow():
+            return self._epoch
+        return None
+
+    def succeeded(self, epoch: int, duration: float | None = None) -> None:
+        """``record_success`` for a call admitted in ``epoch``, dropped when the breaker
+        changed state since (as :meth:`call` does)."""
+        if epoch == self._epoch:
+            self.record_success(duration)
+
     def record_success(self, duration: float | None = None) -> None:
         """A call succeeded; a ``duration`` over ``slow_call_timeout`` makes it a failure."""
         slow = self._slow_call_timeout
@@ -246,8 +266,12 @@ class CircuitBreaker:
             return
         if self._state is _CLOSED:
             # CLOSED + SUCCESS never changes state; skipping the table saves ~200 ns a call.
-            self._consecutive_failures = 0
-            self._push(False)
+            # A full window without failures stays the same after one more success (every
+            # slot is already a success, so where the ring starts does not matter), and no
+            # failure can be consecutive then: the common case costs two reads.
+            if self._window_failures or self._window_count < self._window_size:
+                self._consecutive_failures = 0
+                self._push(False)
         else:
             self._apply(_Event.SUCCESS, "probe succeeded")
 
@@ -342,7 +366,7 @@ class CircuitBreaker:
 
     def _push(self, failed: bool) -> None:
         i = self._window_next
-        size = len(self._window)
+        size = self._window_size
         if self._window_count == size:
             self._window_failures -= self._window[i]
         else:
@@ -355,6 +379,7 @@ class CircuitBreaker:
         self._consecutive_failures = 0
         self._incidents.clear()
         self._window = [False] * self.settings.window_size
+        self._window_size = self.settings.window_size
         self._window_next = self._window_count = self._window_failures = 0
         self._failed_probes = 0
         self._probes_in_flight = 0

@@ -101,6 +101,8 @@ class GuardedStore(GuardedCalls):
         journal = self.journal
         if journal is not None and journal.covers(namespace, key):
             return SKIPPED_NOW  # the store may hold an older value than the journaled write
+        if self.breaker.state is _CLOSED:  # the hot path: nothing to refuse (see attempt)
+            return self._call(self.store.get, (namespace, key), self.deadline)
         return self.attempt(self.store.get, namespace, key)
 
     def get_many(

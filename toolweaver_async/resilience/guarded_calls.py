@@ -86,6 +86,7 @@ class GuardedCalls:
     __slots__ = (
         "_bug_types",
         "_clock",
+        "_timed",
         "breaker",
         "bugs",
         "deadline",
@@ -111,6 +112,8 @@ class GuardedCalls:
         self.bugs = 0  # exceptions that are not outages (see module doc)
         self._bug_types: set[type[BaseException]] = set()
         self._clock = clock
+        # Calls are timed only for a breaker with a slow-call limit (two clock reads a call).
+        self._timed = breaker.slow_call_timeout is not None
         self.deadline = deadline
 
     def attempt(self, fn: Callable[..., Awaitable[T]], *args: Any) -> Awaitable[T | Unreachable]:
@@ -128,13 +131,13 @@ class GuardedCalls:
     ) -> T | Unreachable:
         """The call itself, if the breaker admits it (callers asked ``_refusing`` first)."""
         breaker = self.breaker
-        if not breaker.allow():
-            return SKIPPED
         # An outcome that arrives after the breaker changed state (a call admitted before a
         # trip, answering during the half-open probe) must not count as the probe.
-        epoch = breaker.epoch
-        clock = self._clock
-        started = clock()
+        epoch = breaker.admit()
+        if epoch is None:
+            return SKIPPED
+        timed = self._timed
+        started = self._clock() if timed else 0.0
         try:
             if deadline is None:
                 result = await fn(*args)
@@ -165,8 +168,7 @@ class GuardedCalls:
             if breaker.epoch == epoch:
                 breaker.release()  # cancelled: neither a success nor a failure
             raise
-        if breaker.epoch == epoch:
-            breaker.record_success(clock() - started)
+        breaker.succeeded(epoch, self._clock() - started if timed else None)
         return result
 
     def _bug(self, exc: Exception) -> None:
