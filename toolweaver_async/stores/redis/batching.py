@@ -58,7 +58,6 @@ from .expiry import StalledTimeout, expire, trip_timeout
 from .replies import read_replies
 from .resp import RoundTripError, pack_command
 from .resp import own_error as _own_error
-from .resp import pick_values as _pick
 
 __all__ = [
     "MAX_BATCH_KEYS",
@@ -108,6 +107,7 @@ class RoundTripBatcher:
         self._connections: list[AbstractConnection] = []
         self._idle: list[AbstractConnection] = []
         self._queue: list[_Request] = []
+        self._queued_weight = 0  # the weights of the queue's requests, summed
         self._in_flight = 0  # round trips running or scheduled
         self._running: dict[AbstractConnection, _RoundTrip] = {}
         self._flushes: set[asyncio.Task[None]] = set()
@@ -192,9 +192,11 @@ class RoundTripBatcher:
         if flushes:
             await asyncio.gather(*flushes, return_exceptions=True)
         queued, self._queue = self._queue, []
+        self._queued_weight = 0
+        closed = RedisConnectionError("redis store closed")  # one failure, shared by all
         for request in queued:
             if not request.future.done():
-                request.future.set_exception(RedisConnectionError("redis store closed"))
+                request.future.set_exception(self._caller_error(closed))
         for conn in self._connections:
             with contextlib.suppress(RedisError, OSError):
                 await conn.disconnect()
@@ -231,6 +233,7 @@ class RoundTripBatcher:
         )
         queue = self._queue
         queue.append(request)
+        self._queued_weight += weight
         if len(queue) == 1:
             self._arm_watchdog(request.deadline)
             if self._in_flight < self._eager_trips:
@@ -278,21 +281,29 @@ class RoundTripBatcher:
 
     def _take_batch(self) -> list[_Request]:
         queue = self._queue
+        if self._queued_weight < self._max_batch_keys:  # all of it (no loop over requests)
+            self._queue = []
+            self._queued_weight = 0
+            return queue
         weight = 0
         for end, request in enumerate(queue):
             weight += request.weight
             if weight >= self._max_batch_keys:
                 batch, self._queue = queue[: end + 1], queue[end + 1 :]
+                self._queued_weight -= weight
                 return batch
-        self._queue = []
+        self._queue = []  # (not reached: the weights sum to at least a batch)
+        self._queued_weight = 0
         return queue
 
     async def _run_batch(self, conn: AbstractConnection, batch: list[_Request]) -> None:
         # One MGET per read group, first, then every queued write; duplicate keys sent once.
-        # Each group's keys are gathered first and numbered once (a dict, in first-asked
-        # order); each caller's values are then picked by C-level lookups (map), with no
-        # Python frame per caller: at 1000 coroutines a per-caller list comprehension on each
-        # side of the round trip was a fifth of the CPU of a cluster get.
+        # Each group's keys are gathered in batch order and numbered once (a dict, in
+        # first-asked order); after the reply, each group's values for all those keys are
+        # picked in one C-level pass (map), and each caller takes its slice of them in turn:
+        # no Python frame, bound method or map object per caller. At 1000 coroutines a
+        # per-caller list comprehension on each side of the round trip was a fifth of the
+        # CPU of a cluster get.
         asked: list[list[bytes]] = []
         group_index: dict[Hashable, int] = {}
         writes: list[bytes] = []
@@ -308,19 +319,37 @@ class RoundTripBatcher:
                     index = group_index[group] = len(asked)
                     asked.append([])
                 asked[index] += group_reads
-        positions = [{key: at for at, key in enumerate(dict.fromkeys(keys))} for keys in asked]
-        reads = [pack_command(("MGET", *numbered)) for numbered in positions]
+        positions: list[dict[bytes, int] | None] = []  # None: no key asked twice
+        reads = []
+        for group_keys in asked:
+            unique = dict.fromkeys(group_keys)
+            if len(unique) == len(group_keys):
+                positions.append(None)
+                reads.append(pack_command(("MGET", *group_keys)))
+            else:
+                positions.append(dict(zip(unique, range(len(unique)), strict=True)))
+                reads.append(pack_command(("MGET", *unique)))
         expected += len(reads)
         self.round_trips += 1
+        token = self._trip_leaving()
         try:
             replies = await self._exchange(conn, b"".join(reads + writes), expected, batch)
         except BaseException as exc:
             for request in batch:
                 if not request.future.done():
-                    request.future.set_exception(_own_error(exc))
+                    request.future.set_exception(self._caller_error(exc))
             if not isinstance(exc, Exception):
                 raise
             return
+        self._trip_answered(token)
+        # Per group: the values of every key asked, in asked order (or the group's error).
+        picked: list[Any] = [
+            values
+            if numbered is None or isinstance(values, Exception)
+            else list(map(values.__getitem__, map(numbered.__getitem__, keys)))
+            for values, numbered, keys in zip(replies, positions, asked, strict=False)
+        ]
+        taken = [0] * len(asked)  # per group, how many of its picked values callers took
         offset = len(reads)
         for request in batch:
             future = request.future
@@ -330,27 +359,29 @@ class RoundTripBatcher:
                 offset += request.count
                 if not future.done():
                     future.set_result(result)
-            elif not future.done():
-                if request.grouped:
-                    future.set_result(
-                        [
-                            _pick(
-                                replies[group_index[group]],
-                                list(map(positions[group_index[group]].__getitem__, keys)),
-                            )
-                            for group, keys in request_reads
-                        ]
+            elif request.grouped:
+                shares = []
+                for group, keys in request_reads:
+                    index = group_index[group]
+                    start = taken[index]
+                    taken[index] = end = start + len(keys)
+                    values = picked[index]
+                    shares.append(
+                        _own_error(values) if isinstance(values, Exception) else values[start:end]
                     )
-                    continue
+                if not future.done():
+                    future.set_result(shares)
+            else:
                 group, keys = request_reads[0]
                 index = group_index[group]
-                values = replies[index]
-                if isinstance(values, Exception):
-                    future.set_exception(_own_error(values))
-                else:
-                    future.set_result(
-                        list(map(values.__getitem__, map(positions[index].__getitem__, keys)))
-                    )
+                start = taken[index]
+                taken[index] = end = start + len(keys)
+                if not future.done():
+                    values = picked[index]
+                    if isinstance(values, Exception):
+                        future.set_exception(self._caller_error(values))
+                    else:
+                        future.set_result(values[start:end])
 
     async def _exchange(
         self,
@@ -402,6 +433,23 @@ class RoundTripBatcher:
         await conn.send_packed_command(packed, check_health=False)
         await read_replies(conn, count, replies)
 
+    # -- outcomes of shared round trips (a breaker in front of a node counts them, see
+    # cluster_nodes.py; here they change nothing) ------------------------------------------------
+
+    def _trip_leaving(self) -> Any:
+        """A shared round trip is leaving; what this returns goes to :meth:`_trip_answered`."""
+        return None
+
+    def _trip_answered(self, token: Any) -> None:
+        """The shared round trip that left when :meth:`_trip_leaving` returned ``token`` was
+        answered (each command's reply may still be an error reply: an answer too)."""
+
+    def _caller_error(self, error: BaseException) -> BaseException:
+        """What one caller sharing ``error`` (a failed round trip's, an expired or closed
+        queue's, an error reply to its ``MGET``) raises: its own exception (see
+        :func:`~.resp.own_error`). Called once per caller, always with the shared object."""
+        return _own_error(error)
+
     # -- deadlines -------------------------------------------------------------------------------
 
     def _arm_watchdog(self, deadline: float) -> None:
@@ -435,7 +483,9 @@ class RoundTripBatcher:
             else:
                 upcoming.append(trip.deadline)
             if trip.requests is not None:
-                upcoming += expire(trip.requests, due, self._timeout, stalled, trip)
-        upcoming += expire(self._queue, due, self._timeout, stalled, None)
+                upcoming += expire(
+                    trip.requests, due, self._timeout, stalled, trip, self._caller_error
+                )
+        upcoming += expire(self._queue, due, self._timeout, stalled, None, self._caller_error)
         if upcoming and not self._closed:
             self._arm_watchdog(min(upcoming))

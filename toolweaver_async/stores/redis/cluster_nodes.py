@@ -28,6 +28,8 @@ __all__ = ["NodeBatcher", "NodeDown", "failed_node"]
 
 T = TypeVar("T")
 
+_CLOSED = BreakerState.CLOSED  # enum lookups cost ~60 ns on 3.11
+
 
 class NodeDown(RedisConnectionError):
     """A round trip to one primary failed (the cause is chained), or its breaker refused it."""
@@ -56,7 +58,17 @@ def _answered(exc: BaseException | None) -> bool:
 
 
 class NodeBatcher(RoundTripBatcher):
-    """A :class:`RoundTripBatcher` for one primary, behind that primary's breaker."""
+    """A :class:`RoundTripBatcher` for one primary, behind that primary's breaker.
+
+    While the breaker is closed, a get that joins a shared round trip is not counted on its
+    own: the round trip is, once, as a failure of one round trip already was (the breaker
+    counts each incident once). One answered round trip is one success, however many gets it
+    carried, so the breaker weighs round trips against round trips: ~20-200 callers' worth of
+    successes no longer hide a failing node behind its failure rate, and a batched get costs
+    no breaker call and no coroutine frame of this class (~0.5 us of a ~10 us get). A call
+    that goes out alone, and every call while the breaker is open or half-open (refusals,
+    probes), is counted per call, as :meth:`_guarded` does.
+    """
 
     def __init__(
         self,
@@ -70,9 +82,15 @@ class NodeBatcher(RoundTripBatcher):
         self.node = node
         self.breaker = breaker
 
-    async def mget(self, keys: Sequence[bytes], group: Hashable = None) -> list[Any]:
-        # The hot path of a cluster get, so _guarded is written out here: one coroutine
-        # frame per call instead of three (the batcher's mget is then the round trip's future).
+    def mget(self, keys: Sequence[bytes], group: Hashable = None) -> Awaitable[list[Any]]:
+        if self._in_flight and not self._closed and self.breaker.state is _CLOSED:
+            # Joins the next shared round trip: its future, counted with it (see the class doc).
+            self.requests += 1
+            return self._enqueue(((group, keys),), b"", 0, False, len(keys))
+        return self._guarded_mget(keys, group)
+
+    async def _guarded_mget(self, keys: Sequence[bytes], group: Hashable) -> list[Any]:
+        # _guarded written out: one coroutine frame per call instead of three.
         breaker = self.breaker
         if not breaker.allow():
             raise self._refused()
@@ -119,6 +137,32 @@ class NodeBatcher(RoundTripBatcher):
         if breaker.epoch == epoch:
             breaker.record_success()
         return result
+
+    # -- shared round trips (see RoundTripBatcher._trip_leaving) --------------------------------
+
+    def _trip_leaving(self) -> int | None:
+        """The breaker's epoch when it is closed: only then is a round trip counted whole."""
+        breaker = self.breaker
+        return breaker.epoch if breaker.state is _CLOSED else None
+
+    def _trip_answered(self, token: Any) -> None:
+        breaker = self.breaker
+        if token is not None and breaker.epoch == token:
+            breaker.record_success()
+
+    def _caller_error(self, error: BaseException) -> BaseException:
+        """A caller's share of ``error``: :class:`NodeDown` unless the node answered. While
+        the breaker is closed, the first caller's share counts ``error`` once (the others are
+        the same incident); the calls counted per call count it themselves."""
+        own = super()._caller_error(error)
+        if _answered(error):
+            return own
+        breaker = self.breaker
+        if breaker.state is _CLOSED and not stalled(error):
+            breaker.record_failure(error)
+        down = NodeDown(self.node, f"redis node {self.node}: {type(own).__name__}")
+        down.__cause__ = own
+        return down
 
     def _refused(self) -> NodeDown:
         return NodeDown(self.node, f"redis node {self.node}: its circuit breaker is open")

@@ -8,6 +8,8 @@ failed, and not at all when it is a :class:`StalledTimeout`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .batch_requests import InFlightRoundTrip, Request
 from .resp import own_error
 
@@ -47,11 +49,12 @@ def expire(
     seconds: float,
     stalled: bool,
     trip: InFlightRoundTrip | None,
+    error: Callable[[BaseException], BaseException] = own_error,
 ) -> list[float]:
     """Time out the calls of ``requests`` due by ``due``; the next deadline, if any (calls in
     order of arrival have deadlines in the same order). The calls expired together share one
     failure: one incident, not many; so do all the calls of one round ``trip``, whenever each
-    of them expires."""
+    of them expires. Each caller raises ``error(shared)`` (its own exception by default)."""
     shared: TimeoutError | None = None
     for request in requests:
         if request.future.done():
@@ -64,5 +67,5 @@ def expire(
                 if trip is not None
                 else timeout_error(seconds, stalled)
             )
-        request.future.set_exception(own_error(shared))
+        request.future.set_exception(error(shared))
     return []

@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-__all__ = ["RoundTripError", "own_error", "pack_command", "pick_values", "shared_failure"]
+__all__ = ["RoundTripError", "own_error", "pack_command", "shared_failure"]
 
 
 def _python_pack(args: tuple[Any, ...]) -> bytes:
@@ -38,13 +38,6 @@ except ImportError:  # pragma: no cover - hiredis is a runtime dependency; kept 
 class RoundTripError(RedisError):
     """A shared round trip failed; every caller in it gets its own instance of this error,
     with the original failure as ``__cause__``."""
-
-
-def pick_values(values: Any, wanted: list[int]) -> Any:
-    """The values at ``wanted`` of one MGET reply, or that reply's error as the caller's own."""
-    if isinstance(values, Exception):
-        return own_error(values)
-    return [values[at] for at in wanted]
 
 
 def shared_failure(exc: BaseException | None) -> BaseException | None:
