@@ -137,7 +137,7 @@ class ClusterEngine(ClusterHousekeeping):
     # -- reads ---------------------------------------------------------------------------------
 
     async def get(self, namespace: str, key: str) -> bytes | None:
-        striped = self._namespace(namespace)
+        striped = self._namespaces.get(namespace) or self._namespace(namespace)
         key_bytes = key.encode()
         index = striped.stripe_of(key_bytes)
         stripe, slot = striped.stripes[index], striped.slots[index]
