@@ -255,8 +255,16 @@ class CircuitBreaker:
     def succeeded(self, epoch: int, duration: float | None = None) -> None:
         """``record_success`` for a call admitted in ``epoch``, dropped when the breaker
         changed state since (as :meth:`call` does)."""
-        if epoch == self._epoch:
-            self.record_success(duration)
+        if epoch != self._epoch:
+            return
+        if (
+            duration is None
+            and self._state is _CLOSED
+            and not self._window_failures
+            and self._window_count == self._window_size
+        ):
+            return  # the quiet case of record_success, without the call
+        self.record_success(duration)
 
     def record_success(self, duration: float | None = None) -> None:
         """A call succeeded; a ``duration`` over ``slow_call_timeout`` makes it a failure."""
