@@ -263,14 +263,14 @@ class RedisStore(RedisStoreHousekeeping):
                 args += ("NX",)
             commands.append(args)
         commands.append(("GET", gen_key))
-        writes = self._writes()
-        replies = await writes.pipeline(commands)
+        pipeline = self._write_pipeline()
+        replies = await pipeline(commands)
         if not only_new:
             # Out of memory (noeviction), Redis refuses a SET but still takes UNLINK: the older
             # value goes, so no other process reads it while the journal holds the newer one.
             full = [c[1] for c, r in zip(commands, replies, strict=True) if _refused_as_full(r)]
             if full:
-                await writes.pipeline([(self._unlink_command, *full)])
+                await pipeline([(self._unlink_command, *full)])
         _raise_first_error(replies)
         first = 1 if unlink else 0
         return [bool(r) for r in replies[first:-1]], replies[-1]
@@ -285,7 +285,7 @@ class RedisStore(RedisStoreHousekeeping):
                 return await engine.delete(namespace, key)
         ns = self._namespace(namespace)
         used = ns.generation
-        pipeline = self._writes().pipeline
+        pipeline = self._write_pipeline()
         epoch = self._primary_epoch
         try:
             unlink = self._unlink_command

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
 
 from redis.asyncio import Redis
@@ -166,10 +166,10 @@ class RedisStoreCore:
             self._namespaces[namespace] = ns
         return ns
 
-    def _writes(self) -> RoundTripBatcher:
+    def _write_pipeline(self) -> Callable[[Sequence[tuple[Any, ...]]], Awaitable[list[Any]]]:
         """Where sets and deletes go: the write lane once tracked, else the shared batcher."""
         lane = self.write_lane
-        return lane.batcher if lane.attached else self._batcher
+        return lane.batcher.pipeline if lane.attached else self._batcher.pipeline
 
     def _new_connection(self) -> AbstractConnection:
         """A connection of the batcher's own, like the pool's but without redis-py's per-read

@@ -10,7 +10,9 @@ store's sets and deletes travel one connection of their own, tracked for the cha
 
 Every other client's change (another process, an operator, an expiry, this process's own
 bookkeeping on other connections) still reaches the channel, exactly as before; a key changed
-by this lane and by another client in the same server turn is reported too.
+by this lane and by another client in the same server turn is reported too. One connection
+does not mean one round trip at a time: batches overlap on it (:mod:`.pipelined`), and they
+land in the order they were written, so two writes of a key land in call order.
 
 The lane holds the channel's promise only while its socket lives: a new socket is untracked.
 So :attr:`WriteLane.epoch` counts sockets (a redis-py connect callback), tracking belongs to
@@ -30,7 +32,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from .batching import RoundTripBatcher
+from .pipelined import PipelinedConnection
 
 __all__ = ["LaneHeartbeat", "LaneLost", "LaneMismatch", "WriteLane", "run_id_of"]
 
@@ -62,7 +64,7 @@ class WriteLane:
         # Set once the channel first tracked the lane; the store's writes use it from then on,
         # tracked or not, so that one key's writes never switch connections back and forth.
         self.attached = False
-        self.batcher = RoundTripBatcher(self._new_connection, connections=1, timeout=timeout)
+        self.batcher = PipelinedConnection(self._new_connection, timeout=timeout)
 
     @property
     def tracked(self) -> bool:
