@@ -10,7 +10,9 @@ import asyncio
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-__all__ = ["InFlightRoundTrip", "ReadGroup", "Request"]
+from .resp import pack_command
+
+__all__ = ["InFlightRoundTrip", "PackedBatch", "ReadGroup", "Request", "pack_batch"]
 
 # Keys read together in one MGET, and the group that may share that MGET with other callers
 # (``None``: the one group of a standalone server).
@@ -59,3 +61,51 @@ class InFlightRoundTrip:
         self.stalled = False  # expired by a watchdog that ran late: this process was stalled
         # The timeout its callers share, made when the first of them (or the trip) expires.
         self.timeout: TimeoutError | None = None
+
+
+class PackedBatch:
+    """A batch as it goes on the wire: one ``MGET`` per read group (``reads``), then every
+    queued write (``writes``), and what it takes to hand the replies back out."""
+
+    __slots__ = ("asked", "expected", "group_index", "positions", "reads", "writes")
+
+    def __init__(self) -> None:
+        self.asked: list[list[bytes]] = []  # per group, the keys asked, in batch order
+        self.group_index: dict[Hashable, int] = {}
+        self.writes: list[bytes] = []
+        self.reads: list[bytes] = []
+        # Per group, each distinct key's place in its MGET; None: no key was asked twice.
+        self.positions: list[dict[bytes, int] | None] = []
+        self.expected = 0  # replies
+
+
+def pack_batch(batch: Sequence[Request]) -> PackedBatch:
+    """Pack ``batch``: one ``MGET`` per read group, first, then every queued write; duplicate
+    keys are sent once. Each group's keys are gathered in batch order and numbered once (a
+    dict, in first-asked order), so that after the reply each group's values are picked in one
+    C-level pass and each caller takes its slice: no Python frame per caller (at 1000
+    coroutines a per-caller comprehension on each side of the round trip was a fifth of the CPU
+    of a cluster get)."""
+    packed = PackedBatch()
+    asked, group_index = packed.asked, packed.group_index
+    for request in batch:
+        if request.reads is None:
+            packed.writes.append(request.commands)
+            packed.expected += request.count
+            continue
+        for group, group_reads in request.reads:
+            index = group_index.get(group)
+            if index is None:
+                index = group_index[group] = len(asked)
+                asked.append([])
+            asked[index] += group_reads
+    for group_keys in asked:
+        unique = dict.fromkeys(group_keys)
+        if len(unique) == len(group_keys):
+            packed.positions.append(None)
+            packed.reads.append(pack_command(("MGET", *group_keys)))
+        else:
+            packed.positions.append(dict(zip(unique, range(len(unique)), strict=True)))
+            packed.reads.append(pack_command(("MGET", *unique)))
+    packed.expected += len(packed.reads)
+    return packed

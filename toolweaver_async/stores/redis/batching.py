@@ -21,18 +21,10 @@ A call that joins a shared round trip awaits that round trip's future itself (``
 coroutine): each frame between a caller and its reply costs ~0.3 us when the reply wakes it.
 
 Every call is bounded by ``timeout`` from the moment it is made (queue wait included), and every
-round trip by ``timeout`` from the moment it is sent. One shared watchdog timer enforces both:
-``asyncio.timeout`` costs ~3.4 us per use on uvloop (~7 us on asyncio), more than the rest of a
-batched get; the watchdog costs a clock read per call.
-
-When the watchdog fires it first lets the loop run a few turns, so a reply that arrived while the
-loop was busy (this process starved of CPU, a blocking call) is read before anything is declared
-timed out: a late read is this process's delay, not the server's, and must not count against
-Redis. A call that got no reply still fails a few turns after its deadline; when the watchdog
-itself ran more than half a timeout late, the call fails with :class:`StalledTimeout`, which the
-breaker does not count (the stall, not the server, used up the time). The callers of one round
-trip fail with its one timeout, even when their deadlines fall in different watchdog passes: a
-breaker counts a round trip once, however its callers' deadlines are spread.
+round trip by ``timeout`` from the moment it is sent, both by one shared timer
+(:mod:`.watchdog`: it costs a clock read per call, and is fair to a stalled loop). The callers of
+one round trip fail with its one timeout, even when their deadlines fall in different watchdog
+passes: a breaker counts a round trip once, however its callers' deadlines are spread.
 
 Why dedicated connections and not ``Redis.execute_command``: on loopback, redis-py's client layer
 (pool checkout under an ``asyncio.Condition``, a liveness probe of the socket, per-command
@@ -52,12 +44,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .batch_requests import InFlightRoundTrip as _RoundTrip
-from .batch_requests import ReadGroup
+from .batch_requests import ReadGroup, pack_batch
 from .batch_requests import Request as _Request
 from .expiry import StalledTimeout, expire, trip_timeout
 from .replies import read_replies
 from .resp import RoundTripError, pack_command
 from .resp import own_error as _own_error
+from .watchdog import DeadlineWatchdog
 
 __all__ = [
     "MAX_BATCH_KEYS",
@@ -70,11 +63,6 @@ __all__ = [
 
 # A batch stops growing at this many keys plus write commands; the rest go in the next one.
 MAX_BATCH_KEYS: Final = 1000
-
-
-# Loop turns the watchdog waits before expiring a due call: one to poll the socket, one to wake
-# the reading task, one for it to finish parsing. Microseconds on a responsive loop.
-GRACE_TURNS: Final = 3
 
 
 class RoundTripBatcher:
@@ -111,8 +99,7 @@ class RoundTripBatcher:
         self._in_flight = 0  # round trips running or scheduled
         self._running: dict[AbstractConnection, _RoundTrip] = {}
         self._flushes: set[asyncio.Task[None]] = set()
-        self._watchdog: asyncio.Handle | None = None
-        self._watchdog_due = 0.0  # when the armed watchdog should run
+        self._watchdog = DeadlineWatchdog(timeout, self._expire_due)
         self._closed = False
         # Counters for tests and benchmarks.
         self.round_trips = 0
@@ -183,9 +170,7 @@ class RoundTripBatcher:
     async def aclose(self) -> None:
         """Fail whatever waits, stop running batches and close every connection. Idempotent."""
         self._closed = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._watchdog.stop()
         flushes = list(self._flushes)
         for task in flushes:
             task.cancel()
@@ -235,7 +220,7 @@ class RoundTripBatcher:
         queue.append(request)
         self._queued_weight += weight
         if len(queue) == 1:
-            self._arm_watchdog(request.deadline)
+            self._watchdog.arm(request.deadline)
             if self._in_flight < self._eager_trips:
                 conn = self._take_connection()
                 if conn is not None:
@@ -297,39 +282,14 @@ class RoundTripBatcher:
         return queue
 
     async def _run_batch(self, conn: AbstractConnection, batch: list[_Request]) -> None:
-        # One MGET per read group, first, then every queued write; duplicate keys sent once.
-        # Each group's keys are gathered in batch order and numbered once (a dict, in
-        # first-asked order); after the reply, each group's values for all those keys are
-        # picked in one C-level pass (map), and each caller takes its slice of them in turn:
-        # no Python frame, bound method or map object per caller. At 1000 coroutines a
-        # per-caller list comprehension on each side of the round trip was a fifth of the
-        # CPU of a cluster get.
-        asked: list[list[bytes]] = []
-        group_index: dict[Hashable, int] = {}
-        writes: list[bytes] = []
-        expected = 0
-        for request in batch:
-            if request.reads is None:
-                writes.append(request.commands)
-                expected += request.count
-                continue
-            for group, group_reads in request.reads:
-                index = group_index.get(group)
-                if index is None:
-                    index = group_index[group] = len(asked)
-                    asked.append([])
-                asked[index] += group_reads
-        positions: list[dict[bytes, int] | None] = []  # None: no key asked twice
-        reads = []
-        for group_keys in asked:
-            unique = dict.fromkeys(group_keys)
-            if len(unique) == len(group_keys):
-                positions.append(None)
-                reads.append(pack_command(("MGET", *group_keys)))
-            else:
-                positions.append(dict(zip(unique, range(len(unique)), strict=True)))
-                reads.append(pack_command(("MGET", *unique)))
-        expected += len(reads)
+        packed = pack_batch(batch)
+        asked, group_index, positions, reads = (
+            packed.asked,
+            packed.group_index,
+            packed.positions,
+            packed.reads,
+        )
+        writes, expected = packed.writes, packed.expected
         self.round_trips += 1
         token = self._trip_leaving()
         try:
@@ -401,7 +361,7 @@ class RoundTripBatcher:
         assert task is not None
         deadline = asyncio.get_running_loop().time() + self._timeout
         trip = self._running[conn] = _RoundTrip(task, deadline, requests)
-        self._arm_watchdog(deadline)
+        self._watchdog.arm(deadline)
         replies: list[Any] = []
         try:
             if conn.is_connected:
@@ -452,27 +412,9 @@ class RoundTripBatcher:
 
     # -- deadlines -------------------------------------------------------------------------------
 
-    def _arm_watchdog(self, deadline: float) -> None:
-        if self._watchdog is None and not self._closed:
-            self._watchdog_due = deadline
-            self._watchdog = asyncio.get_running_loop().call_at(deadline, self._on_watchdog)
-
-    def _on_watchdog(self) -> None:
-        """The earliest deadline has come: give replies already on the socket a few loop turns
-        to be read before expiring what is due now."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        stalled = now - self._watchdog_due > self._timeout / 2
-        self._watchdog = loop.call_soon(self._after_grace, now, stalled, GRACE_TURNS)
-
-    def _after_grace(self, due: float, stalled: bool, turns: int) -> None:
-        """Fail every call and cancel every round trip whose deadline is ``due`` or earlier,
-        then sleep until the next deadline."""
-        loop = asyncio.get_running_loop()
-        if turns > 1:
-            self._watchdog = loop.call_soon(self._after_grace, due, stalled, turns - 1)
-            return
-        self._watchdog = None
+    def _expire_due(self, due: float, stalled: bool) -> float | None:
+        """The watchdog's pass: fail every call and cancel every round trip whose deadline is
+        ``due`` or earlier; the next deadline."""
         upcoming: list[float] = []
         for trip in self._running.values():
             if trip.deadline <= due:
@@ -487,5 +429,4 @@ class RoundTripBatcher:
                     trip.requests, due, self._timeout, stalled, trip, self._caller_error
                 )
         upcoming += expire(self._queue, due, self._timeout, stalled, None, self._caller_error)
-        if upcoming and not self._closed:
-            self._arm_watchdog(min(upcoming))
+        return min(upcoming) if upcoming and not self._closed else None

@@ -12,8 +12,8 @@ sent), so several batches are on the wire together and each fails on its own dea
 Deadlines: every call is bounded by ``timeout`` from the moment it is made. A call still
 unanswered at its deadline fails with a :class:`TimeoutError` it shares with the calls of its
 batch (a breaker counts a batch once), or with a :class:`~.expiry.StalledTimeout` when this
-process's loop ran the check more than half a timeout late. Its batch stays in line: the
-replies, when they come, are read and dropped, so later batches still get their own. A batch
+process's loop ran the check more than half a timeout late (:mod:`.watchdog`). Its batch stays
+in line: the replies, when they come, are read and dropped, so later batches get their own. A batch
 unanswered for twice the timeout ends the connection, failing every batch on it with one
 shared error; the next call opens a new one.
 
@@ -37,11 +37,10 @@ from redis.exceptions import RedisError
 from .expiry import timeout_error
 from .replies import read_replies
 from .resp import own_error, pack_command
+from .watchdog import DeadlineWatchdog
 
 __all__ = ["PipelinedConnection"]
 
-# Loop turns given to the reader before expiring a call (see batching.GRACE_TURNS).
-_GRACE_TURNS: Final = 3
 # Batches written and not yet answered, at most, and commands per batch: while a server does
 # not answer, what it will still run once it does stays small (as with four connections, one
 # round trip each), so it has run long before an outage journal's replay overwrites it.
@@ -97,8 +96,7 @@ class PipelinedConnection:
         self._on_wire: deque[_Batch] = deque()
         self._sender: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._watchdog: asyncio.Handle | None = None
-        self._watchdog_due = 0.0
+        self._watchdog = DeadlineWatchdog(timeout, self._expire_due)
         self._closing: set[asyncio.Task[None]] = set()  # sockets given up, being closed
         self._closed = False
         self.round_trips = 0  # batches written
@@ -115,7 +113,7 @@ class PipelinedConnection:
         loop = asyncio.get_running_loop()
         call = _Call(loop.create_future(), packed, len(commands), loop.time() + self._timeout)
         self._outbox.append(call)
-        self._arm_watchdog(call.deadline)
+        self._watchdog.arm(call.deadline)
         self._wake_sender()
         return await call.future
 
@@ -127,9 +125,7 @@ class PipelinedConnection:
     async def aclose(self) -> None:
         """Fail whatever waits and close the connection. Idempotent."""
         self._closed = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._watchdog.stop()
         tasks = [task for task in (self._sender, self._reader) if task is not None]
         tasks += self._closing
         for task in tasks:
@@ -236,25 +232,10 @@ class PipelinedConnection:
 
     # -- deadlines -------------------------------------------------------------------------------
 
-    def _arm_watchdog(self, deadline: float) -> None:
-        if self._watchdog is None and not self._closed:
-            self._watchdog_due = deadline
-            self._watchdog = asyncio.get_running_loop().call_at(deadline, self._on_watchdog)
-
-    def _on_watchdog(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        stalled = now - self._watchdog_due > self._timeout / 2
-        self._watchdog = loop.call_soon(self._after_grace, now, stalled, _GRACE_TURNS)
-
-    def _after_grace(self, due: float, stalled: bool, turns: int) -> None:
-        """Fail every call due by ``due`` (one shared timeout per batch, one for the calls not
-        yet written), end a connection silent for two timeouts, sleep until the next due."""
-        loop = asyncio.get_running_loop()
-        if turns > 1:
-            self._watchdog = loop.call_soon(self._after_grace, due, stalled, turns - 1)
-            return
-        self._watchdog = None
+    def _expire_due(self, due: float, stalled: bool) -> float | None:
+        """The watchdog's pass: fail every call due by ``due`` (one shared timeout per batch,
+        one for the calls not yet written), end a connection silent for two timeouts; the
+        next deadline."""
         upcoming: list[float] = []
         for batch in self._on_wire:
             pending = [c.deadline for c in batch.calls if not c.future.done()]
@@ -278,8 +259,7 @@ class PipelinedConnection:
                 self._end_silent_connection()
             else:
                 upcoming.append(silent_until)
-        if upcoming and not self._closed:
-            self._arm_watchdog(min(upcoming))
+        return min(upcoming) if upcoming and not self._closed else None
 
     def _end_silent_connection(self) -> None:
         conn, self._conn = self._conn, None
