@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from toolweaver_async import AsyncToolCache, CacheConfig
+from toolweaver_async.stores.memory import MemoryStore
 from toolweaver_async.stores.redis.store import RedisStore
 from toolweaver_async.stores.redis.write_lane import LaneMismatch, WriteLane
 from toolweaver_async.testing import RedisServer
@@ -126,3 +127,37 @@ async def test_a_lane_on_another_server_than_the_channel_is_refused_untracked(
     finally:
         await other.aclose()
         await store.aclose()
+
+
+async def test_a_store_shared_by_two_caches_is_tracked_for_one_channel_only(
+    redis_url: str, key_prefix: str, cache_dir: Path
+) -> None:
+    """Tracking the one lane for a second channel would redirect every report away from the
+    first, which would go on vouching for changes it no longer hears of."""
+    config = _config(redis_url, key_prefix, cache_dir)
+    shared = RedisStore.from_config(config)
+    other = AsyncToolCache(_config(redis_url, key_prefix, cache_dir, stores=("redis",)))
+    first = AsyncToolCache(config, stores=[MemoryStore(), shared])
+    second = AsyncToolCache(config, stores=[MemoryStore(), shared])
+    try:
+        await other.connect()
+        await first.connect()
+        await second.connect()
+        own = [
+            (await cache.health_check())["coherence"]["channels"][0]["own_writes"]
+            for cache in (first, second)
+        ]
+        assert own == ["left out (NOLOOP lane)", "echoed"]
+        await first.set("k", "v1")
+        assert await second.get("k") == "v1"
+        await other.set("k", "v2")
+        for cache in (first, second):
+
+            async def fresh(cache: AsyncToolCache = cache) -> bool:
+                return bool(await cache.get("k") == "v2")
+
+            await eventually(fresh, within=3, what="both hear the other client's write")
+    finally:
+        await second.aclose()
+        await first.aclose()
+        await other.aclose()

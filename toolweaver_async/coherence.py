@@ -213,7 +213,7 @@ def coherence_for(
     channels: list[InvalidationChannel] = []
     if memory is not None and config.coherence_window is not None and "redis" in store_names:
         lane = next((s.write_lane for s in stores if isinstance(s, LaneWritingStore)), None)
-        channels.append(RedisChannels(config, lane=lane))
+        channels.append(RedisChannels(config, lane=lane if lane and lane.claim() else None))
     return MemoryCoherence(
         memory,
         reads,

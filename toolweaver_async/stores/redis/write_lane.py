@@ -64,7 +64,17 @@ class WriteLane:
         # Set once the channel first tracked the lane; the store's writes use it from then on,
         # tracked or not, so that one key's writes never switch connections back and forth.
         self.attached = False
+        self._claimed = False
         self.batcher = PipelinedConnection(self._new_connection, timeout=timeout)
+
+    def claim(self) -> bool:
+        """Reserve the lane for one invalidation channel; ``False`` when another has it (a
+        store shared by two caches): tracking it for a second channel would silence the
+        first, so the second tracks for itself and hears its own writes."""
+        if self._claimed:
+            return False
+        self._claimed = True
+        return True
 
     @property
     def tracked(self) -> bool:
