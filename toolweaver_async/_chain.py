@@ -20,6 +20,7 @@ from .loading.locks import GuardedLock
 from .resilience.breaker import CircuitBreaker
 from .resilience.guard import FAILED, GuardedStore
 from .resilience.journal import OutageJournal
+from .resilience.missed_sweep import MissedSweep
 from .resilience.missed_writes import MissedWrites
 from .resilience.missed_writes_log import MissedWritesLog
 from .stores.base import (
@@ -68,7 +69,7 @@ class Chain:
     """The built chain: the in-process L1 (if any), the slower stores behind their guards in
     order, and what the capabilities found when it was built."""
 
-    __slots__ = ("_counting", "_locking", "layers", "memory", "missed")
+    __slots__ = ("_counting", "_locking", "layers", "memory", "missed", "sweeps")
 
     def __init__(
         self,
@@ -82,6 +83,9 @@ class Chain:
         self.missed: list[MissedWrites | None] = [
             None if g.journal is not None else MissedWrites() for g in layers
         ]
+        # By layer name: the sweeps that withdraw, for every process, what a layer on disk
+        # missed once it answers again (see resilience/missed_sweep.py).
+        self.sweeps: dict[str, MissedSweep] = {}
         # The first store that offers locks (Redis) elects one loader per key across processes.
         self._locking: tuple[LockingStore, GuardedStore] | None = next(
             ((g.store, g) for g in layers if isinstance(g.store, LockingStore)), None
@@ -117,10 +121,16 @@ class Chain:
         async with anyio.create_task_group() as tg:
             for layer in self.layers:
                 tg.start_soon(probe, layer)
+        # What earlier runs missed is still on disk for every other process: withdrawn in
+        # the background now (skipped while a breaker is open: its closing sweeps).
+        for sweep in self.sweeps.values():
+            sweep.start()
 
     async def aclose(self) -> None:
-        """Stop journal replays and recovery watches, write journals to disk, then release
-        every store; a failure to close one is logged and does not stop the others."""
+        """Stop sweeps, journal replays and recovery watches, write journals to disk, then
+        release every store; a failure to close one is logged and does not stop the others."""
+        for sweep in self.sweeps.values():
+            await sweep.aclose()
         for missed in self.missed:
             if missed is not None and missed.log is not None:
                 await missed.log.aclose(missed)
@@ -189,6 +199,9 @@ class Chain:
             stores[layer.name]["errors"] = errors.get(layer.name, 0)
             if isinstance(layer.store, QueuedWritesStore):
                 stores[layer.name]["write_queue"] = layer.store.queued_writes
+            sweep = self.sweeps.get(layer.name)
+            if sweep is not None:  # marks standing, and what the sweeps withdrew or kept
+                stores[layer.name].update(sweep.describe())
             if isinstance(layer.store, TopologyReportingStore):
                 with anyio.move_on_after(max(config.redis_command_timeout * 4, 1.0)):
                     stores[layer.name]["topology"] = await layer.store.describe()
@@ -234,6 +247,9 @@ def build_chain(
         if missed is not None and isinstance(layer.store, FileStore):
             folder = layer.store.root / "~journal" / layer.store.key_prefix
             missed.attach(MissedWritesLog(folder, timeout=config.file_timeout))
+            # ... and other processes must not read what it missed: swept when it answers.
+            sweep = built.sweeps[layer.name] = MissedSweep(missed, layer, layer.store)
+            layer.breaker.add_listener(sweep.on_breaker)
     return built
 
 

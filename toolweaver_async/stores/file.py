@@ -7,7 +7,8 @@ ones (eviction, invalidate, clear) on a thread of their own, so that they never 
 All are daemon threads: a step hung on a dead mount never keeps the process from exiting. The
 steps themselves live beside it, one concept each: where an entry lives and how it is read
 (``file_entries``), written and deleted (``file_writes``), what a failed one leaves for other
-processes (``file_withdrawal``), invalidate and clear (``file_trash``), the size bound
+processes (``file_withdrawal``), what a missed one left once the disk answers again
+(``file_sweep``), invalidate and clear (``file_trash``), the size bound
 (``file_eviction``), listing (``file_listing``). Nothing under ``<root>/<prefix>`` is reached
 through a symbolic link (see ``file_tree``).
 """
@@ -33,6 +34,7 @@ from .file_eviction import maintain
 from .file_format import NEVER
 from .file_lanes import FileLanes
 from .file_ledger import Ledger
+from .file_sweep import Swept, SweptNames, namespace_folders, sweep_entries, sweep_names
 from .file_trash import trash_folders
 from .file_tree import check_base
 from .file_withdrawal import withdraw_entries
@@ -79,6 +81,9 @@ def _entries_touched(fn: Callable[..., Any], args: tuple[Any, ...]) -> Sequence[
     if fn is withdraw_entries:
         folder, keys = args
         return [(folder, key) for key in keys]
+    if fn is sweep_entries:
+        folder, marks = args[1], args[2]
+        return [(folder, mark[0]) for mark in marks]
     if len(args) >= 3 and type(args[0]) is Ledger and type(args[1]) is type(args[2]) is str:
         return ((args[1], args[2]),)
     return None
@@ -91,7 +96,17 @@ def _probe(base: str) -> None:
     check_base(base)
 
 
-_CHANGES_NOTHING = frozenset({read_entry, read_entries, _probe, file_listing.read_named_entries})
+_CHANGES_NOTHING = frozenset(
+    {
+        read_entry,
+        read_entries,
+        _probe,
+        file_listing.read_named_entries,
+        file_listing.subfolders,
+        file_listing.entry_names,
+        namespace_folders,
+    }
+)
 
 # The names other modules and tests imported from here before the steps moved out.
 _NEVER = NEVER
@@ -268,6 +283,57 @@ class FileStore:
 
     async def clear(self) -> None:
         await self._run("clear", trash_folders, self._ledger, self._base, None)
+
+    async def sweep_missed(
+        self,
+        namespace: str,
+        marks: Sequence[tuple[str, bytes | None, int]],
+        current: Callable[[str], bool] | None = None,
+    ) -> list[Swept]:
+        """Withdraw, for every process, the entry of each marked ``(key, digest, mark time)``
+        unless it may be served (see :mod:`.file_sweep`); up to ``_ENTRIES_PER_STEP`` keys a
+        write-lane step, so reads and writes asked meanwhile wait for one step at most.
+
+        A key is ``BUSY`` (left for a later sweep) when, as its step is asked, its mark no
+        longer stands as judged (``current``: lifted or renewed by a write since) or a write of
+        it asked earlier has not returned: its outcome, not the sweep, decides the mark."""
+        folder = self._folder(namespace)
+        judged: list[Swept] = []
+        for part in _chunked(marks):
+            lane = self._lane_here()
+            ready = [
+                mark
+                for mark in part
+                if (current is None or current(mark[0])) and not lane.busy_with((folder, mark[0]))
+            ]
+            # Asked in the same loop step as the check above: nothing slips in between.
+            found = iter(
+                await self._in(lane, "sweep", sweep_entries, self._ledger, folder, ready)
+                if ready
+                else ()
+            )
+            ready_keys = {mark[0] for mark in ready}
+            judged += [next(found) if mark[0] in ready_keys else Swept.BUSY for mark in part]
+        return judged
+
+    async def sweep_namespace(self, namespace: str | None, at_ns: int) -> SweptNames | None:
+        """Withdraw every entry of ``namespace`` (None: of every namespace) not written after
+        ``at_ns``, one two-hex folder page a step; ``(withdrawn, kept, refused)``. None when
+        it cannot be judged yet (see the write-behind store)."""
+        if namespace is None:
+            folders = await self._step("sweep", namespace_folders, self._base)
+        else:
+            folders = [self._folder(namespace)]
+        totals = [0, 0, 0]
+        for folder in folders:
+            for subfolder in await self._step("sweep", file_listing.subfolders, folder):
+                names = await self._step("sweep", file_listing.entry_names, subfolder)
+                for part in _chunked(names):
+                    counts = await self._step(
+                        "sweep", sweep_names, self._ledger, subfolder, part, at_ns
+                    )
+                    totals = [total + count for total, count in zip(totals, counts, strict=True)]
+        return (totals[0], totals[1], totals[2])
 
     async def ping(self) -> None:
         await self._step("write a probe file", _probe, self._base)

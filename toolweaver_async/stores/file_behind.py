@@ -15,7 +15,10 @@ the writes of the last batch interval) and never leaves a torn entry. A step stu
 deadline stalls the lane: the queue waits for it (one more deadline at most) and writes again
 what the stall released unwritten, instead of failing it all at once. A write the disk refuses
 is counted, reported to ``write_failed`` (the chain counts it as an error and marks the key as
-missed) and the key's older entry removed, so no process serves what it was replacing.
+missed) and the key's older entry removed, so no process serves what it was replacing. The sweep
+of missed writes (``file_sweep``) first waits for the entries queued before it that it covers:
+queued before the write that was missed, they are older than it, yet would land after the sweep
+with a later file time.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from .file import (
     _publish_replacing,
     _write_entry,
 )
+from .file_sweep import Swept, SweptNames
 from .worker_lane import WorkerLane
 
 __all__ = ["QueuedWritesStore", "WriteBehindFileStore"]
@@ -59,20 +63,21 @@ class QueuedWritesStore(Protocol):
 
 
 class _Queued:
-    __slots__ = ("data", "expires_at", "folder", "size")
+    __slots__ = ("data", "expires_at", "folder", "seq", "size")
 
-    def __init__(self, folder: str, data: bytes, expires_at: float, size: int) -> None:
+    def __init__(self, folder: str, data: bytes, expires_at: float, size: int, seq: int) -> None:
         self.folder = folder
         self.data = data
         self.expires_at = expires_at
         self.size = size
+        self.seq = seq  # the order writes were queued in (a rewrite keeps its place, not this)
 
 
 def _flush_row(ledger: _Ledger, folder: str, key: str, data: bytes, expires_at: float) -> None:
     """On the worker thread: write one queued entry as a whole file (temp file, rename)."""
     path, head = _entry_head(folder, key, data, expires_at)
     grown = _write_entry(path, head, data, _publish_replacing)
-    ledger.grow(grown or 0)
+    ledger.wrote(grown or 0)
 
 
 class WriteBehindFileStore(FileStore):
@@ -115,6 +120,7 @@ class WriteBehindFileStore(FileStore):
         self._counts = dict.fromkeys(
             ("flushed", "coalesced", "failed", "retried", "waits", "batches"), 0
         )
+        self._seq = 0
 
     @classmethod
     def from_config(
@@ -153,7 +159,8 @@ class WriteBehindFileStore(FileStore):
             if old is not None:
                 self._queued_bytes -= old.size
                 self._counts["coalesced"] += 1
-            queued[(namespace, key)] = _Queued(folder, data, expires_at, size)
+            self._seq += 1
+            queued[(namespace, key)] = _Queued(folder, data, expires_at, size, self._seq)
             self._queued_bytes += size
             if self._drain_task is None:
                 self._drain_task = asyncio.ensure_future(self._drain())
@@ -178,6 +185,67 @@ class WriteBehindFileStore(FileStore):
         self._unqueue(lambda k: True)
         await self._batch_landed()
         await super().clear()
+
+    async def sweep_missed(
+        self,
+        namespace: str,
+        marks: Sequence[tuple[str, bytes | None, int]],
+        current: Callable[[str], bool] | None = None,
+    ) -> list[Swept]:
+        """As the write-through store, once the writes of these keys queued so far have landed;
+        a key whose queued write does not land in time is ``BUSY`` (judged by a later sweep)."""
+        keys = {mark[0] for mark in marks}
+        upto = self._seq
+
+        def covers(k: tuple[str, str]) -> bool:
+            return k[0] == namespace and k[1] in keys
+
+        await self._landed_before(upto, covers)
+        busy = {k[1] for k in self._still_queued(upto, covers)}
+        judged = iter(
+            await super().sweep_missed(namespace, [m for m in marks if m[0] not in busy], current)
+        )
+        return [Swept.BUSY if mark[0] in busy else next(judged) for mark in marks]
+
+    async def sweep_namespace(self, namespace: str | None, at_ns: int) -> SweptNames | None:
+        """As the write-through store, once the writes queued so far of the namespace (of any,
+        for None) have landed; None when they do not land in time."""
+        if not await self._landed_before(
+            self._seq, lambda k: namespace is None or k[0] == namespace
+        ):
+            return None
+        return await super().sweep_namespace(namespace, at_ns)
+
+    def _still_queued(
+        self, upto: int, covers: Callable[[tuple[str, str]], bool]
+    ) -> list[tuple[str, str]]:
+        """Entries queued (or being written) whose write was queued by ``upto`` and that
+        ``covers`` selects."""
+        return [
+            k
+            for entries in (self._queued, self._landing)
+            for k, entry in list(entries.items())
+            if entry.seq <= upto and covers(k)
+        ]
+
+    async def _landed_before(self, upto: int, covers: Callable[[tuple[str, str]], bool]) -> bool:
+        """Wait until no write queued by ``upto`` that ``covers`` selects is still queued or
+        being written (woken at each batch the drain takes, and when it ends); False when
+        that takes longer than a few step timeouts, or nothing drains the queue."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 4 * (self.step_timeout or 15.0)
+        while self._still_queued(upto, covers):
+            remaining = deadline - loop.time()
+            if self._drain_task is None or remaining <= 0:
+                return False
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._room.append(waiter)
+            try:
+                await asyncio.wait([waiter], timeout=remaining)
+            finally:
+                if waiter in self._room:
+                    self._room.remove(waiter)
+        return True
 
     async def aclose(self) -> None:
         """Write what is queued (each batch bounded by ``step_timeout``), then close."""
@@ -332,8 +400,9 @@ class WriteBehindFileStore(FileStore):
             self._in_flight = None
             self._landing = {}
             self._drain_task = None
-            if self._queued:  # cancelled with entries left: a later write starts a new drain
-                self._wake_writers()
+            # Cancelled with entries left, a later write starts a new drain; drained, a sweep
+            # waiting for its entries to land is told they have.
+            self._wake_writers()
 
     async def _wait_while_stalled(self, lane: WorkerLane) -> None:
         """Hand the lane no batch while a step in it (any caller's) is stuck past the

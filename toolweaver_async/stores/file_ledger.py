@@ -2,12 +2,16 @@
 
 Worker threads write it (a cancelled caller's step still finishes and must still count), the
 event loop only reads it; one lock keeps the two apart. The size is an estimate kept between
-scans: a write adds what it grew by, a removal what it freed, a scan sets it afresh.
+scans: a write adds what it grew by, a removal what it freed, a scan sets it afresh. It also keeps
+when this process last published an entry (``published_ns``): the sweep of missed writes
+(``file_sweep``) must not take a late landing of one of this process's own older writes for a
+newer entry written by another process.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 from ..config import MAX_TRACKED_NAMESPACES, OTHER_NAMESPACES
 
@@ -30,6 +34,8 @@ class Ledger:
         self.expired_removed = 0
         self.evicted = 0
         self.size: int | None = None  # None until the first scan
+        # Wall clock (ns) after this process's latest entry publish, on whichever thread.
+        self.published_ns = 0
 
     def count_corrupt_read(self, namespace: str) -> None:
         """One more broken entry read in ``namespace`` (call with ``lock`` held)."""
@@ -40,6 +46,15 @@ class Ledger:
 
     def grow(self, delta: int) -> None:
         with self.lock:
+            if self.size is not None:
+                self.size = max(0, self.size + delta)
+
+    def wrote(self, delta: int) -> None:
+        """An entry was published (temp file renamed or linked into place): grow by ``delta``
+        and stamp the time, which is after the file's own modification time."""
+        now = time.time_ns()
+        with self.lock:
+            self.published_ns = max(self.published_ns, now)
             if self.size is not None:
                 self.size = max(0, self.size + delta)
 

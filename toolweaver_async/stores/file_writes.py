@@ -60,7 +60,7 @@ def write_entries(
             if abandoned is None or not abandoned.is_set():  # else its caller withdrew them
                 withdraw_entries(folder, [row[0] for row in items[index + 1 :]])
             raise
-        ledger.grow(grown or 0)  # never None: replacing always publishes
+        ledger.wrote(grown or 0)  # never None: replacing always publishes
 
 
 def add_entry(
@@ -74,7 +74,7 @@ def add_entry(
     grown = write_entry(path, head, data, publish_if_absent)
     if grown is None:
         return False
-    ledger.grow(grown)
+    ledger.wrote(grown)
     return True
 
 
