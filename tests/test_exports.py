@@ -29,6 +29,8 @@ NAMED_BUT_INTERNAL = {
     "MemoryEntry",
     # returned by RedisStore.lock; callers hold it as the stores.base.KeyLock capability
     "RedisLock",
+    # returned by FileStore.sweep_missed, which only the chain's missed-writes sweep calls
+    "Swept",
 }
 
 

@@ -26,6 +26,8 @@ import pytest
 
 from toolweaver_async import AsyncToolCache, CacheConfig
 
+from ._folder_clients import read, write
+
 NS = "default"
 BIG = "big" * 20_000  # ~60 KB encoded: over the writer's file-size limit
 HOLD = "hold-me:"  # a value starting so waits in the writer's write step once it is told "hold"
@@ -199,28 +201,6 @@ def start_writer(cache_dir: Path, key_prefix: str) -> Iterator[Callable[..., Wri
     yield start
     for each in writers:
         each.stop()
-
-
-def read(cache_dir: Path, key_prefix: str, keys: list[str], namespace: str = NS) -> dict[str, Any]:
-    """What this process (another one than the writer, with no marks) reads from the folder."""
-
-    async def get_many() -> dict[str, Any]:
-        config = CacheConfig(stores=("file",), cache_dir=cache_dir, key_prefix=key_prefix)
-        async with AsyncToolCache(config) as reader:
-            return await reader.get_many(keys, namespace=namespace)
-
-    return asyncio.run(get_many())
-
-
-def write(cache_dir: Path, key_prefix: str, key: str, value: str) -> None:
-    async def set_it() -> None:
-        config = CacheConfig(
-            stores=("file",), cache_dir=cache_dir, key_prefix=key_prefix, file_write_behind=False
-        )
-        async with AsyncToolCache(config) as other:
-            await other.set(key, value)
-
-    asyncio.run(set_it())
 
 
 def _run(*command: str) -> subprocess.CompletedProcess[str]:

@@ -28,6 +28,7 @@ from toolweaver_async.resilience.missed_writes import MissedWrites
 from toolweaver_async.stores.file import FileStore
 from toolweaver_async.stores.file_sweep import Swept
 
+from ._folder_clients import read, write
 from .polling import eventually
 
 NS = "default"
@@ -131,28 +132,6 @@ def start_writer(cache_dir: Path, key_prefix: str) -> Iterator[Callable[[bool], 
     yield start
     for each in writers:
         each.stop()
-
-
-def read(cache_dir: Path, key_prefix: str, keys: list[str]) -> dict[str, Any]:
-    """What this process ("B": another one than the writer, no marks) reads from the folder."""
-
-    async def get_many() -> dict[str, Any]:
-        config = CacheConfig(stores=("file",), cache_dir=cache_dir, key_prefix=key_prefix)
-        async with AsyncToolCache(config) as reader:
-            return await reader.get_many(keys)
-
-    return asyncio.run(get_many())
-
-
-def write(cache_dir: Path, key_prefix: str, key: str, value: str) -> None:
-    async def set_it() -> None:
-        config = CacheConfig(
-            stores=("file",), cache_dir=cache_dir, key_prefix=key_prefix, file_write_behind=False
-        )
-        async with AsyncToolCache(config) as other:
-            await other.set(key, value)
-
-    asyncio.run(set_it())
 
 
 WAYS = [pytest.param(False, id="write_through"), pytest.param(True, id="write_behind")]
