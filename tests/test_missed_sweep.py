@@ -12,7 +12,10 @@ is driven by commands, the test process reads the folder as "B" with no marks of
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import multiprocessing
+import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from queue import Queue
@@ -289,3 +292,41 @@ async def test_an_open_breaker_ends_the_sweep_and_keeps_the_marks(tmp_path: Path
     sweep.start()
     await eventually(lambda: not missed, what="the mark lifted")
     assert await store.get(NS, "k") is None
+
+
+@pytest.fixture
+def frozen() -> Iterator[Callable[[Path], None]]:
+    """Makes a file or folder unchangeable (chmod, or chattr +i as root); undone after."""
+    undo: list[Callable[[], object]] = []
+
+    def freeze(path: Path) -> None:
+        if os.geteuid() != 0:
+            mode = path.stat().st_mode & 0o777
+            path.chmod(0o500 if path.is_dir() else 0o400)
+            undo.append(lambda: path.chmod(mode))
+            return
+        made = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+        if made.returncode != 0:
+            pytest.skip(f"running as root and chattr +i is unavailable: {made.stderr!r}")
+        undo.append(lambda: subprocess.run(["chattr", "-i", str(path)], check=False))
+
+    yield freeze
+    for step in reversed(undo):
+        step()
+
+
+@pytest.mark.allow_blocking(reason="makes an entry and its folder unchangeable")
+async def test_an_entry_that_can_be_neither_removed_nor_expired_keeps_its_mark(
+    tmp_path: Path, frozen: Callable[[Path], None]
+) -> None:
+    store, _guarded, missed, sweep = _layer(tmp_path)
+    await store.set(NS, "k", b"v1", None)
+    missed.mark((NS, [("k", None)]))
+    digest = hashlib.blake2b(b"k", digest_size=20).hexdigest()
+    folder = tmp_path / "p" / NS / digest[:2]
+    frozen(folder / digest)
+    frozen(folder)
+    sweep.start()
+    await sweep.idle()
+    assert sweep.counts["refused"] == 1
+    assert missed.holds_back(NS, "k")  # still readable elsewhere: still held back here
