@@ -4,7 +4,9 @@ the writer's missed-writes marks, reading or writing once (multi-process file te
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from queue import Queue
 from typing import Any
 
 from toolweaver_async import AsyncToolCache, CacheConfig
@@ -34,3 +36,22 @@ def write(cache_dir: Path, key_prefix: str, key: str, value: str) -> None:
             await other.set(key, value)
 
     asyncio.run(set_it())
+
+
+async def serve_commands(
+    commands: Queue[Any],
+    answers: Queue[Any],
+    handle: Callable[[str, list[Any]], Awaitable[Any]],
+) -> None:
+    """In a test's helper process: answer each ``(command, *args)`` with what ``handle``
+    returns, an exception as ``("error", repr)`` (told to the test instead of hanging it),
+    until ``"stop"``."""
+    while True:
+        command, *args = await asyncio.to_thread(commands.get, True, 60)
+        if command == "stop":
+            answers.put("stopped")
+            return
+        try:
+            answers.put(await handle(command, args))
+        except Exception as exc:
+            answers.put(("error", repr(exc)))

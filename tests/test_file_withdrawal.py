@@ -26,7 +26,7 @@ import pytest
 
 from toolweaver_async import AsyncToolCache, CacheConfig
 
-from ._folder_clients import read, write
+from ._folder_clients import read, serve_commands, write
 
 NS = "default"
 BIG = "big" * 20_000  # ~60 KB encoded: over the writer's file-size limit
@@ -86,38 +86,29 @@ async def _serve(
         file_timeout=file_timeout,
     )
     async with AsyncToolCache(config) as cache:
-        while True:
-            command, *args = await asyncio.to_thread(commands.get, True, 60)
-            try:
-                if command == "stop":
-                    answers.put("stopped")
-                    return
-                if command == "hold":
-                    held.append(True)
-                    answers.put(None)
-                elif command == "limit":
-                    _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-                    resource.setrlimit(resource.RLIMIT_FSIZE, (args[0], hard))
-                    answers.put(None)
-                elif command == "settle":  # until the hung step has returned
-                    store: Any = next(s for s in cache._chain.stores if s.name == "file")
-                    while store._lane_here().stalled:
-                        await asyncio.sleep(0.005)
-                    answers.put(None)
-                elif command == "get":
-                    namespace = args[1] if args[1:] else NS
-                    answers.put(await cache.get_many(args[0], namespace=namespace))
-                elif command == "invalidate":
-                    await cache.invalidate(args[0])
-                    answers.put(None)
-                elif command == "clear":
-                    await cache.clear()
-                    answers.put(None)
-                else:
-                    await _write(cache, command, args)
-                    answers.put(None)
-            except Exception as exc:  # told to the test instead of hanging it
-                answers.put(("error", repr(exc)))
+
+        async def handle(command: str, args: list[Any]) -> Any:
+            if command == "hold":
+                held.append(True)
+            elif command == "limit":
+                _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (args[0], hard))
+            elif command == "settle":  # until the hung step has returned
+                store: Any = next(s for s in cache._chain.stores if s.name == "file")
+                while store._lane_here().stalled:
+                    await asyncio.sleep(0.005)
+            elif command == "get":
+                namespace = args[1] if args[1:] else NS
+                return await cache.get_many(args[0], namespace=namespace)
+            elif command == "invalidate":
+                await cache.invalidate(args[0])
+            elif command == "clear":
+                await cache.clear()
+            else:
+                await _write(cache, command, args)
+            return None
+
+        await serve_commands(commands, answers, handle)
 
 
 async def _write(cache: AsyncToolCache, command: str, args: list[Any]) -> None:

@@ -31,7 +31,7 @@ from toolweaver_async.resilience.missed_writes import MissedWrites
 from toolweaver_async.stores.file import FileStore
 from toolweaver_async.stores.file_sweep import Swept
 
-from ._folder_clients import read, write
+from ._folder_clients import read, serve_commands, write
 from .polling import eventually
 
 NS = "default"
@@ -58,34 +58,28 @@ async def _serve(
     async with AsyncToolCache(config) as cache:
         sweep = cache._chain.sweeps["file"]
         file = cache.breakers()["file"]
-        while True:
-            command, *args = await asyncio.to_thread(commands.get, True, 60)
-            try:
-                if command == "stop":
-                    answers.put("stopped")
-                    return
-                if command == "trip":
-                    file.trip()
-                elif command == "reset":  # the store answers again: the sweep starts
-                    file.reset()
-                elif command == "set":
-                    await cache.set(args[0], args[1])
-                elif command == "set_many":
-                    await cache.set_many(args[0])
-                elif command == "delete":
-                    await cache.delete(args[0])
-                elif command == "invalidate":
-                    await cache.invalidate(NS)
-                elif command == "swept":  # until the sweep running now (if any) has ended
-                    pass
-                elif command == "get":  # (not waiting for a sweep; "swept" does)
-                    answers.put(await cache.get_many(args[0]))
-                    continue
-                await _landed(cache)
-                await sweep.idle()
-                answers.put((await cache.health_check())["stores"]["file"])
-            except Exception as exc:  # told to the test instead of hanging it
-                answers.put(("error", repr(exc)))
+
+        async def handle(command: str, args: list[Any]) -> Any:
+            if command == "trip":
+                file.trip()
+            elif command == "reset":  # the store answers again: the sweep starts
+                file.reset()
+            elif command == "set":
+                await cache.set(args[0], args[1])
+            elif command == "set_many":
+                await cache.set_many(args[0])
+            elif command == "delete":
+                await cache.delete(args[0])
+            elif command == "invalidate":
+                await cache.invalidate(NS)
+            elif command == "get":  # (not waiting for a sweep; "swept" does)
+                return await cache.get_many(args[0])
+            # "swept" and every change: until the sweep running now (if any) has ended
+            await _landed(cache)
+            await sweep.idle()
+            return (await cache.health_check())["stores"]["file"]
+
+        await serve_commands(commands, answers, handle)
 
 
 async def _landed(cache: AsyncToolCache) -> None:

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from ..config import CacheConfig
 from .base import EntryPage, StoreItem
@@ -40,10 +40,12 @@ from .file import (
     _publish_replacing,
     _write_entry,
 )
+from .file_queue import QueuedEntry as _Queued
+from .file_queue import QueuedWritesStore, first_failure, queue_depth
 from .file_sweep import Swept, SweptNames
 from .worker_lane import WorkerLane
 
-__all__ = ["QueuedWritesStore", "WriteBehindFileStore"]
+__all__ = ["QueuedWritesStore", "WriteBehindFileStore", "queue_depth"]
 
 logger = logging.getLogger("toolweaver_async.file")
 
@@ -52,25 +54,6 @@ logger = logging.getLogger("toolweaver_async.file")
 _BATCH = 64
 # Bookkeeping per queued entry (tuple key, slot object), so tiny values are bounded by bytes too.
 _ENTRY_OVERHEAD = 120
-
-
-@runtime_checkable
-class QueuedWritesStore(Protocol):
-    """A store whose writes land behind the caller; reports its queue for stats and health."""
-
-    @property
-    def queued_writes(self) -> dict[str, int]: ...
-
-
-class _Queued:
-    __slots__ = ("data", "expires_at", "folder", "seq", "size")
-
-    def __init__(self, folder: str, data: bytes, expires_at: float, size: int, seq: int) -> None:
-        self.folder = folder
-        self.data = data
-        self.expires_at = expires_at
-        self.size = size
-        self.seq = seq  # the order writes were queued in (a rewrite keeps its place, not this)
 
 
 def _flush_row(ledger: _Ledger, folder: str, key: str, data: bytes, expires_at: float) -> None:
@@ -443,7 +426,9 @@ class WriteBehindFileStore(FileStore):
         self._counts["failed"] += len(failed)
         if not self._failing:
             self._failing = True
-            logger.warning("file store could not write %d queued entries: %s", *_first(failed))
+            logger.warning(
+                "file store could not write %d queued entries: %s", *first_failure(failed)
+            )
         # A key written again since is queued once more: that newer write decides what the
         # disk may be trusted with (its caller already cleared the key's mark).
         by_namespace: dict[str, tuple[list[int], list[tuple[str, bytes]]]] = {}
@@ -462,15 +447,3 @@ class WriteBehindFileStore(FileStore):
             await self._keep_bounded()
         except Exception as exc:  # best effort: the next batch tries again
             logger.debug("file store maintenance failed: %s", exc)
-
-
-def _first(failed: list[tuple[int, str]]) -> tuple[int, str]:
-    return len(failed), failed[0][1]
-
-
-def queue_depth(stores: Sequence[Any]) -> dict[str, int]:
-    """The write queue of the first store that has one (empty when none does)."""
-    for store in stores:
-        if isinstance(store, QueuedWritesStore):
-            return store.queued_writes
-    return {}
