@@ -169,7 +169,7 @@ class RedisStoreCore:
     def _write_pipeline(self) -> Callable[[Sequence[tuple[Any, ...]]], Awaitable[list[Any]]]:
         """Where sets and deletes go: the write lane once tracked, else the shared batcher."""
         lane = self.write_lane
-        return lane.batcher.pipeline if lane.attached else self._batcher.pipeline
+        return lane.connection.pipeline if lane.attached else self._batcher.pipeline
 
     def _new_connection(self) -> AbstractConnection:
         """A connection of the batcher's own, like the pool's but without redis-py's per-read

@@ -283,7 +283,10 @@ class RedisInvalidationChannel:
             now = clock()
             if lane is not None:
                 lane.check(now)
-                self._vouched_at = min(channel_vouched, lane.vouched_at)
+            # Every change made before this is delivered (the lane's too, when it has one).
+            self._vouched_at = (
+                channel_vouched if lane is None else min(channel_vouched, lane.vouched_at)
+            )
             if now >= next_ping:
                 await connection.send_command("PING")
                 pings.append(now)
@@ -306,9 +309,6 @@ class RedisInvalidationChannel:
                 self._deliver(reply[2], sink)
             elif kind == b"pong":
                 channel_vouched = pings.popleft()
-                self._vouched_at = (
-                    channel_vouched if lane is None else min(channel_vouched, lane.vouched_at)
-                )
 
     def _deliver(self, keys: list[bytes] | None, sink: ChangeSink) -> None:
         """``<prefix>:<ns>:<generation>:<key>`` names an entry, ``<prefix>:<ns>:gen`` a

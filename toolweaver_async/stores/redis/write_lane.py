@@ -38,7 +38,6 @@ __all__ = ["LaneHeartbeat", "LaneLost", "LaneMismatch", "WriteLane", "run_id_of"
 
 # Tracking is off until the channel turns it on.
 _UNTRACKED: Final = -1
-_TRACKING_ON: Final = ("CLIENT", "TRACKING", "on")
 
 
 class LaneMismatch(ResponseError):
@@ -65,7 +64,7 @@ class WriteLane:
         # tracked or not, so that one key's writes never switch connections back and forth.
         self.attached = False
         self._claimed = False
-        self.batcher = PipelinedConnection(self._new_connection, timeout=timeout)
+        self.connection = PipelinedConnection(self._new_connection, timeout=timeout)
 
     def claim(self) -> bool:
         """Reserve the lane for one invalidation channel; ``False`` when another has it (a
@@ -94,33 +93,30 @@ class WriteLane:
         ``run_id`` is given, leaving out the lane's own. Raises when the lane's server refuses
         or is another server (after a Sentinel failover, the channel and the lane may briefly
         reach different primaries)."""
-        replies = await self.batcher.pipeline(
-            [
-                ("CLIENT", "TRACKING", "off"),
-                (*_TRACKING_ON, "REDIRECT", redirect, "BCAST", "PREFIX", prefix, "NOLOOP"),
-                ("INFO", "server"),
-            ]
+        tracking = ("CLIENT", "TRACKING", "on", "REDIRECT", redirect, "BCAST", "NOLOOP")
+        replies = await self.connection.pipeline(
+            [("CLIENT", "TRACKING", "off"), (*tracking, "PREFIX", prefix), ("INFO", "server")]
         )
         epoch = self.epoch
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
         if run_id is not None and run_id_of(replies[2]) != run_id:
-            await self.batcher.pipeline([("CLIENT", "TRACKING", "off")])
+            await self.connection.pipeline([("CLIENT", "TRACKING", "off")])
             raise LaneMismatch("the write lane reached another server than the channel")
         self._tracked_epoch = epoch
         self.attached = True
 
     async def confirm(self) -> bool:
         """PING on the lane: ``True`` when answered by the socket still tracked."""
-        await self.batcher.pipeline([("PING",)])
+        await self.connection.pipeline([("PING",)])
         return self.tracked
 
     def describe(self) -> dict[str, Any]:
         return {"attached": self.attached, "tracked": self.tracked, "sockets": self.epoch}
 
     async def aclose(self) -> None:
-        await self.batcher.aclose()
+        await self.connection.aclose()
 
 
 class LaneLost(RedisConnectionError):
