@@ -7,13 +7,13 @@ the chain tests (test_failover.py) prove the same promises against a real redis-
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
 
 from toolweaver_async import BreakerState, CircuitBreaker, StoreError
-from toolweaver_async.resilience.guard import FAILED, SKIPPED, GuardedStore
+from toolweaver_async.resilience.guard import BUG, FAILED, SKIPPED, GuardedStore
 from toolweaver_async.resilience.journal import OutageJournal
 from toolweaver_async.stores.base import StoreItem
 from toolweaver_async.testing import FakeClock
@@ -97,30 +97,61 @@ def guarded(
     )
 
 
+async def direct_get(guard: GuardedStore, namespace: str, key: str) -> Any:
+    """A get as the reader makes it on a ``direct`` store, awaiting the store in its own frame:
+    admitted, awaited, settled (the answers are those of ``guard.get``)."""
+    epoch = guard.admit_get(namespace, key)
+    if epoch is None:
+        return SKIPPED
+    try:
+        data = await guard.store.get(namespace, key)
+    except BaseException as exc:
+        return guard.settle(exc, epoch)
+    guard.breaker.succeeded(epoch)
+    return data
+
+
+GETS = pytest.mark.parametrize("via", ["guard", "direct"])
+
+
+def getter(guard: GuardedStore, via: str) -> Callable[[str, str], Awaitable[Any]]:
+    """``guard.get``, or :func:`direct_get` on the same guard."""
+    if via == "guard":
+        return guard.get
+    return lambda namespace, key: direct_get(guard, namespace, key)
+
+
 async def drained(guard: GuardedStore, within: float = 2.0) -> None:
     async with asyncio.timeout(within):
         while guard.journal:
             await asyncio.sleep(0.002)
 
 
-async def test_failure_is_a_marker_counted_by_the_breaker_and_remembered(store: FakeStore) -> None:
+@GETS
+async def test_failure_is_a_marker_counted_by_the_breaker_and_remembered(
+    store: FakeStore, via: str
+) -> None:
     guard = guarded(store, journal=False)
     store.failing = True
-    assert await guard.get("ns", "k") is FAILED
+    assert await getter(guard, via)("ns", "k") is FAILED
     assert guard.failures == 1
     assert guard.last_error == "StoreError: down"
     assert guard.breaker.consecutive_failures == 1
 
 
-async def test_a_timeout_caused_by_a_stall_of_this_process_is_not_counted(store: FakeStore) -> None:
+@GETS
+async def test_a_timeout_caused_by_a_stall_of_this_process_is_not_counted(
+    store: FakeStore, via: str
+) -> None:
     guard = guarded(store, journal=False)
+    get = getter(guard, via)
     store.failing = store.stalled = True
     for _ in range(5):  # well past the failure threshold
-        assert await guard.get("ns", "k") is FAILED  # the caller falls back all the same
+        assert await get("ns", "k") is FAILED  # the caller falls back all the same
     assert guard.breaker.state is BreakerState.CLOSED
     assert guard.breaker.consecutive_failures == 0
     store.stalled = False
-    assert await guard.get("ns", "k") is FAILED
+    assert await get("ns", "k") is FAILED
     assert guard.breaker.consecutive_failures == 1
 
 
@@ -128,6 +159,7 @@ async def test_open_breaker_means_no_call_reaches_the_store(store: FakeStore) ->
     guard = guarded(store, recovery_timeout=60, max_recovery_timeout=60)
     guard.breaker.trip()
     assert await guard.get("ns", "k") is SKIPPED
+    assert await direct_get(guard, "ns", "k") is SKIPPED
     assert await guard.get_many("ns", ["a"]) is SKIPPED
     assert await guard.set("ns", "k", b"v", None) is SKIPPED
     assert await guard.delete("ns", "k") is SKIPPED
@@ -153,6 +185,7 @@ async def test_unreached_writes_are_journaled_and_replayed_in_order(store: FakeS
     assert guard.journal is not None
     assert len(guard.journal) == 2
     assert await guard.get("ns", "a") is SKIPPED  # never read a value older than the journal
+    assert await direct_get(guard, "ns", "a") is SKIPPED
     store.failing = False
     store.data[("ns", "a")] = b"older"
     await drained(guard)
@@ -247,6 +280,7 @@ async def test_callers_never_wait_out_a_probe_while_the_replay_can_probe(store: 
     store.calls.clear()
     clock.now += 10  # the open period is over: the next call would be the probe
     assert await guard.get("ns", "other") is SKIPPED  # the replay probes, not this caller
+    assert await direct_get(guard, "ns", "other") is SKIPPED
     assert store.calls == []
 
 
@@ -296,3 +330,34 @@ async def test_an_open_store_is_pinged_off_the_callers_path_and_back_soon(
     assert await guard.get("ns", "k") == b"back"  # the probe
     assert guard.breaker.state is BreakerState.CLOSED
     await guard.aclose()
+
+
+async def test_a_direct_call_that_raises_a_bug_is_absorbed_and_not_counted(
+    store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guard = guarded(store, journal=False)
+
+    async def broken(namespace: str, key: str) -> bytes | None:
+        raise KeyError(key)
+
+    monkeypatch.setattr(store, "get", broken)
+    assert await direct_get(guard, "ns", "k") is BUG
+    assert guard.bugs == 1
+    assert guard.breaker.consecutive_failures == 0
+
+
+async def test_a_cancelled_direct_call_is_re_raised_and_counts_neither_way(
+    store: FakeStore,
+) -> None:
+    guard = guarded(store, journal=False, failure_threshold=1)
+    store.gate = asyncio.Event()
+    call = asyncio.ensure_future(direct_get(guard, "ns", "k"))
+    async with asyncio.timeout(2):
+        while not store.calls:
+            await asyncio.sleep(0)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert guard.breaker.state is BreakerState.CLOSED
+    assert guard.failures == 0
+    assert guard.bugs == 0

@@ -209,7 +209,20 @@ class ReadPath:
             missed = self._missed[0]
             if missed and missed.holds_back(namespace, key):
                 return None
-            data = await layer.get(namespace, key)
+            data: bytes | Unreachable | None
+            if layer.direct:
+                # The store awaited in this frame, not through the guard's (see admit).
+                epoch = layer.admit_get(namespace, key)
+                if epoch is None:
+                    return None
+                try:
+                    data = await layer.store.get(namespace, key)
+                except BaseException as exc:
+                    data = layer.settle(exc, epoch)
+                else:
+                    layer.breaker.succeeded(epoch)
+            else:
+                data = await layer.get(namespace, key)
             if data is None or isinstance(data, Unreachable):
                 if data is FAILED:
                     counters.errors[layer.name] += 1

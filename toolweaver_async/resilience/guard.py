@@ -105,6 +105,14 @@ class GuardedStore(GuardedCalls):
             return self._call(self.store.get, (namespace, key), self.deadline)
         return self.attempt(self.store.get, namespace, key)
 
+    def admit_get(self, namespace: str, key: str) -> int | None:
+        """:meth:`admit` for a ``get`` of ``key`` its caller awaits itself (``direct`` stores):
+        ``None`` also when the journal holds a newer write of ``key``."""
+        journal = self.journal
+        if journal is not None and journal.covers(namespace, key):
+            return None
+        return self.admit()
+
     def get_many(
         self, namespace: str, keys: Sequence[str]
     ) -> Awaitable[list[bytes | None] | Unreachable]:
