@@ -19,6 +19,7 @@ from toolweaver_async.testing import RedisServer
 from .polling import eventually
 from .test_failover import redis_layer
 
+
 @pytest.fixture
 async def redis_alone(
     cache_dir: Path, key_prefix: str, own_redis_server: RedisServer

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection as RedisConnection
 from redis.exceptions import ResponseError
 
 from toolweaver_async import AsyncToolCache, BreakerState, CacheConfig, CircuitBreaker
@@ -423,3 +424,82 @@ async def test_with_one_eager_trip_calls_of_later_turns_wait_and_leave_as_one_ba
     finally:
         await batcher.aclose()
         await store.aclose()
+
+
+async def keyspace_lookups(raw_redis: Redis) -> tuple[int, int, int]:
+    """(MGET calls, keys found, keys missed) the server has counted so far."""
+    stats = await raw_redis.info("stats")
+    return await mget_calls(raw_redis), int(stats["keyspace_hits"]), int(stats["keyspace_misses"])
+
+
+async def test_pairs_with_one_lead_share_one_mget_that_asks_each_key_once(
+    store: RedisStore, raw_redis: Redis, key_prefix: str
+) -> None:
+    lead, other_lead = f"{key_prefix}:gen".encode(), f"{key_prefix}:other-gen".encode()
+    a, b, c = (f"{key_prefix}:{name}".encode() for name in "abc")
+    await raw_redis.mset({lead: b"7", a: b"1", b: b"2", c: b"3"})
+    batcher = store._batcher
+    before = await keyspace_lookups(raw_redis)
+    first = asyncio.ensure_future(batcher.mget_pair(lead, b"never-written"))
+    await asyncio.sleep(0)  # the lone call is on the wire: the pairs below share the next trip
+    assert batcher.in_flight == 1
+
+    got = await asyncio.gather(
+        batcher.mget_pair(lead, a),
+        batcher.mget_pair(lead, b),
+        batcher.mget_pair(other_lead, c),
+        batcher.mget_pair(lead, a),  # asked twice in one batch: sent once
+    )
+
+    assert await first == [b"7", None]
+    assert got == [[b"7", b"1"], [b"7", b"2"], [None, b"3"], [b"7", b"1"]]
+    after = await keyspace_lookups(raw_redis)
+    # MGETs: the lone one, then one per lead: `lead a b` and `other-gen c`.
+    calls, hits, misses = (n - m for n, m in zip(after, before, strict=True))
+    assert calls == 3
+    assert hits == 1 + 3 + 1  # lead; lead a b; c
+    assert misses == 1 + 1  # never-written; other-gen
+    await raw_redis.delete(lead, a, b, c)
+
+
+async def test_an_error_reply_to_one_leads_mget_fails_only_the_pairs_of_that_lead(
+    own_redis_server: RedisServer,
+) -> None:
+    """The server refuses one lead's MGET (an ACL denies its keys); the pairs of the other
+    lead in the same round trip get their values, and each refused caller its own error."""
+    admin = Redis.from_url(own_redis_server.url, driver_info=None)
+    await admin.execute_command("ACL", "SETUSER", "agent", "on", ">pw", "~ok:*", "+@all")
+    await admin.mset({"ok:gen": b"1", "ok:a": b"A", "ok:b": b"B"})
+
+    def connect() -> RedisConnection:
+        return RedisConnection(
+            host="127.0.0.1",
+            port=own_redis_server.port,
+            username="agent",
+            password="pw",
+            driver_info=None,
+        )
+
+    batcher = RoundTripBatcher(connect, connections=1, timeout=5)
+    try:
+        first = asyncio.ensure_future(batcher.mget_pair(b"ok:gen", b"ok:a"))
+        await asyncio.sleep(0)
+        assert batcher.in_flight == 1
+        results = await asyncio.gather(
+            batcher.mget_pair(b"denied:gen", b"denied:x"),
+            batcher.mget_pair(b"ok:gen", b"ok:b"),
+            batcher.mget_pair(b"denied:gen", b"denied:y"),
+            return_exceptions=True,
+        )
+        assert await first == [b"1", b"A"]
+        refused_x, allowed, refused_y = results
+        assert allowed == [b"1", b"B"]
+        for refused in (refused_x, refused_y):
+            assert isinstance(refused, RoundTripError)
+            assert isinstance(refused.__cause__, ResponseError)
+            assert "no permissions" in str(refused)
+        assert refused_x is not refused_y
+        assert shared_failure(refused_x) is shared_failure(refused_y)  # one refusal, counted once
+    finally:
+        await batcher.aclose()
+        await admin.aclose()

@@ -150,7 +150,7 @@ class ClusterEngine(ClusterHousekeeping):
         table = self.client.nodes_manager.slots_cache
         owners = table.get(slot)
         owner = owners[0].name if owners else ""
-        keys = (stripe.gen_key_bytes, used.prefix_bytes + key_bytes)
+        lead, entry = stripe.gen_key_bytes, used.prefix_bytes + key_bytes
         try:
             # The batcher's mget awaited here, not through _mget: one coroutine frame fewer
             # on the hot path (the redirection case is the same).
@@ -158,9 +158,9 @@ class ClusterEngine(ClusterHousekeeping):
                 batcher = self._batchers.get(owner) if owners else None
                 if batcher is None:
                     batcher = self._batcher(slot)
-                raw, value = await batcher.mget(keys, slot)
+                raw, value = await batcher.mget_pair(lead, entry)
             except DRIVER_ERRORS as exc:
-                raw, value = await self._mget_redirected(exc, keys)
+                raw, value = await self._mget_redirected(exc, (lead, entry))
             table = self.client.nodes_manager.slots_cache
             now = table.get(slot)  # redis-py may have changed the table, or this slot's list
             if table is not self._table_seen or not now or now[0].name != owner:

@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from ...resilience.breaker import BreakerState, CircuitBreaker
-from .batch_requests import ReadGroup
+from .batch_requests import ONE_GROUP, PAIR, ReadGroup
 from .batching import RoundTripBatcher
 from .client import DRIVER_ERRORS
 from .expiry import stalled
@@ -86,8 +86,14 @@ class NodeBatcher(RoundTripBatcher):
         if self._in_flight and not self._closed and self.breaker.state is _CLOSED:
             # Joins the next shared round trip: its future, counted with it (see the class doc).
             self.requests += 1
-            return self._enqueue(((group, keys),), b"", 0, False, len(keys))
+            return self._enqueue(ONE_GROUP, ((group, keys),), b"", 0, len(keys))
         return self._guarded_mget(keys, group)
+
+    def mget_pair(self, lead: bytes, key: bytes) -> Awaitable[list[Any]]:
+        if self._in_flight and not self._closed and self.breaker.state is _CLOSED:
+            self.requests += 1
+            return self._enqueue(PAIR, (lead, key), b"", 0, 2)
+        return self._guarded_mget((lead, key), lead)
 
     async def _guarded_mget(self, keys: Sequence[bytes], group: Hashable) -> list[Any]:
         # _guarded written out: one coroutine frame per call instead of three.

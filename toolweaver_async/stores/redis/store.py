@@ -117,10 +117,10 @@ class RedisStore(RedisStoreHousekeeping):
                     return await engine.get(namespace, key)
             ns = self._namespace(namespace)
         used = ns.generation
-        mget = self._batcher.mget
+        mget = self._batcher.mget_pair
         value: bytes | None
         try:
-            raw, value = await mget((ns.gen_key_bytes, used.prefix_bytes + key.encode()))
+            raw, value = await mget(ns.gen_key_bytes, used.prefix_bytes + key.encode())
             if self._suspects and (namespace, key) in self._suspects:
                 raise _held_back(namespace, key)  # a failover may have rolled it back
             if raw == used.raw:
@@ -130,7 +130,7 @@ class RedisStore(RedisStoreHousekeeping):
                 return None
             if seen.number == used.number:
                 return value
-            raw, value = await mget((ns.gen_key_bytes, seen.prefix_bytes + key.encode()))
+            raw, value = await mget(ns.gen_key_bytes, seen.prefix_bytes + key.encode())
         except UnicodeEncodeError:
             return None  # never written: such a key is never sent to Redis
         except _DRIVER_ERRORS as exc:
