@@ -152,9 +152,8 @@ class NodeBatcher(RoundTripBatcher):
         return breaker.epoch if breaker.state is _CLOSED else None
 
     def _trip_answered(self, token: Any) -> None:
-        breaker = self.breaker
-        if token is not None and breaker.epoch == token:
-            breaker.record_success()
+        if token is not None:
+            self.breaker.succeeded(token)  # dropped if the breaker changed state since
 
     def _caller_error(self, error: BaseException) -> BaseException:
         """A caller's share of ``error``: :class:`NodeDown` unless the node answered. While
