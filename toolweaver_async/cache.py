@@ -104,7 +104,7 @@ class AsyncToolCache(ToolShapedHelpers):
         self._namespace_reads = reader.namespaces
         self._decode_any = reader.decode_any
         self._from_memory = reader.from_memory
-        self._read_through = reader.read_through
+        self._read_through = reader.read
         self._writes = writes = WritePath(
             chain,
             codec=codec,
