@@ -16,12 +16,11 @@ import msgspec
 
 from ._chain import Chain
 from ._immutable import is_immutable
-from ._promotion import promote_checked
+from ._promotion import Promoter
 from ._read_tracker import ReadToken, ReadTracker
 from .config import MAX_TRACKED_NAMESPACES, NamespacePolicy
 from .freshness import EntryState, entry_state
 from .keys import check_key
-from .resilience.breaker import BreakerState
 from .resilience.guard import FAILED, GuardedStore, Unreachable
 from .serialization import EntryCodec, Envelope, PayloadDecodeError, TypeMismatchError
 from .stats import NamespaceCounters, StatsRecorder
@@ -89,6 +88,7 @@ class ReadPath:
         self._policy = policy
         self._check_namespace = check_namespace
         self._spawn = spawn
+        self._promoter = Promoter(chain.memory, chain.layers, codec=codec, clock=clock, spawn=spawn)
         # Redis alone: one store that bounds its calls itself, no memory layer, and no record
         # of missed writes (its outage journal keeps it from serving what it missed).
         alone = self.layers[0] if self.memory is None and len(self.layers) == 1 else None
@@ -301,8 +301,8 @@ class ReadPath:
                 if not until_hard_expiry:  # get_or_set counts the hit once it serves it
                     counters.hits[layer.name] += 1
                 if tracker.still_current(token):
-                    self._drop_stale_memory_copy(namespace, key, envelope)
-                    self.promote(index, namespace, key, data, envelope, vouched=vouched)
+                    self._promoter.drop_stale_memory_copy(namespace, key, envelope)
+                    self._promoter.promote(index, namespace, key, data, envelope, vouched=vouched)
                 return envelope, layer.name
             return None
         finally:
@@ -383,7 +383,7 @@ class ReadPath:
                 counters.hits[layer.name] += 1
                 found[key] = envelope.payload
                 if self.tracker.still_current(tokens[key]):
-                    self.promote(index, namespace, key, data, envelope, vouched=vouched)
+                    self._promoter.promote(index, namespace, key, data, envelope, vouched=vouched)
             missing = still_missing
         counters.misses += len(missing)
         return found
@@ -432,60 +432,3 @@ class ReadPath:
                 self.memory.discard_if(namespace, key, data)
         elif isinstance(layer.store, ConditionalDeleteStore):
             self._spawn(layer.attempt(layer.store.delete_if, namespace, key, data))
-
-    # -- promotion ---------------------------------------------------------------------------
-
-    def promote(
-        self,
-        found_at: int,
-        namespace: str,
-        key: str,
-        data: bytes,
-        envelope: Envelope[Any],
-        *,
-        vouched: bool = True,
-    ) -> None:
-        """Copy a hit into the faster stores with its remaining lifetime; never overwrite.
-
-        ``vouched=False``: a faster store (Redis) was down or skipped, so the hit may be older
-        than what it holds; memory keeps it for the coherence window at most."""
-        if found_at == 0 and self.memory is None:
-            return
-        hard = envelope.hard_expires_at
-        remaining = None if hard is None else hard - self._clock()
-        if remaining is not None and remaining <= 0:
-            return
-        if self.memory is not None:
-            self.memory.put_if_absent(namespace, key, data, remaining, vouched=vouched)
-        for layer in self.layers[:found_at]:
-            # Only into a healthy store: during an outage a task per hit would only be refused
-            # by the open breaker (~15 us of loop time each), and a half-open store's probe
-            # slot belongs to real traffic.
-            if layer.breaker.state is BreakerState.CLOSED:
-                if isinstance(layer.store, ConditionalDeleteStore):
-                    source = self.layers[found_at]
-                    self._spawn(promote_checked(layer, source, namespace, key, data, remaining))
-                else:
-                    self._spawn(layer.add(namespace, key, data, remaining))
-
-    def _drop_stale_memory_copy(self, namespace: str, key: str, found: Envelope[Any]) -> None:
-        """Before promoting a fresh ``found``: promotion never overwrites, so a stale copy in
-        memory would go on shadowing it until its grace period ends."""
-        memory = self.memory
-        now = self._clock()
-        if memory is None or _past_expiry(found, now):
-            return
-        data = memory.lookup(namespace, key)
-        if data is None:
-            return
-        try:
-            stale = _past_expiry(self._codec.decode_header(data), now)
-        except Exception:
-            stale = True  # a broken copy shadows the fresh entry just as well
-        if stale:
-            memory.discard(namespace, key)
-
-
-def _past_expiry(entry: Envelope[Any], now: float) -> bool:
-    state = entry_state(entry, now)
-    return state is _STALE_SERVABLE or state is _EXPIRED
