@@ -121,6 +121,13 @@ def getter(guard: GuardedStore, via: str) -> Callable[[str, str], Awaitable[Any]
     return lambda namespace, key: direct_get(guard, namespace, key)
 
 
+async def reached(store: FakeStore, within: float = 2.0) -> None:
+    """Until a call has reached ``store`` (and waits at its gate, if one is set)."""
+    async with asyncio.timeout(within):
+        while not store.calls:
+            await asyncio.sleep(0.001)
+
+
 async def drained(guard: GuardedStore, within: float = 2.0) -> None:
     async with asyncio.timeout(within):
         while guard.journal:
@@ -234,9 +241,7 @@ async def test_write_cancelled_mid_call_is_journaled(store: FakeStore) -> None:
     guard = guarded(store)
     store.gate = asyncio.Event()
     write = asyncio.ensure_future(guard.set("ns", "k", b"v", None))
-    async with asyncio.timeout(1):
-        while not store.calls:
-            await asyncio.sleep(0.001)
+    await reached(store)
     write.cancel()
     with pytest.raises(asyncio.CancelledError):
         await write
@@ -352,9 +357,7 @@ async def test_a_cancelled_direct_call_is_re_raised_and_counts_neither_way(
     guard = guarded(store, journal=False, failure_threshold=1)
     store.gate = asyncio.Event()
     call = asyncio.ensure_future(direct_get(guard, "ns", "k"))
-    async with asyncio.timeout(2):
-        while not store.calls:
-            await asyncio.sleep(0)
+    await reached(store)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
